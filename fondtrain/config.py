@@ -1,0 +1,211 @@
+"""Configuration dataclasses: one source of truth for every run.
+
+Defaults follow SPEC.md (and the reference implementation's flag names). A YAML file and
+command-line flags override them (`resolve_config`); the resolved config is saved with
+every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fondtrain.errors import UserError
+
+PRESETS = ("ipvae", "igvae", "igrelu")
+POISSON_KL_FORMS = ("reference", "exact")
+
+# Posterior family and the number of state components C of each preset (SPEC 1-2).
+PRESET_POSTERIOR = {"ipvae": "poisson", "igvae": "gaussian", "igrelu": "gaussian"}
+PRESET_BETA_OUTER = {"ipvae": 24.0, "igvae": 8.0, "igrelu": 8.0}
+# Soft-clamp ceilings at eps = 1 (SPEC 3): Poisson (u,), Gaussian (mu, xi).
+PRESET_CLAMP_U = {"poisson": (10.0,), "gaussian": (7.0, 2.0)}
+PRESET_CLAMP_DU = {"poisson": (10.0,), "gaussian": (7.0, 3.0)}
+
+
+@dataclass
+class ModelConfig:
+    """The model: which iterative VAE, its size and its inference constants.
+
+    `beta_outer`, `clamp_u` and `clamp_du` left as None take the preset's value
+    (SPEC 1 and 3). `poisson_kl="reference"` reproduces the paper's code (posterior
+    rate times f(delta)); `"exact"` is KL(Pois(r) || Pois(r0)).
+    """
+
+    preset: str = "ipvae"
+    input_dim: int = 256
+    n_latents: int = 512
+    t_train: int = 16
+    n_iters_outer: int = 1
+    n_iters_inner: int = 1
+    beta_outer: float | None = None
+    beta_inner: float = 1.0
+    poisson_kl: str = "reference"
+    init_scale: float = 1e-4
+    clamp_u: tuple[float, ...] | None = None
+    clamp_du: tuple[float, ...] | None = None
+    # Poisson initial log-rates are drawn uniformly from [u_init_low, u_init_high].
+    u_init_low: float = -6.0
+    u_init_high: float = -4.0
+    # Tail probability that the relaxed Poisson sampler truncates (SPEC 4).
+    n_exp_p: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise UserError(
+                f"unknown model preset {self.preset!r}: choose one of {', '.join(PRESETS)}."
+            )
+        for name in ("input_dim", "n_latents", "t_train", "n_iters_outer", "n_iters_inner"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a whole number of at least 1, got {value!r}.")
+        if self.beta_outer is None:
+            self.beta_outer = PRESET_BETA_OUTER[self.preset]
+        for name in ("beta_outer", "beta_inner", "init_scale"):
+            if float(getattr(self, name)) < 0:
+                raise UserError(f"{name} must be zero or positive, got {getattr(self, name)!r}.")
+        if self.poisson_kl not in POISSON_KL_FORMS:
+            raise UserError(
+                f"poisson_kl must be 'reference' or 'exact', got {self.poisson_kl!r}."
+            )
+        if not 0 < self.n_exp_p < 1:
+            raise UserError(f"n_exp_p must lie strictly between 0 and 1, got {self.n_exp_p!r}.")
+        if self.u_init_low > self.u_init_high:
+            raise UserError("u_init_low must not exceed u_init_high.")
+        n_components = self.n_components
+        defaults_u = PRESET_CLAMP_U[self.posterior]
+        defaults_du = PRESET_CLAMP_DU[self.posterior]
+        self.clamp_u = _as_clamp(self.clamp_u, defaults_u, n_components, "clamp_u")
+        self.clamp_du = _as_clamp(self.clamp_du, defaults_du, n_components, "clamp_du")
+
+    @property
+    def posterior(self) -> str:
+        """'poisson' or 'gaussian'."""
+        return PRESET_POSTERIOR[self.preset]
+
+    @property
+    def n_components(self) -> int:
+        """State components C: 1 (Poisson log-rate u) or 2 (Gaussian mu, xi)."""
+        return 1 if self.posterior == "poisson" else 2
+
+    @property
+    def t_total(self) -> int:
+        """Inference steps per batch: t_train * n_iters_outer."""
+        return self.t_train * self.n_iters_outer
+
+
+def _as_clamp(value: Any, default: tuple[float, ...], n: int, name: str) -> tuple[float, ...]:
+    if value is None:
+        return tuple(default)
+    values = (value,) * n if isinstance(value, int | float) else tuple(value)
+    if len(values) != n or any(float(v) <= 0 for v in values):
+        raise UserError(f"{name} needs {n} positive value(s) for this preset, got {value!r}.")
+    return tuple(float(v) for v in values)
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is fed."""
+
+    dataset: str = "natural16"
+    path: str | None = None
+    shards_root: str = "shards"
+    feeder: str = "stationary"
+    num_workers: int = 0
+    in_memory: bool = True
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run bookkeeping (SPEC 6)."""
+
+    batch_size: int = 200
+    epochs: int = 300
+    lr: float = 5e-3
+    lr_min: float = 1e-5
+    weight_decay: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 300.0
+    warmup_portion: float = 0.005
+    kl_const_portion: float = 1e-3
+    kl_anneal_portion: float = 0.1
+    beta_min: float = 1e-4
+    temp_start: float = 1.0
+    temp_stop: float = 0.01
+    temp_anneal_portion: float = 0.5
+    n_exp_refresh_every: int = 200
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 0
+    ckpt_every: int = 0
+    keep_last: int = 3
+    max_steps: int = 0
+    runs_root: str = "runs"
+    name: str = ""
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as `config.yaml` in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        unknown = set(raw) - {"model", "data", "train"}
+        if unknown:
+            raise UserError(
+                f"unknown config section(s) {sorted(unknown)}: use model, data and train."
+            )
+        return cls(
+            model=_build(ModelConfig, raw.get("model", {}), "model"),
+            data=_build(DataConfig, raw.get("data", {}), "data"),
+            train=_build(TrainConfig, raw.get("train", {}), "train"),
+        )
+
+
+def _build(kind: type, values: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - names
+    if unknown:
+        raise UserError(
+            f"unknown {section} option(s) {sorted(unknown)}: see `fondtrain train --help`."
+        )
+    tuple_fields = {"clamp_u", "clamp_du", "betas"}
+    cleaned = {k: tuple(v) if k in tuple_fields and isinstance(v, list) else v
+               for k, v in values.items()}
+    return kind(**cleaned)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a plain dict (sections model/data/train)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist: give the path of a YAML file.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML ({err.__class__.__name__}).") from err
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping with model/data/train sections.")
+    return raw
+
+
+def save_yaml(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (tuples as lists)."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,335 @@
+"""The iterative VAEs: iP-VAE (`ipvae`), iG-VAE (`igvae`) and iGrelu-VAE (`igrelu`).
+
+There is no encoder. The posterior of each input is a *state* refined by gradient steps on
+the free energy (SPEC 3); the decoder is a linear dictionary W [M, K]. The step function
+is pure given (parameters, x, state, noise): state lives in a small `State` dataclass
+passed in and out, never in module attributes.
+
+Notation: B batch, M input dimension, K latents, C state components (1 Poisson log-rate
+u; 2 Gaussian mean mu and log-std xi).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fondtrain.config import ModelConfig
+from fondtrain.model import distributions as D
+
+
+@dataclass(frozen=True)
+class State:
+    """Posterior state of a batch: `components` is (u,) or (mu, xi), each [B, K]."""
+
+    components: tuple[Tensor, ...]
+
+    def detach(self) -> State:
+        return State(tuple(c.detach() for c in self.components))
+
+    @property
+    def batch_size(self) -> int:
+        return self.components[0].shape[0]
+
+
+@dataclass
+class StepOutput:
+    """What one inference step produces.
+
+    state: posterior after the step; z: fresh sample from it [B, K]; x_hat = W a(z) [B, M];
+    recon: -log N(x; x_hat, sigma_dec) summed over pixels [B]; kl: KL(q(new) || q(prior))
+    per latent [B, K]; loss: mean_b(recon + beta sum_k kl) * 256 / M (scalar);
+    grad_samples: the samples the state updates used, one per inner iteration.
+    """
+
+    state: State
+    z: Tensor
+    x_hat: Tensor
+    recon: Tensor
+    kl: Tensor
+    loss: Tensor
+    grad_samples: tuple[Tensor, ...]
+
+
+class IterativeVAE(nn.Module):
+    """Parameters (SPEC 2) and the inference dynamics (SPEC 3-5) of one preset.
+
+    Parameters: W [M, K], dec_log_sigma [M], log_bias [K], log_lr [C], u_init [C, K],
+    log_gain [K] (igrelu only). Buffer: n_exp [t_total] (relaxed Poisson sampler lengths).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        m, k, c = config.input_dim, config.n_latents, config.n_components
+        gen = torch.Generator().manual_seed(config.seed)
+        self.W = nn.Parameter(torch.randn(m, k, generator=gen) * config.init_scale)
+        self.dec_log_sigma = nn.Parameter(torch.zeros(m))
+        self.log_bias = nn.Parameter(torch.full((k,), -3.0))
+        self.log_lr = nn.Parameter(torch.zeros(c))
+        if config.posterior == "poisson":
+            low, high = config.u_init_low, config.u_init_high
+            u_init = low + (high - low) * torch.rand(1, k, generator=gen)
+        else:
+            u_init = torch.zeros(2, k)
+        self.u_init = nn.Parameter(u_init)
+        if config.preset == "igrelu":
+            self.log_gain = nn.Parameter(torch.zeros(k))
+        initial = D.n_exp_for_rate(3.0, config.n_exp_p)  # 10, the reference's start value
+        self.register_buffer("n_exp", torch.full((config.t_total,), initial, dtype=torch.int32))
+        self._n_exp_host: list[int] | None = None
+
+    # ------------------------------------------------------------------ basic pieces
+    @property
+    def is_poisson(self) -> bool:
+        return self.config.posterior == "poisson"
+
+    def activation(self, z: Tensor) -> Tensor:
+        """a(z): identity, or relu(z) exp(log_gain) for igrelu. [B, K] -> [B, K]."""
+        if self.config.preset == "igrelu":
+            return torch.relu(z) * torch.exp(self.log_gain)
+        return z
+
+    def activation_derivative(self, z: Tensor) -> Tensor | None:
+        """a'(z) [B, K]; None where a is the identity (saves a multiply)."""
+        if self.config.preset == "igrelu":
+            return (z > 0).to(z.dtype) * torch.exp(self.log_gain)
+        return None
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Reconstruction mean x_hat = W a(z): [B, K] -> [B, M]."""
+        return self.activation(z) @ self.W.T
+
+    def dec_log_sigma_effective(self) -> Tensor:
+        """Effective decoder log-std [M]."""
+        return D.effective_dec_log_sigma(self.dec_log_sigma)
+
+    def init_state(self, batch_size: int) -> State:
+        """The learnable initial state u_init broadcast over the batch: C x [B, K]."""
+        k = self.config.n_latents
+        return State(tuple(u.expand(batch_size, k) for u in self.u_init))
+
+    def reattach_to_init(self, state: State) -> State:
+        """u <- u_init + stopgrad(u - u_init): cut the graph between TBPTT cycles but let
+        the gradient still reach u_init (SPEC 6)."""
+        b = state.batch_size
+        return State(tuple(
+            u0.expand(b, -1) + (u - u0).detach()
+            for u0, u in zip(self.u_init, state.components, strict=True)
+        ))
+
+    # ------------------------------------------------------------------ sampler length
+    def n_exp_at(self, t: int, state: State | None = None) -> int:
+        """Relaxed-Poisson sampler length at step t (a host-side copy: no device sync).
+
+        Beyond t_total (long evaluations at tau > 0) it is inferred from the batch's
+        largest rate, as the reference does; that one reads the device.
+        """
+        if self._n_exp_host is None:
+            self._n_exp_host = [int(v) for v in self.n_exp.tolist()]
+        if t < len(self._n_exp_host):
+            return self._n_exp_host[t]
+        if state is None:
+            return self._n_exp_host[-1]
+        max_rate = float(D.poisson_rate(state.components[0]).max())
+        return D.n_exp_for_rate(max_rate, self.config.n_exp_p)
+
+    def set_n_exp(self, max_rates: list[float] | Tensor) -> None:
+        """Refresh n_exp[t] from observed largest rates, one per step t (SPEC 4, 6).
+
+        In distributed runs pass rates already reduced across ranks (`reduce_max_rates`)
+        so every rank uses the same sampler length.
+        """
+        rates = [float(r) for r in (max_rates.tolist() if isinstance(max_rates, Tensor)
+                                    else max_rates)]
+        if len(rates) != self.config.t_total:
+            raise ValueError(f"need {self.config.t_total} rates, got {len(rates)}")
+        values = [D.n_exp_for_rate(max(r, D.FLOAT32_EPS), self.config.n_exp_p) for r in rates]
+        self.n_exp.copy_(torch.tensor(values, dtype=torch.int32))
+        self._n_exp_host = values
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._n_exp_host = None  # n_exp may have changed: re-read lazily
+
+    # ------------------------------------------------------------------ sampling
+    def draw_noise(self, state: State, temp: float, t: int = 0,
+                   generator: torch.Generator | None = None) -> Tensor | None:
+        """Standard noise behind one sample: Exp(1) [n_exp, B, K] (Poisson, tau > 0),
+        N(0, 1) [B, K] (Gaussian), None for the exact Poisson sampler (tau = 0)."""
+        ref = state.components[0]
+        if self.is_poisson:
+            if temp == 0:
+                return None
+            n_exp = self.n_exp_at(t, state)
+            return D.exponential_noise(n_exp, ref.shape, ref.device, generator)
+        return torch.randn(ref.shape, device=ref.device, generator=generator)
+
+    def sample(self, state: State, temp: float, noise: Tensor | None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """z ~ q(z | state) at temperature temp (SPEC 4), [B, K]; reparameterised except
+        for the exact Poisson sample at temp 0 (which uses `generator`)."""
+        if self.is_poisson:
+            u = state.components[0]
+            if temp == 0:
+                return D.exact_poisson(u, generator)
+            return D.relaxed_poisson(u, temp, noise)
+        mu, xi = state.components
+        return D.gaussian_sample(mu, xi, temp, noise)
+
+    # ------------------------------------------------------------------ one update
+    def recon_grad(self, x: Tensor, z: Tensor) -> Tensor:
+        """g_rec = -a'(z) * (W^T ((x - W a(z)) / sigma_dec^2)), the gradient of the
+        reconstruction loss w.r.t. z (SPEC 3.2). x [B, M], z [B, K] -> [B, K]."""
+        inv_var = torch.exp(-2.0 * self.dec_log_sigma_effective())
+        error = (x - self.decode(z)) * inv_var
+        grad = -(error @ self.W)
+        deriv = self.activation_derivative(z)
+        return grad if deriv is None else grad * deriv
+
+    def free_energy_grad(self, x: Tensor, state: State, z: Tensor, temp: float = 1.0,
+                         prior: State | None = None) -> tuple[Tensor, ...]:
+        """The (scaled) free-energy gradient the update follows, one [B, K] per component.
+
+        Poisson: g = g_rec [+ beta_inner (u - u0)] + exp(log_bias).
+        Gaussian: noise e = (z - mu) / (tau sigma); g_mu = g_rec, g_xi = g_rec e sigma
+        [+ beta_inner ((mu - mu0) / sigma0^2, exp(2 (xi - xi0)) - 1)]; natural-gradient
+        scaling g_mu *= sigma^2, g_xi *= 1/2; then g_mu += exp(log_bias).
+        The inner-KL terms enter only when n_iters_inner > 1 (then `prior` is needed).
+        """
+        cfg = self.config
+        g_rec = self.recon_grad(x, z)
+        with_kl = cfg.n_iters_inner > 1
+        if with_kl and prior is None:
+            raise ValueError("n_iters_inner > 1 needs the step's prior state")
+        if self.is_poisson:
+            (u,) = state.components
+            g = g_rec
+            if with_kl:
+                g = g + cfg.beta_inner * (u - prior.components[0])
+            return (g + torch.exp(self.log_bias),)
+        mu, xi = state.components
+        sigma = torch.exp(xi)
+        with torch.no_grad():
+            noise = (z - mu) / (temp * sigma)
+        g_mu = g_rec
+        g_xi = g_rec * noise * sigma
+        if with_kl:
+            mu0, xi0 = prior.components
+            g_mu = g_mu + cfg.beta_inner * (mu - mu0) / torch.exp(2.0 * xi0)
+            g_xi = g_xi + cfg.beta_inner * (torch.exp(2.0 * (xi - xi0)) - 1.0)
+        g_mu = g_mu * sigma**2 + torch.exp(self.log_bias)
+        return (g_mu, 0.5 * g_xi)
+
+    def clamp_state_step(self, values: Tensor, index: int, which: str,
+                         eps: float | Tensor) -> Tensor:
+        """Soft clamp of a step ('du') or of the new state ('u') of component `index`."""
+        cfg = self.config
+        c_final = (cfg.clamp_du if which == "du" else cfg.clamp_u)[index]
+        c = D.clamp_ceiling(eps, c_final, cfg.posterior)
+        if self.is_poisson:
+            return D.poisson_clamp(values, c)
+        return D.softclamp_sym(values, c)
+
+    def update(self, x: Tensor, state: State, z: Tensor, eps: float | Tensor = 1.0,
+               temp: float = 1.0, prior: State | None = None) -> State:
+        """One gradient update of the state, deterministic given the sample z (SPEC 3.3-3.4).
+
+        d_c = clamp(-exp(log_lr_c) g_c, c_du); new_c = clamp(state_c + d_c, c_u).
+        x [B, M]; z [B, K]; `temp` is needed to recover the Gaussian noise from z;
+        `prior` (the state at the start of the step) only when n_iters_inner > 1.
+        """
+        grads = self.free_energy_grad(x, state, z, temp, prior)
+        new = []
+        for i, (value, grad) in enumerate(zip(state.components, grads, strict=True)):
+            step = self.clamp_state_step(-torch.exp(self.log_lr[i]) * grad, i, "du", eps)
+            new.append(self.clamp_state_step(value + step, i, "u", eps))
+        return State(tuple(new))
+
+    # ------------------------------------------------------------------ one step
+    def kl(self, state: State, prior: State, temp: float = 1.0) -> Tensor:
+        """KL(q(state) || q(prior)) per latent, [B, K] (SPEC 5)."""
+        if self.is_poisson:
+            return D.poisson_kl(state.components[0], prior.components[0], self.config.poisson_kl)
+        (mu, xi), (mu0, xi0) = state.components, prior.components
+        return D.gaussian_kl(mu, xi, mu0, xi0, temp)
+
+    def kl_both_forms(self, state: State, prior: State) -> dict[str, Tensor]:
+        """Poisson only: both KL forms {'reference', 'exact'}, each [B, K]."""
+        u, u0 = state.components[0], prior.components[0]
+        return {form: D.poisson_kl(u, u0, form) for form in ("reference", "exact")}
+
+    def step(self, x: Tensor, state: State, temp: float, beta: float, eps: float | Tensor = 1.0,
+             t: int = 0, noise: tuple[Tensor | None, ...] | None = None,
+             generator: torch.Generator | None = None) -> StepOutput:
+        """One inference step at time t (SPEC 3): n_iters_inner updates against the prior
+        u0 = `state`, then a fresh sample from the new state, its reconstruction and losses.
+
+        noise: optional standard noise for the n_iters_inner update samples followed by
+        the output sample (for exact replay); drawn with `generator` when None.
+        """
+        cfg = self.config
+        prior = state
+        n_inner = cfg.n_iters_inner
+        if noise is None:
+            noise = (None,) * (n_inner + 1)
+        grad_samples = []
+        for n in range(n_inner):
+            eps_n = noise[n] if noise[n] is not None else self.draw_noise(state, temp, t, generator)
+            z = self.sample(state, temp, eps_n, generator)
+            grad_samples.append(z)
+            state = self.update(x, state, z, eps, temp, prior)
+        out_noise = noise[n_inner]
+        if out_noise is None:
+            out_noise = self.draw_noise(state, temp, t, generator)
+        z = self.sample(state, temp, out_noise, generator)
+        x_hat = self.decode(z)
+        recon = D.gaussian_nll(x, x_hat, self.dec_log_sigma_effective())
+        kl = self.kl(state, prior, temp)
+        loss = self.step_loss(recon, kl, beta)
+        return StepOutput(state, z, x_hat, recon, kl, loss, tuple(grad_samples))
+
+    def step_loss(self, recon: Tensor, kl: Tensor, beta: float | Tensor) -> Tensor:
+        """mean_b(recon + beta sum_k kl) * 256 / M (SPEC 6): recon [B], kl [B, K] -> []."""
+        return (recon + beta * kl.sum(-1)).mean() * (256.0 / self.config.input_dim)
+
+    # ------------------------------------------------------------------ many steps
+    @torch.no_grad()
+    def infer(self, x: Tensor, n_steps: int, temp: float, eps: float = 1.0, beta: float = 0.0,
+              generator: torch.Generator | None = None, feeder=None,
+              record_every: int = 1) -> dict[str, Tensor]:
+        """Run inference from u_init for n_steps and return per-step traces for analysis.
+
+        x: [B, M] (or `feeder`, indexable by t -> [B, M]). Traces, stacked over the
+        recorded steps (every `record_every`-th and the last): 'z' [T, B, K], 'x_hat'
+        [T, B, M], 'recon' [T, B], 'kl' [T, B, K], 'loss' [T], 'state' [T, C, B, K],
+        'steps' [T] (1-based step index).
+        """
+        state = self.init_state(x.shape[0])
+        traces: dict[str, list[Tensor]] = {k: [] for k in
+                                           ("z", "x_hat", "recon", "kl", "loss", "state")}
+        steps = []
+        for t in range(n_steps):
+            inputs = x if feeder is None else feeder[t]
+            out = self.step(inputs, state, temp, beta, eps, t, generator=generator)
+            state = out.state
+            if (t + 1) % record_every == 0 or t == n_steps - 1:
+                steps.append(t + 1)
+                for key in ("z", "x_hat", "recon", "kl", "loss"):
+                    traces[key].append(getattr(out, key))
+                traces["state"].append(torch.stack(state.components))
+        result = {k: torch.stack(v) for k, v in traces.items()}
+        result["steps"] = torch.tensor(steps)
+        return result
+
+
+def reduce_max_rates(max_rates: Tensor, reduce_fn=None) -> Tensor:
+    """Make every rank agree on the per-step largest rates before `set_n_exp`.
+
+    max_rates [t_total]; `reduce_fn(tensor) -> tensor` is the distributed max-reduction
+    (e.g. `lambda r: accelerator.reduce(r, "max")` or an all_reduce with MAX). With no
+    reduce_fn (one process) the rates are returned as they are.
+    """
+    return max_rates if reduce_fn is None else reduce_fn(max_rates)
