@@ -1,0 +1,114 @@
+"""Training schedules (SPEC 6): learning rate, KL weight beta, clamp growth eps, temperature
+and gradient-clip norm, as pure functions of the global step.
+
+A global step is one batch (the reference's `gstep`); with n_iters_outer > 1 the optimiser
+steps several times per batch at the same schedule values. The values equal the
+reference trainer's (tests/data/schedules.npz) step for step, including its quirk that the
+cosine decay starts from the learning rate of the *last* warm-up step
+(lr * (n_warm - 1) / n_warm rather than lr).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ScheduleValues:
+    """Everything the loop needs at one global step."""
+
+    lr: float
+    beta: float
+    eps: float
+    temp: float
+    max_norm: float
+    warming_up: bool
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Schedules over `total_steps` global steps.
+
+    beta: beta_min for the first kl_const_portion of steps, then linear to beta_outer by
+    kl_const_portion + kl_anneal_portion, constant after; eps the same shape from 0 to 1;
+    temperature (Poisson) linear from temp_start to temp_stop over temp_anneal_portion,
+    Gaussian always 1; lr linear warm-up from 0 over warmup_portion, then cosine to lr_min
+    over the remaining steps; clipping norm 3x grad_clip during warm-up.
+    """
+
+    total_steps: int
+    lr: float = 5e-3
+    lr_min: float = 1e-5
+    warmup_portion: float = 0.005
+    grad_clip: float = 300.0
+    beta_outer: float = 24.0
+    beta_min: float = 1e-4
+    kl_const_portion: float = 1e-3
+    kl_anneal_portion: float = 0.1
+    anneal_temperature: bool = True
+    temp_start: float = 1.0
+    temp_stop: float = 0.01
+    temp_anneal_portion: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise ValueError("a schedule needs at least one step")
+
+    @property
+    def n_warmup(self) -> int:
+        """Number of steps g with g / total_steps < warmup_portion."""
+        return math.ceil(self.warmup_portion * self.total_steps)
+
+    def _linear_anneal(self, step: int, start: float, end: float) -> float:
+        n = self.total_steps
+        a = math.ceil(self.kl_const_portion * n)
+        b = math.ceil((self.kl_const_portion + self.kl_anneal_portion) * n)
+        if step < a:
+            return start
+        if step >= b:
+            return end
+        return _linspace_at(start, end, b - a, step - a)
+
+    def beta(self, step: int) -> float:
+        return self._linear_anneal(step, self.beta_min, self.beta_outer)
+
+    def eps(self, step: int) -> float:
+        return self._linear_anneal(step, 0.0, 1.0)
+
+    def temp(self, step: int) -> float:
+        if not self.anneal_temperature:
+            return 1.0
+        i = math.ceil(self.temp_anneal_portion * self.total_steps)
+        if step >= i:
+            return self.temp_stop
+        return _linspace_at(self.temp_start, self.temp_stop, i, step)
+
+    def learning_rate(self, step: int) -> float:
+        n, n_warm = self.total_steps, self.n_warmup
+        if step < n_warm:
+            return self.lr * (step / n) / self.warmup_portion
+        # The cosine starts from the lr in force after warm-up (the last warm-up value,
+        # or lr itself when there is no warm-up or a single warm-up step at lr 0).
+        peak = self.lr * ((n_warm - 1) / n) / self.warmup_portion if n_warm > 1 else self.lr
+        period = (1.0 - self.warmup_portion) * n
+        t = step - n_warm
+        return self.lr_min + (peak - self.lr_min) * (1.0 + math.cos(math.pi * t / period)) / 2.0
+
+    def at(self, step: int) -> ScheduleValues:
+        warming_up = step < self.n_warmup
+        return ScheduleValues(
+            lr=self.learning_rate(step),
+            beta=self.beta(step),
+            eps=self.eps(step),
+            temp=self.temp(step),
+            max_norm=self.grad_clip * (3.0 if warming_up else 1.0),
+            warming_up=warming_up,
+        )
+
+
+def _linspace_at(start: float, end: float, count: int, index: int) -> float:
+    """Element `index` of numpy.linspace(start, end, count)."""
+    if count == 1:
+        return start
+    return start + (end - start) * index / (count - 1)
