@@ -1,0 +1,140 @@
+"""Image preparation for patch data sets: grayscale, 1/f whitening, patch sampling.
+
+The recipe follows Olshausen & Field (1996/1997): natural images have an amplitude
+spectrum falling roughly as 1/|f|, so multiplying the spectrum by |f| flattens it
+("whitening"); a steep low-pass roll-off exp(-(|f|/f0)^4) removes the noisy, aliased
+corner frequencies. Frequencies are measured in cycles/pixel (Nyquist = 0.5), so
+`f0 = f0_fraction * 0.5`; with the default f0_fraction = 0.4 that is 0.4 * Nyquist, the
+same as 0.4 * N/2 cycles/picture for an N x N picture, and it is defined the same way for
+non-square pictures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+NYQUIST = 0.5  # cycles/pixel
+
+# A patch counts as "near-flat" when its variance is below this fraction of the median
+# patch variance of its (whitened) image: sky, blurred background, the black surround of
+# retina / hubble_deep_field. Such patches carry almost no structure and sparse-coding data
+# preparation discards them.
+FLAT_FRACTION = 1e-2
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Convert an image to float64 grayscale.
+
+    Args:
+        image: [H, W] or [H, W, C] with C in {1, 3, 4} (alpha is dropped); integer images
+            are scaled by their dtype's maximum, booleans to {0, 1}.
+
+    Returns:
+        [H, W] float64 (luminance weights 0.2125 R + 0.7154 G + 0.0721 B, as skimage).
+
+    Raises:
+        ValueError: for any other shape.
+    """
+    img = np.asarray(image)
+    if img.dtype == bool:
+        img = img.astype(np.float64)
+    elif np.issubdtype(img.dtype, np.integer):
+        img = img.astype(np.float64) / float(np.iinfo(img.dtype).max)
+    else:
+        img = img.astype(np.float64)
+    if img.ndim == 3 and img.shape[2] in (1, 3, 4):
+        if img.shape[2] == 1:
+            img = img[..., 0]
+        else:
+            img = img[..., :3] @ np.array([0.2125, 0.7154, 0.0721])
+    if img.ndim != 2:
+        raise ValueError(f"expected a [H, W] or [H, W, 1|3|4] image, got shape {img.shape}")
+    return img
+
+
+def whiten_image(image: np.ndarray, f0_fraction: float = 0.4, pad: int = 32) -> np.ndarray:
+    """Whiten one grayscale image with the filter |f| * exp(-(|f| / f0)^4).
+
+    The image is mean-subtracted and mirror-padded by `pad` pixels before the FFT so that
+    the circular convolution does not see a jump at the borders; the result is cropped back
+    and scaled to unit variance (the overall scale is set later by the train-set
+    standardisation, this only keeps images comparable).
+
+    Args:
+        image: [H, W] float grayscale.
+        f0_fraction: roll-off frequency as a fraction of Nyquist.
+        pad: mirror padding in pixels on each side.
+
+    Returns:
+        [H, W] float64 whitened image with mean ~0 and std 1 (all zeros if the image is
+        constant).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    img = img - img.mean()
+    padded = np.pad(img, pad, mode="symmetric")
+    fy = np.fft.fftfreq(padded.shape[0])[:, None]
+    fx = np.fft.rfftfreq(padded.shape[1])[None, :]
+    freq = np.sqrt(fx**2 + fy**2)
+    f0 = f0_fraction * NYQUIST
+    filt = freq * np.exp(-((freq / f0) ** 4))
+    out = np.fft.irfft2(np.fft.rfft2(padded) * filt, s=padded.shape)
+    out = out[pad : pad + img.shape[0], pad : pad + img.shape[1]]
+    std = out.std()
+    return out / std if std > 0 else out
+
+
+def sample_patches(
+    image: np.ndarray,
+    n_patches: int,
+    patch_size: int,
+    rng: np.random.Generator,
+    flat_fraction: float = FLAT_FRACTION,
+    n_reference: int = 2000,
+) -> tuple[np.ndarray, float]:
+    """Cut patches at uniformly random positions, skipping near-flat ones.
+
+    The image's typical patch variance is the median variance of `n_reference` random
+    patches; a candidate is skipped when its variance is below
+    `flat_fraction * median`.
+
+    Args:
+        image: [H, W] (whitened) image with H, W >= patch_size.
+        n_patches: number of patches to return.
+        patch_size: side P of the square patches.
+        rng: numpy Generator (the only source of randomness: deterministic given its seed).
+        flat_fraction: threshold as a fraction of the median patch variance.
+        n_reference: patches used to estimate the median variance.
+
+    Returns:
+        (patches [n_patches, P * P] float64, fraction of the drawn candidates that were
+        near-flat and skipped).
+
+    Raises:
+        ValueError: if the image is smaller than a patch or too few patches pass.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.shape[0] < patch_size or img.shape[1] < patch_size:
+        raise ValueError(f"image of shape {img.shape} is smaller than a {patch_size}-px patch")
+    windows = sliding_window_view(img, (patch_size, patch_size))  # [Y, X, P, P] view
+    n_y, n_x = windows.shape[:2]
+    ref = windows[rng.integers(0, n_y, n_reference), rng.integers(0, n_x, n_reference)]
+    threshold = flat_fraction * float(np.median(ref.var(axis=(1, 2))))
+    kept: list[np.ndarray] = []
+    n_kept = n_skipped = n_drawn = 0
+    for _ in range(100):
+        if n_kept >= n_patches:
+            break
+        n_draw = max(2 * (n_patches - n_kept), 256)
+        cand = windows[rng.integers(0, n_y, n_draw), rng.integers(0, n_x, n_draw)]
+        ok = cand.var(axis=(1, 2)) >= threshold
+        if threshold == 0.0:  # a constant image: everything is flat
+            ok[:] = False
+        n_skipped += int((~ok).sum())
+        n_drawn += n_draw
+        good = cand[ok][: n_patches - n_kept]
+        kept.append(good.reshape(len(good), -1))
+        n_kept += len(good)
+    if n_kept < n_patches:
+        raise ValueError(f"only {n_kept} of {n_patches} patches are not near-flat")
+    return np.concatenate(kept, axis=0), n_skipped / n_drawn
