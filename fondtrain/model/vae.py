@@ -53,6 +53,26 @@ class StepOutput:
     grad_samples: tuple[Tensor, ...]
 
 
+@dataclass
+class CycleOutput:
+    """A TBPTT cycle's loss (with graph) and detached per-step statistics [n_steps].
+
+    max_rate: largest posterior rate at each step (Poisson; None for Gaussian), feeding
+    the n_exp refresh; last_z, last_x_hat, last_x: the final step's sample [B, K],
+    reconstruction [B, M] and input [B, M] (for logging R^2 and sparsity).
+    """
+
+    loss: Tensor
+    state: State
+    step_losses: Tensor
+    recon: Tensor
+    kl: Tensor
+    max_rate: Tensor | None
+    last_z: Tensor
+    last_x_hat: Tensor
+    last_x: Tensor
+
+
 class IterativeVAE(nn.Module):
     """Parameters (SPEC 2) and the inference dynamics (SPEC 3-5) of one preset.
 
@@ -294,6 +314,45 @@ class IterativeVAE(nn.Module):
     def step_loss(self, recon: Tensor, kl: Tensor, beta: float | Tensor) -> Tensor:
         """mean_b(recon + beta sum_k kl) * 256 / M (SPEC 6): recon [B], kl [B, K] -> []."""
         return (recon + beta * kl.sum(-1)).mean() * (256.0 / self.config.input_dim)
+
+    # ------------------------------------------------------------------ one TBPTT cycle
+    def forward(self, inputs: Tensor, state: State, t_start: int, n_steps: int, temp: float,
+                beta: float, eps: float | Tensor = 1.0,
+                noise: list[tuple[Tensor | None, ...]] | None = None,
+                generator: torch.Generator | None = None) -> CycleOutput:
+        """One TBPTT cycle: n_steps consecutive steps from time t_start on the same batch.
+
+        inputs: [B, M] (the same input each step) or [n_steps, B, M] (a feeder's sequence).
+        The loss is the mean of the steps' losses (SPEC 6). This is `forward` so that DDP
+        sees exactly one forward per backward. Statistics are detached device tensors:
+        read them only every few steps (no host sync in the cycle).
+        """
+        losses, recons, kls, max_rates = [], [], [], []
+        out = None
+        for i in range(n_steps):
+            x = inputs if inputs.dim() == 2 else inputs[i]
+            step_noise = None if noise is None else noise[i]
+            out = self.step(x, state, temp, beta, eps, t_start + i, step_noise, generator)
+            losses.append(out.loss)
+            with torch.no_grad():
+                recons.append(out.recon.mean())
+                kls.append(out.kl.sum(-1).mean())
+                if self.is_poisson:
+                    max_rates.append(torch.exp(out.state.components[0]).max())
+            state = out.state
+        step_losses = torch.stack(losses)
+        last_x = inputs if inputs.dim() == 2 else inputs[-1]
+        return CycleOutput(
+            loss=step_losses.mean(),
+            state=state,
+            step_losses=step_losses.detach(),
+            recon=torch.stack(recons),
+            kl=torch.stack(kls),
+            max_rate=torch.stack(max_rates) if max_rates else None,
+            last_z=out.z.detach(),
+            last_x_hat=out.x_hat.detach(),
+            last_x=last_x,
+        )
 
     # ------------------------------------------------------------------ many steps
     @torch.no_grad()
