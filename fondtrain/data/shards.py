@@ -1,0 +1,476 @@
+"""WebDataset shards: write (atomically), read, verify, and build-if-missing.
+
+Layout of a shard folder `shards/<dataset>/`:
+
+    manifest.json
+    train-000000.tar, train-000001.tar, ...
+    val-000000.tar, ...
+
+Each tar is a valid WebDataset shard whose samples are BLOCKS of consecutive rows:
+key `block_000123` with members `block_000123.npy` ([b, M] float32, b <= block_size)
+and, for labelled data, `block_000123.labels.npy` ([b] int64). Block keys count up
+through a split, so a block's key is unique within it. 16x16 patches are 1 KiB, so
+moving blocks instead of single samples keeps per-sample overhead (tar headers, Python
+calls, inter-process pickling) negligible.
+
+manifest.json records: format, dataset, source, seed, source_kwargs, input_dim,
+sample_shape, dtype, label_dtype, normalization {mean, std}, block_size,
+samples_per_shard, per split {n_samples, shards: [{file, n_samples, n_blocks,
+first_block, bytes, sha256}]}, meta (the source's description), fondtrain_version,
+created (UTC, ISO 8601).
+
+Writing goes to a hidden temporary sibling folder that is renamed into place at the end,
+so a conversion that fails leaves no half-written folder behind. Tar members carry
+mtime 0, so the same data and seed give byte-identical shards (same sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tarfile
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+import fondtrain
+from fondtrain.errors import UserError
+
+FORMAT = "fondtrain-shards/1"
+MANIFEST = "manifest.json"
+DEFAULT_BLOCK_SIZE = 256
+MAX_SAMPLES_PER_SHARD = 8192
+TARGET_TRAIN_SHARDS = 64
+_KEY_RE = re.compile(r"^block_(\d{6,})\.(npy|labels\.npy)$")
+
+
+def default_samples_per_shard(n_train: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
+    """Samples per shard: aim for >= 64 train shards, in whole blocks, at most 8192.
+
+    Many small shards let several loader workers read in parallel and keep the share of
+    one rank's data that sits in a partly-read shard small (the loader splits ranks by
+    sample range, so it does not need more shards than ranks). 100k patches -> 1792
+    samples (1.8 MB) per shard, 56 shards.
+    """
+    per = math.ceil(max(n_train, 1) / TARGET_TRAIN_SHARDS)
+    per = math.ceil(per / block_size) * block_size
+    return int(min(max(per, block_size), max(MAX_SAMPLES_PER_SHARD, block_size)))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Make numpy scalars / arrays / paths in a meta dict JSON-friendly."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    return obj
+
+
+def _check_splits(splits: dict[str, tuple[np.ndarray, np.ndarray | None]]):
+    """Validate and normalise the arrays: x [N, M] float32, y [N] int64 or None."""
+    if "train" not in splits:
+        raise ValueError("splits must contain 'train'")
+    out, dims, labelled = {}, set(), set()
+    for name, (x, y) in splits.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"bad split name {name!r}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"split {name}: x must be [N, M], got {x.shape}")
+        if y is not None:
+            y = np.ascontiguousarray(y, dtype=np.int64)
+            if y.shape != (len(x),):
+                raise ValueError(f"split {name}: y must be [{len(x)}], got {y.shape}")
+        dims.add(x.shape[1])
+        labelled.add(y is not None)
+        out[name] = (x, y)
+    if len(dims) != 1 or len(labelled) != 1:
+        raise ValueError("all splits need the same M and all or none need labels")
+    return out, dims.pop(), labelled.pop()
+
+
+def _write_split(
+    folder: Path, split: str, x: np.ndarray, y: np.ndarray | None,
+    samples_per_shard: int, block_size: int,
+) -> list[dict[str, Any]]:
+    """Write one split as `split-NNNNNN.tar` files; returns the manifest shard entries."""
+    entries, block = [], 0
+    for i, start in enumerate(range(0, len(x), samples_per_shard)):
+        stop = min(start + samples_per_shard, len(x))
+        path = folder / f"{split}-{i:06d}.tar"
+        first_block = block
+        with open(path, "wb") as fh:
+            writer = wds.TarWriter(fh, mtime=0)
+            for b0 in range(start, stop, block_size):
+                b1 = min(b0 + block_size, stop)
+                sample = {"__key__": f"block_{block:06d}", "npy": x[b0:b1]}
+                if y is not None:
+                    sample["labels.npy"] = y[b0:b1]
+                writer.write(sample)
+                block += 1
+            writer.close()
+        entries.append({
+            "file": path.name,
+            "n_samples": stop - start,
+            "n_blocks": block - first_block,
+            "first_block": first_block,
+            "bytes": path.stat().st_size,
+            "sha256": _sha256(path),
+        })
+    return entries
+
+
+def write_shards(
+    out_dir: str | os.PathLike,
+    dataset_name: str,
+    splits: dict[str, tuple[np.ndarray, np.ndarray | None]],
+    meta: dict[str, Any],
+    samples_per_shard: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    *,
+    overwrite: bool = False,
+    shuffle_train: bool = True,
+) -> Path:
+    """Write splits as WebDataset shards plus manifest.json into `out_dir`, atomically.
+
+    Args:
+        out_dir: the shard folder to create (e.g. shards/natural16).
+        dataset_name: recorded in the manifest.
+        splits: {"train": (x [N, M], y [N] or None), "val": (...), ...}.
+        meta: source description; `normalization`, `sample_shape`, `seed`,
+            `source_kwargs` and `source` are lifted into the manifest's top level.
+        samples_per_shard: rows per tar file (default: `default_samples_per_shard`).
+        block_size: rows per tar member.
+        overwrite: replace an existing `out_dir` (the old one stays intact if writing fails).
+        shuffle_train: store the train rows in a permutation seeded by meta["seed"], so
+            that a streaming reader sees well-mixed data even when the source is ordered
+            (e.g. patches grouped by photo). The set of rows is unchanged.
+
+    Returns:
+        the final shard folder.
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it.")
+    splits, dim, labelled = _check_splits(splits)
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+    if samples_per_shard is None:
+        samples_per_shard = default_samples_per_shard(len(splits["train"][0]), block_size)
+    seed = int(meta.get("seed", 0) or 0)
+    if shuffle_train:
+        perm = np.random.default_rng([seed, 0x5EED]).permutation(len(splits["train"][0]))
+        x, y = splits["train"]
+        splits["train"] = (x[perm], None if y is None else y[perm])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "dataset": dataset_name,
+            "source": meta.get("source", dataset_name),
+            "seed": seed,
+            "source_kwargs": _jsonable(meta.get("source_kwargs", {})),
+            "input_dim": dim,
+            "sample_shape": _jsonable(meta.get("sample_shape", [dim])),
+            "dtype": "float32",
+            "label_dtype": "int64" if labelled else None,
+            "normalization": _jsonable(meta.get("normalization", {"mean": 0.0, "std": 1.0})),
+            "block_size": block_size,
+            "samples_per_shard": samples_per_shard,
+            "splits": {},
+            "meta": _jsonable(meta),
+            "fondtrain_version": fondtrain.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        for name, (x, y) in splits.items():
+            shards = _write_split(tmp, name, x, y, samples_per_shard, block_size)
+            manifest["splits"][name] = {"n_samples": len(x), "shards": shards}
+        with open(tmp / MANIFEST, "w") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if out.exists():  # overwrite: move the old folder aside, then swap
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def load_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read `shard_dir/manifest.json`; UserError if it is missing or not a fondtrain one."""
+    folder = Path(shard_dir)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise UserError(
+            f"shard folder {folder} does not exist; build it with `fondtrain shard` first."
+        )
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing; rebuild the shards with `fondtrain shard --overwrite`."
+        )
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); rebuild the shards.") from exc
+    required = ("format", "dataset", "input_dim", "splits", "block_size", "normalization")
+    if not isinstance(manifest, dict) or any(k not in manifest for k in required):
+        raise UserError(f"{path} is not a fondtrain shard manifest; rebuild the shards.")
+    if manifest["format"] != FORMAT:
+        raise UserError(
+            f"{path} has format {manifest['format']!r} but this fondtrain reads {FORMAT!r}; "
+            "rebuild the shards."
+        )
+    return manifest
+
+
+def split_entries(manifest: dict[str, Any], split: str, shard_dir: Path | str) -> dict[str, Any]:
+    """The manifest entry of one split; UserError naming the folder if it is absent."""
+    if split not in manifest["splits"]:
+        raise UserError(
+            f"{Path(shard_dir) / MANIFEST} has no split {split!r}; "
+            f"it has {', '.join(manifest['splits'])}."
+        )
+    return manifest["splits"][split]
+
+
+def _load_member(data: bytes, what: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise UserError(f"{what} is not a readable .npy array; rebuild the shards.") from exc
+
+
+def iter_blocks(
+    path: str | os.PathLike, input_dim: int, labelled: bool
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Read one shard tar in order, checking every block.
+
+    Yields:
+        (block index, x [b, M] float32, y [b] int64 or None).
+
+    Raises:
+        UserError naming the file if it is unreadable, truncated, or a block has the
+        wrong shape / dtype / members.
+    """
+    path = Path(path)
+    pending: dict[int, dict[str, np.ndarray]] = {}
+
+    def finish(idx: int):
+        parts = pending.pop(idx)
+        x = parts.get("npy")
+        y = parts.get("labels.npy")
+        if x is None or (labelled and y is None) or (not labelled and y is not None):
+            raise UserError(f"{path} block {idx} has the wrong members; rebuild the shards.")
+        if x.ndim != 2 or x.shape[1] != input_dim or x.dtype != np.float32:
+            raise UserError(
+                f"{path} block {idx} has shape {x.shape} {x.dtype} but the manifest says "
+                f"[b, {input_dim}] float32; rebuild the shards."
+            )
+        if y is not None and (y.shape != (len(x),) or y.dtype != np.int64):
+            raise UserError(f"{path} block {idx} has labels of the wrong shape; rebuild.")
+        return idx, x, y
+
+    try:
+        with tarfile.open(path, "r|") as tar:
+            for member in tar:
+                m = _KEY_RE.match(member.name)
+                if not member.isfile() or m is None:
+                    raise UserError(
+                        f"{path} holds an unexpected member {member.name!r}; rebuild the shards."
+                    )
+                idx = int(m.group(1))
+                for done in [k for k in pending if k != idx]:
+                    yield finish(done)
+                fh = tar.extractfile(member)
+                data = fh.read() if fh is not None else b""
+                pending.setdefault(idx, {})[m.group(2)] = _load_member(
+                    data, f"{path} member {member.name}"
+                )
+        for done in list(pending):
+            yield finish(done)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(
+            f"{path} is not a readable tar file ({exc}); it is truncated or corrupt, "
+            "rebuild the shards."
+        ) from exc
+
+
+def read_split(
+    shard_dir: str | os.PathLike, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a whole split into memory (rows in stored order).
+
+    Returns:
+        (x [N, M] float32, y [N] int64 or None).
+    """
+    manifest = load_manifest(shard_dir)
+    info = split_entries(manifest, split, shard_dir)
+    dim, labelled = manifest["input_dim"], manifest.get("label_dtype") is not None
+    x = np.empty((info["n_samples"], dim), dtype=np.float32)
+    y = np.empty(info["n_samples"], dtype=np.int64) if labelled else None
+    pos = 0
+    for entry in info["shards"]:
+        path = Path(shard_dir) / entry["file"]
+        start = pos
+        for _, xb, yb in iter_blocks(path, dim, labelled):
+            if pos + len(xb) > len(x):
+                raise UserError(f"{path} holds more samples than the manifest says; rebuild.")
+            x[pos : pos + len(xb)] = xb
+            if y is not None:
+                y[pos : pos + len(xb)] = yb
+            pos += len(xb)
+        if pos - start != entry["n_samples"]:
+            raise UserError(
+                f"{path} holds {pos - start} samples but the manifest says "
+                f"{entry['n_samples']}; rebuild the shards."
+            )
+    if pos != len(x):
+        raise UserError(f"split {split} of {shard_dir} is incomplete; rebuild the shards.")
+    return x, y
+
+
+def verify_shards(shard_dir: str | os.PathLike) -> dict[str, Any]:
+    """Check a shard folder completely: manifest, files, sizes, sha256, block shapes, counts.
+
+    Returns:
+        the manifest (dict) if everything is fine.
+
+    Raises:
+        UserError with one sentence naming the first bad file.
+    """
+    folder = Path(shard_dir)
+    manifest = load_manifest(folder)
+    dim, labelled = manifest["input_dim"], manifest.get("label_dtype") is not None
+    for split, info in manifest["splits"].items():
+        total = 0
+        for entry in info["shards"]:
+            path = folder / entry["file"]
+            if not path.is_file():
+                raise UserError(f"shard {path} is missing; rebuild the shards with --overwrite.")
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                raise UserError(
+                    f"shard {path} has {size} bytes but the manifest says {entry['bytes']} "
+                    "(truncated or replaced); rebuild the shards with --overwrite."
+                )
+            if _sha256(path) != entry["sha256"]:
+                raise UserError(
+                    f"shard {path} fails its sha256 check (corrupt); rebuild the shards "
+                    "with --overwrite."
+                )
+            n = n_blocks = 0
+            for _, xb, _ in iter_blocks(path, dim, labelled):
+                n += len(xb)
+                n_blocks += 1
+            if n != entry["n_samples"] or n_blocks != entry.get("n_blocks", n_blocks):
+                raise UserError(
+                    f"shard {path} holds {n} samples in {n_blocks} blocks but the manifest "
+                    f"says {entry['n_samples']} in {entry.get('n_blocks')}; rebuild the shards."
+                )
+            total += n
+        if total != info["n_samples"]:
+            raise UserError(
+                f"split {split} of {folder / MANIFEST} lists {info['n_samples']} samples but "
+                f"its shards hold {total}; rebuild the shards."
+            )
+    return manifest
+
+
+# --------------------------------------------------------------------- building
+
+
+def build_shards(
+    dataset: str,
+    out: str | os.PathLike = "shards",
+    path: str | os.PathLike | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    samples_per_shard: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    **source_kwargs: Any,
+) -> Path:
+    """Load data set `dataset` and write it to `out/<dataset>` (always builds).
+
+    Returns:
+        the shard folder.
+    """
+    from fondtrain.data.sources import load_source
+
+    target = Path(out) / dataset
+    if target.exists() and not overwrite:  # fail before the (possibly slow) conversion
+        raise UserError(f"{target} already exists; pass --overwrite to rebuild it.")
+    data = load_source(dataset, path=path, seed=seed, **source_kwargs)
+    splits = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val)}
+    return write_shards(
+        target, dataset, splits, data.meta, samples_per_shard, block_size, overwrite=overwrite
+    )
+
+
+def ensure_shards(
+    dataset: str,
+    shards_root: str | os.PathLike = "shards",
+    path: str | os.PathLike | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    **source_kwargs: Any,
+) -> Path:
+    """Return `shards_root/<dataset>`, building it first if it does not exist.
+
+    A folder that exists and verifies is left alone (no-op) if it was built with the same
+    source options; with different options (e.g. another seed or path) this raises
+    UserError unless `overwrite`. Call it on rank 0 only and let the others wait (a
+    barrier), since building writes files.
+    """
+    from fondtrain.data.sources import resolve_source_kwargs
+
+    target = Path(shards_root) / dataset
+    wanted = _jsonable(resolve_source_kwargs(dataset, path, seed, **source_kwargs))
+    if target.exists() and not overwrite:
+        manifest = verify_shards(target)
+        if manifest.get("dataset") != dataset or manifest.get("source_kwargs") != wanted:
+            have = manifest.get("source_kwargs")
+            raise UserError(
+                f"{target} was built with {have} but {wanted} was asked for; pass "
+                "overwrite=True (fondtrain shard --overwrite) or use another shards folder."
+            )
+        return target
+    return build_shards(
+        dataset, shards_root, path=path, seed=seed, overwrite=overwrite, **source_kwargs
+    )
