@@ -1,0 +1,416 @@
+"""Batches from a shard folder for any number of ranks, same batch count on every rank.
+
+Two modes, one contract:
+
+* streaming (default): a WebDataset pipeline per rank,
+  rank's pieces -> split_by_worker -> tarfile_to_samples -> decode (.npy blocks) ->
+  slice to the piece -> windowed shuffle + batch inside the worker -> re-batch in the
+  main process; with `num_workers > 0` it runs in a torch DataLoader.
+* in_memory: all shards of the split are read once into one tensor; every epoch is a
+  permutation of the indices drawn from a generator seeded by (seed, epoch).
+
+How an epoch is cut (both modes). Let N be the split size, W the world size, B the batch
+size. Every rank gets `batches_per_epoch` batches of exactly B samples:
+
+* drop_last=True (default, training): batches_per_epoch = N // (W * B); the
+  N - W * B * batches_per_epoch left-over samples (< W * B) are skipped this epoch. With
+  shuffling they are different samples every epoch.
+* drop_last=False (evaluation): batches_per_epoch = ceil(N / (W * B)); the missing
+  W * B * batches_per_epoch - N samples (< W * B) are filled by wrapping around to the
+  start of the epoch's order, i.e. that many samples appear twice. `n_padded` says how
+  many; with shuffle=False and W = 1 the padding is the first samples, at the end of the
+  last batch.
+
+The epoch's sample order is a sequence of W * B * batches_per_epoch positions; rank r
+takes the r-th contiguous part of it. So across ranks an epoch covers every sample at
+most once (drop_last) or exactly once plus the padding. In streaming mode that order is
+"shards in a seeded random order, concatenated, started at a seeded random offset"; a
+rank reads only the shards (or parts of shards) that overlap its part, so ranks need not
+have whole shards, and uneven shard sizes or more ranks than shards are fine. Within a
+rank the stream is shuffled in windows of `shuffle_buffer` samples. In-memory mode is a
+full random permutation.
+
+Determinism: the batches are a function of (seed, epoch, rank, world_size) and, in
+streaming mode, also of num_workers and shuffle_buffer (the workers' outputs are
+interleaved round-robin). Streaming and in-memory modes give different orders.
+`epoch(e, skip_batches=k)` yields exactly the batches k, k+1, ... of `epoch(e)`, so a run
+resumed mid-epoch continues the data stream without replaying or skipping anything.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from fondtrain.data.shards import load_manifest, read_split, split_entries
+from fondtrain.errors import UserError
+
+
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A 63-bit integer seed derived from (seed, epoch, *more) via numpy SeedSequence."""
+    state = np.random.SeedSequence([int(seed), int(epoch), *map(int, more)]).generate_state(2)
+    return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
+
+
+def rank_pieces(
+    sizes: list[int], order: list[int], start: int, length: int
+) -> list[tuple[int, int, int]]:
+    """Which rows of which shards make up positions [start, start + length) of an epoch.
+
+    The epoch's sequence is the shards in `order`, concatenated; positions wrap around
+    modulo its total length (that is how padding wraps).
+
+    Args:
+        sizes: samples per shard, indexed by shard.
+        order: shard indices in epoch order.
+        start: first position (any integer >= 0).
+        length: number of positions.
+
+    Returns:
+        [(shard index, first row, end row)], in stream order.
+    """
+    cum = [0]
+    for k in order:
+        cum.append(cum[-1] + sizes[k])
+    total = cum[-1]
+    pieces, pos, left = [], start, length
+    while left > 0:
+        p = pos % total
+        k = bisect.bisect_right(cum, p) - 1
+        lo = p - cum[k]
+        take = min(sizes[order[k]] - lo, left)
+        pieces.append((order[k], lo, lo + take))
+        pos += take
+        left -= take
+    return pieces
+
+
+def _split_for_workers(pieces: list[tuple[int, int, int]], n_workers: int):
+    """Halve the largest pieces until there are at least `n_workers` (when possible)."""
+    pieces = list(pieces)
+    while len(pieces) < n_workers:
+        i = max(range(len(pieces)), key=lambda j: pieces[j][2] - pieces[j][1])
+        k, lo, hi = pieces[i]
+        if hi - lo < 2:
+            break
+        mid = (lo + hi) // 2
+        pieces[i : i + 1] = [(k, lo, mid), (k, mid, hi)]
+    return pieces
+
+
+# ---------------------------------------------------------------- pipeline stages
+
+
+class _PieceList(torch.utils.data.IterableDataset):
+    """WebDataset source: the rank's pieces as dicts {url, lo, hi, dim} (cf. SimpleShardList)."""
+
+    def __init__(self, pieces: list[dict[str, Any]]):
+        super().__init__()
+        self.pieces = pieces
+
+    def __iter__(self):
+        yield from (dict(p) for p in self.pieces)
+
+
+def _read_pieces(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
+    """WebDataset stage: piece dicts {url, lo, hi, dim} -> {'x': [b, M], 'y': [b]} chunks.
+
+    Each piece is read with wds.tarfile_to_samples + wds.decode (the .npy blocks decode to
+    numpy arrays); only rows [lo, hi) of the shard are kept and reading stops after hi.
+    """
+    for piece in src:
+        url, lo, hi, dim = piece["url"], piece["lo"], piece["hi"], piece["dim"]
+        samples = wds.decode()(wds.tarfile_to_samples()(iter([{"url": url}])))
+        offset = 0
+        for sample in samples:
+            x = sample.get("npy")
+            if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != dim:
+                raise UserError(
+                    f"{url} block {sample.get('__key__')} is not a [b, {dim}] array; "
+                    "run `fondtrain verify` and rebuild the shards."
+                )
+            n = len(x)
+            a, b = max(lo - offset, 0), min(hi - offset, n)
+            if a < b:
+                chunk = {"x": x[a:b]}
+                if "labels.npy" in sample:
+                    chunk["y"] = sample["labels.npy"][a:b]
+                yield chunk
+            offset += n
+            if offset >= hi:
+                break
+        samples.close()
+        if offset < hi:
+            raise UserError(
+                f"{url} ends after {offset} samples but the manifest promises {hi}; "
+                "run `fondtrain verify` and rebuild the shards."
+            )
+
+
+class _ShuffleBatch:
+    """WebDataset stage run inside each worker: windowed shuffle, then batches of B.
+
+    Chunks are gathered until `buffer` samples are pending, permuted together with a
+    generator seeded by (seed, epoch, rank, worker), and emitted as [B, M] batches; the
+    remainder stays for the next window. At the end of the worker's stream the last
+    partial chunk (< B samples) is emitted and the main process re-batches it.
+    """
+
+    def __init__(self, batch_size: int, buffer: int, shuffle: bool, seed: int, epoch: int,
+                 rank: int):
+        self.batch_size, self.buffer, self.shuffle = batch_size, buffer, shuffle
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+
+    def __call__(self, src: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, self.rank, worker, 1))
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        pending = 0
+        for chunk in src:
+            xs.append(chunk["x"])
+            if "y" in chunk:
+                ys.append(chunk["y"])
+            pending += len(chunk["x"])
+            if pending >= self.buffer:
+                xs, ys, pending = yield from self._emit(xs, ys, rng, final=False)
+        yield from self._emit(xs, ys, rng, final=True)
+
+    def _emit(self, xs, ys, rng, final):
+        x = np.concatenate(xs) if xs else np.zeros((0, 0), np.float32)
+        y = np.concatenate(ys) if ys else None
+        if self.shuffle and len(x) > 1:
+            perm = rng.permutation(len(x))
+            x = x[perm]
+            y = y[perm] if y is not None else None
+        n_full = len(x) // self.batch_size * self.batch_size
+        for i in range(0, n_full, self.batch_size):
+            yield _as_batch(x[i : i + self.batch_size], y, i, self.batch_size)
+        rest = len(x) - n_full
+        if final:
+            if rest:
+                yield _as_batch(x[n_full:], y, n_full, rest)
+            return [], [], 0
+        return [x[n_full:]], ([y[n_full:]] if y is not None else []), rest
+
+
+def _as_batch(x: np.ndarray, y: np.ndarray | None, start: int, n: int) -> dict[str, torch.Tensor]:
+    out = {"x": torch.from_numpy(np.ascontiguousarray(x))}
+    if y is not None:
+        out["y"] = torch.from_numpy(np.ascontiguousarray(y[start : start + n]))
+    return out
+
+
+def _rebatch(chunks, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Turn a stream of [b, M] chunks into [B, M] batches; full batches pass through."""
+    pending: list[dict[str, torch.Tensor]] = []
+    n_pending = 0
+    for chunk in chunks:
+        n = len(chunk["x"])
+        if n_pending == 0 and n == batch_size:
+            yield chunk
+            continue
+        pending.append(chunk)
+        n_pending += n
+        while n_pending >= batch_size:
+            merged = {k: torch.cat([c[k] for c in pending]) for k in pending[0]}
+            yield {k: v[:batch_size] for k, v in merged.items()}
+            rest = {k: v[batch_size:] for k, v in merged.items()}
+            n_pending -= batch_size
+            pending = [rest] if n_pending else []
+    if n_pending:
+        raise RuntimeError(f"loader bug: {n_pending} samples left over after re-batching")
+
+
+# ------------------------------------------------------------------------ loader
+
+
+class ShardLoader:
+    """Per-rank batches from `shard_dir`, with the same number of batches on every rank.
+
+    Args:
+        shard_dir: folder written by `write_shards` (has manifest.json).
+        split: "train" or "val" (any split in the manifest).
+        batch_size: B, samples per batch on this rank.
+        rank, world_size: this process's data-parallel rank and the number of ranks.
+        seed: base seed; epoch e uses seeds derived from (seed, e, ...).
+        num_workers: DataLoader worker processes (streaming mode; 0 = read in-process).
+        in_memory: read the whole split once and permute indices per epoch.
+        shuffle: shuffle the order every epoch (False: stored order).
+        drop_last: skip the remainder (True) or pad by wrap-around (False); see module doc.
+        shuffle_buffer: samples per shuffle window in streaming mode.
+        pin_memory: pin host memory (in-memory tensor, or the DataLoader's batches).
+
+    Attributes:
+        batches_per_epoch: batches every rank gets per epoch (identical on all ranks).
+        input_dim: M.
+        sample_shape: e.g. [16, 16] (from the manifest).
+        n_samples: N, samples in the split.
+        n_dropped / n_padded: samples skipped / repeated per epoch across all ranks.
+        has_labels: whether batches carry 'y'.
+        manifest: the shard manifest (dict).
+    """
+
+    def __init__(
+        self,
+        shard_dir: str | os.PathLike,
+        split: str = "train",
+        batch_size: int = 200,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        num_workers: int = 0,
+        in_memory: bool = False,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        shuffle_buffer: int = 4096,
+        pin_memory: bool = False,
+    ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size}).")
+        if batch_size < 1 or num_workers < 0:
+            raise UserError(
+                f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and "
+                f"{num_workers}."
+            )
+        self.shard_dir = Path(shard_dir)
+        self.manifest = load_manifest(self.shard_dir)
+        info = split_entries(self.manifest, split, self.shard_dir)
+        self.split, self.batch_size = split, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.num_workers, self.in_memory = num_workers, in_memory
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.shuffle_buffer, self.pin_memory = max(shuffle_buffer, batch_size), pin_memory
+        self.input_dim = int(self.manifest["input_dim"])
+        self.sample_shape = list(self.manifest.get("sample_shape", [self.input_dim]))
+        self.has_labels = self.manifest.get("label_dtype") is not None
+        self.n_samples = int(info["n_samples"])
+        self._files = [str(self.shard_dir / e["file"]) for e in info["shards"]]
+        self._sizes = [int(e["n_samples"]) for e in info["shards"]]
+
+        per_step = world_size * batch_size
+        if drop_last:
+            self.batches_per_epoch = self.n_samples // per_step
+        else:
+            self.batches_per_epoch = math.ceil(self.n_samples / per_step)
+        if self.batches_per_epoch == 0:
+            raise UserError(
+                f"split {split!r} of {self.shard_dir} has {self.n_samples} samples, fewer than "
+                f"world_size x batch_size = {per_step}; use a smaller batch size or more data."
+            )
+        self.samples_per_rank = self.batches_per_epoch * batch_size
+        covered = self.samples_per_rank * world_size
+        self.n_dropped = max(self.n_samples - covered, 0)
+        self.n_padded = max(covered - self.n_samples, 0)
+
+        self._x = self._y = None
+        if in_memory:
+            if num_workers:
+                warnings.warn("num_workers is ignored when in_memory=True", stacklevel=2)
+            x, y = read_split(self.shard_dir, split)
+            self._x = torch.from_numpy(x)
+            self._y = torch.from_numpy(y) if y is not None else None
+            if pin_memory and torch.cuda.is_available():
+                self._x = self._x.pin_memory()
+                self._y = self._y.pin_memory() if self._y is not None else None
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of one epoch for this rank.
+
+        Yields {'x': float32 [B, M]} (plus 'y': int64 [B] for labelled data), exactly
+        `batches_per_epoch - skip_batches` times: the batches skip_batches, ... of the full
+        epoch. Deterministic given (seed, epoch, rank, world_size) (and num_workers,
+        shuffle_buffer in streaming mode).
+        """
+        if not 0 <= skip_batches <= self.batches_per_epoch:
+            raise UserError(
+                f"skip_batches={skip_batches} is outside 0..{self.batches_per_epoch} "
+                "(batches per epoch); check the resumed data position."
+            )
+        if self.in_memory:
+            return self._epoch_in_memory(epoch, skip_batches)
+        return self._epoch_streaming(epoch, skip_batches)
+
+    # ------------------------------------------------------------------ in memory
+
+    def _epoch_in_memory(self, epoch: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+        n = self.n_samples
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        start = self.rank * self.samples_per_rank
+        positions = torch.arange(start, start + self.samples_per_rank) % n  # wrap = padding
+        mine = order[positions]
+        B = self.batch_size
+        for b in range(skip, self.batches_per_epoch):
+            idx = mine[b * B : (b + 1) * B]
+            batch = {"x": self._x.index_select(0, idx)}
+            if self._y is not None:
+                batch["y"] = self._y.index_select(0, idx)
+            yield batch
+
+    # ------------------------------------------------------------------ streaming
+
+    def pieces(self, epoch: int) -> list[tuple[str, int, int]]:
+        """This rank's part of epoch `epoch`: [(shard file, first row, end row)] in order."""
+        if self.shuffle:
+            rng = np.random.default_rng(epoch_seed(self.seed, epoch))
+            order = [int(k) for k in rng.permutation(len(self._files))]
+            offset = int(rng.integers(self.n_samples))
+        else:
+            order, offset = list(range(len(self._files))), 0
+        start = offset + self.rank * self.samples_per_rank
+        parts = rank_pieces(self._sizes, order, start, self.samples_per_rank)
+        parts = _split_for_workers(parts, self.num_workers)
+        return [(self._files[k], lo, hi) for k, lo, hi in parts]
+
+    def pipeline(self, epoch: int) -> wds.DataPipeline:
+        """The WebDataset pipeline that produces this rank's chunks for `epoch`."""
+        source = [
+            {"url": url, "lo": lo, "hi": hi, "dim": self.input_dim}
+            for url, lo, hi in self.pieces(epoch)
+        ]
+        return wds.DataPipeline(
+            _PieceList(source),
+            wds.split_by_worker,
+            _read_pieces,
+            _ShuffleBatch(self.batch_size, self.shuffle_buffer, self.shuffle, self.seed, epoch,
+                          self.rank),
+        )
+
+    def _epoch_streaming(self, epoch: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+        pipeline = self.pipeline(epoch)
+        if self.num_workers > 0:
+            chunks = torch.utils.data.DataLoader(
+                pipeline,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory and torch.cuda.is_available(),
+            )
+        else:
+            chunks = pipeline
+        batches = _rebatch(chunks, self.batch_size)
+        # Resuming replays the stream up to the position (cheap: it is disk reads and
+        # permutations only) so that the remaining batches are exactly those of a full epoch.
+        n = 0
+        for batch in itertools.islice(batches, skip, None):
+            n += 1
+            yield batch
+        if n != self.batches_per_epoch - skip:
+            raise RuntimeError(f"loader bug: {n} batches instead of {self.batches_per_epoch}")
