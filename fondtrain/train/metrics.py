@@ -1,0 +1,68 @@
+"""Metrics the training loop logs: on the training batch (cheap, every log_every steps)
+and a quick validation pass (every eval_every steps and at the end).
+
+The formulas (R^2 three ways, sparseness) live in fondtrain.eval.measures and are shared
+with `fondtrain eval`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fondtrain.eval.measures import lifetime_sparseness, population_sparseness, r2_scores
+
+
+def batch_metrics(out, model, values, grad_norm) -> dict[str, torch.Tensor]:
+    """0-d device tensors (reduced across ranks by the caller) from one cycle's output."""
+    device = out.loss.device
+    r2 = r2_scores(out.last_x, out.last_x_hat)
+    scalars = {
+        "train/loss": out.step_losses.mean(),
+        "train/recon": out.recon.mean(),
+        "train/kl": out.kl.mean(),
+        "train/r2": r2["pooled"],
+        "train/zeros": (out.last_z == 0).float().mean(),
+        "train/grad_norm": torch.as_tensor(grad_norm, dtype=torch.float32, device=device),
+    }
+    for name in ("lr", "beta", "temp", "eps"):
+        scalars[f"sched/{name}"] = torch.tensor(getattr(values, name), device=device)
+    return {k: v.detach().float().reshape(()) for k, v in scalars.items()}
+
+
+@torch.no_grad()
+def validate(model, val_loader, config, accelerator, max_batches: int = 8) -> dict[str, float]:
+    """Inference for t_total steps at evaluation temperature (Poisson 0, Gaussian 1) on up
+    to max_batches validation batches per rank; metrics at the last step, over all ranks.
+
+    Uses its own generator so that validation never moves the training RNG (a resumed run
+    must draw the same noise as an uninterrupted one).
+    """
+    device = accelerator.device
+    generator = torch.Generator(device=device).manual_seed(12345 + accelerator.process_index)
+    temp = 0.0 if model.is_poisson else 1.0
+    xs, x_hats, zs, losses = [], [], [], []
+    for i, batch in enumerate(val_loader.epoch(0)):
+        if i >= max_batches:
+            break
+        x = batch["x"].to(device)
+        state = model.init_state(x.shape[0])
+        for t in range(config.model.t_total):
+            out = model.step(x, state, temp, config.model.beta_outer, 1.0, t, generator=generator)
+            state = out.state
+        xs.append(x)
+        x_hats.append(out.x_hat)
+        zs.append(out.z)
+        losses.append(out.loss.reshape(1))
+    x, x_hat, z = (accelerator.gather(torch.cat(v)) for v in (xs, x_hats, zs))
+    loss = accelerator.gather(torch.cat(losses)).mean()
+    r2 = r2_scores(x, x_hat)
+    return {
+        "val/loss": float(loss),
+        "val/mse": float(((x - x_hat) ** 2).mean()),
+        "val/r2_pooled": float(r2["pooled"]),
+        "val/r2_median": float(r2["median"]),
+        "val/r2_mean": float(r2["mean"]),
+        "val/zeros": float((z == 0).float().mean()),
+        "val/lifetime_sparseness": float(lifetime_sparseness(z).mean()),
+        "val/population_sparseness": float(population_sparseness(z).mean()),
+    }
