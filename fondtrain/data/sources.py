@@ -84,10 +84,10 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> tuple[list[np.ndarra
 
 def _existing(path: str | os.PathLike | None, dataset: str, what: str) -> Path:
     if path is None:
-        raise UserError(f"dataset {dataset!r} needs path= pointing to {what}.")
+        raise UserError(f"dataset {dataset!r} needs --path (path=) set to {what}.")
     p = Path(path).expanduser()
     if not p.exists():
-        raise UserError(f"{p} does not exist; pass path= pointing to {what}.")
+        raise UserError(f"{p} does not exist; set --path (path=) to {what}.")
     return p
 
 
@@ -214,7 +214,7 @@ def image_folder(
     """
     folder = _existing(path, "images", "a folder of PNG/JPG photos")
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder; pass path= pointing to a folder of photos.")
+        raise UserError(f"{folder} is not a folder; set --path (path=) to a folder of photos.")
     exts = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and p.is_file())
     if len(files) < 2:
@@ -315,7 +315,7 @@ def vh16(path: str | os.PathLike, n_blocks: int = 10, val_fraction: float = 0.2)
     if p.is_dir():
         p = p / "processed.npy"
         if not p.exists():
-            raise UserError(f"{p} does not exist; pass path= pointing to processed.npy.")
+            raise UserError(f"{p} does not exist; set --path (path=) to processed.npy.")
     arr = _load_npy(p)
     if not (arr.ndim == 3 and arr.shape[1:] == (16, 16)) and not (
         arr.ndim == 2 and arr.shape[1] == 256
@@ -405,7 +405,7 @@ def mnist(path: str | os.PathLike) -> SourceData:
     """
     folder = _existing(path, "mnist", "a folder with the MNIST IDX files")
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder; pass path= pointing to the MNIST folder.")
+        raise UserError(f"{folder} is not a folder; set --path (path=) to the MNIST folder.")
     out = {}
     for split, prefix in (("train", "train"), ("val", "t10k")):
         f_img = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
@@ -543,7 +543,7 @@ def resolve_source_kwargs(
     out = dict(bound.arguments)
     if "path" in out:
         if out["path"] is None:
-            raise UserError(f"dataset {name!r} needs path= (a file or folder to read).")
+            raise UserError(f"dataset {name!r} needs --path (path=): a file or folder to read.")
         out["path"] = str(Path(out["path"]).expanduser().resolve())
     return out
 
