@@ -19,6 +19,7 @@ Bad input raises `UserError` with one sentence naming the file.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import inspect
 import math
@@ -94,21 +95,34 @@ def _existing(path: str | os.PathLike | None, dataset: str, what: str) -> Path:
 # ------------------------------------------------------------------- natural photos
 
 
+@functools.cache
 def _builtin_image(name: str) -> np.ndarray:
-    """[H, W] float64 grayscale of a built-in photo (skimage.data or sklearn)."""
+    """[H, W] float64 grayscale of a built-in photo (skimage.data or sklearn); read-only, cached."""
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
 
-        return to_gray(load_sample_image(f"{name}.jpg"))
-    import skimage.data
+        img = to_gray(load_sample_image(f"{name}.jpg"))
+    else:
+        import skimage.data
 
-    if name == "motorcycle":  # the left view of the stereo pair
-        return to_gray(skimage.data.stereo_motorcycle()[0])
-    return to_gray(getattr(skimage.data, name)())
+        if name == "motorcycle":  # the left view of the stereo pair
+            img = to_gray(skimage.data.stereo_motorcycle()[0])
+        else:
+            img = to_gray(getattr(skimage.data, name)())
+    img.setflags(write=False)
+    return img
+
+
+@functools.cache
+def _whitened_builtin(name: str, f0_fraction: float) -> np.ndarray:
+    """Whitened built-in photo (cached: tests and repeated builds reuse it); read-only."""
+    img = whiten_image(_builtin_image(name), f0_fraction=f0_fraction)
+    img.setflags(write=False)
+    return img
 
 
 def _patches_from_images(
-    images: list[tuple[str, np.ndarray]],
+    images: list[tuple[str, np.ndarray | None]],
     n_patches: int,
     patch_size: int,
     seed_seq: np.random.SeedSequence,
@@ -116,6 +130,9 @@ def _patches_from_images(
     flat_fraction: float,
 ) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
     """Whiten each image and cut an equal share of the patches from it.
+
+    `images` holds (name, [H, W] grayscale) pairs, or (name, None) for a built-in photo
+    whose whitened version is cached.
 
     Returns ([n_patches, P * P] float64 in a seeded random order, per-image stats).
     Each image gets its own child seed, so adding patches to one image does not change
@@ -126,7 +143,10 @@ def _patches_from_images(
     children = seed_seq.spawn(k + 1)
     chunks, stats = [], {}
     for (name, img), count, child in zip(images, counts, children[:k], strict=True):
-        white = whiten_image(img, f0_fraction=f0_fraction)
+        if img is None:
+            white = _whitened_builtin(name, f0_fraction)
+        else:
+            white = whiten_image(img, f0_fraction=f0_fraction)
         try:
             patches, flat_rate = sample_patches(
                 white, count, patch_size, np.random.default_rng(child), flat_fraction
@@ -141,8 +161,8 @@ def _patches_from_images(
 
 
 def _photo_patch_source(
-    train_images: list[tuple[str, np.ndarray]],
-    val_images: list[tuple[str, np.ndarray]],
+    train_images: list[tuple[str, np.ndarray | None]],
+    val_images: list[tuple[str, np.ndarray | None]],
     n_train: int,
     n_val: int,
     seed: int,
@@ -187,8 +207,8 @@ def natural16(
     are standardised with the scalar mean / std of the train split. Deterministic given
     `seed`. x: [n_train, 256], [n_val, 256] float32; no labels.
     """
-    train = [(n, _builtin_image(n)) for n in TRAIN_IMAGES]
-    val = [(n, _builtin_image(n)) for n in VAL_IMAGES]
+    train = [(n, None) for n in TRAIN_IMAGES]
+    val = [(n, None) for n in VAL_IMAGES]
     data = _photo_patch_source(
         train, val, n_train, n_val, seed, patch_size, f0_fraction, flat_fraction
     )
@@ -224,12 +244,13 @@ def image_folder(
         )
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    import skimage.io
+    from PIL import Image
 
     images = []
     for f in files:
         try:
-            images.append((f.name, to_gray(skimage.io.imread(f))))
+            with Image.open(f) as im:
+                images.append((f.name, to_gray(np.asarray(im))))
         except Exception as exc:
             raise UserError(f"cannot read image {f} ({exc}); remove or replace it.") from exc
     order = np.random.default_rng(seed).permutation(len(images))

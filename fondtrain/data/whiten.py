@@ -119,7 +119,10 @@ def sample_patches(
     windows = sliding_window_view(img, (patch_size, patch_size))  # [Y, X, P, P] view
     n_y, n_x = windows.shape[:2]
     ref = windows[rng.integers(0, n_y, n_reference), rng.integers(0, n_x, n_reference)]
-    threshold = flat_fraction * float(np.median(ref.var(axis=(1, 2))))
+    median = float(np.median(ref.var(axis=(1, 2))))
+    if median == 0.0:  # most of the image is constant: nothing to learn from it
+        raise ValueError("most patches of this image are constant")
+    threshold = flat_fraction * median
     kept: list[np.ndarray] = []
     n_kept = n_skipped = n_drawn = 0
     for _ in range(100):
@@ -128,12 +131,10 @@ def sample_patches(
         n_draw = max(2 * (n_patches - n_kept), 256)
         cand = windows[rng.integers(0, n_y, n_draw), rng.integers(0, n_x, n_draw)]
         ok = cand.var(axis=(1, 2)) >= threshold
-        if threshold == 0.0:  # a constant image: everything is flat
-            ok[:] = False
         n_skipped += int((~ok).sum())
         n_drawn += n_draw
         good = cand[ok][: n_patches - n_kept]
-        kept.append(good.reshape(len(good), -1))
+        kept.append(good.reshape(len(good), patch_size * patch_size))
         n_kept += len(good)
     if n_kept < n_patches:
         raise ValueError(f"only {n_kept} of {n_patches} patches are not near-flat")
