@@ -43,6 +43,7 @@ import bisect
 import itertools
 import math
 import os
+import tarfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,9 +130,20 @@ def _read_pieces(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, np.ndarray
     numpy arrays); only rows [lo, hi) of the shard are kept and reading stops after hi.
     """
     for piece in src:
-        url, lo, hi, dim = piece["url"], piece["lo"], piece["hi"], piece["dim"]
-        samples = wds.decode()(wds.tarfile_to_samples()(iter([{"url": url}])))
-        offset = 0
+        try:
+            yield from _read_piece(piece)
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            raise UserError(
+                f"{piece['url']} cannot be read ({type(exc).__name__}); it is truncated or "
+                "corrupt: run `fondtrain verify` and rebuild the shards."
+            ) from exc
+
+
+def _read_piece(piece: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+    url, lo, hi, dim = piece["url"], piece["lo"], piece["hi"], piece["dim"]
+    samples = wds.decode()(wds.tarfile_to_samples()(iter([{"url": url}])))
+    offset = 0
+    try:
         for sample in samples:
             x = sample.get("npy")
             if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != dim:
@@ -149,12 +161,13 @@ def _read_pieces(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, np.ndarray
             offset += n
             if offset >= hi:
                 break
+    finally:
         samples.close()
-        if offset < hi:
-            raise UserError(
-                f"{url} ends after {offset} samples but the manifest promises {hi}; "
-                "run `fondtrain verify` and rebuild the shards."
-            )
+    if offset < hi:
+        raise UserError(
+            f"{url} ends after {offset} samples but the manifest promises {hi}; "
+            "run `fondtrain verify` and rebuild the shards."
+        )
 
 
 class _ShuffleBatch:
@@ -409,8 +422,15 @@ class ShardLoader:
         # Resuming replays the stream up to the position (cheap: it is disk reads and
         # permutations only) so that the remaining batches are exactly those of a full epoch.
         n = 0
-        for batch in itertools.islice(batches, skip, None):
-            n += 1
-            yield batch
+        try:
+            for batch in itertools.islice(batches, skip, None):
+                n += 1
+                yield batch
+        except UserError as exc:
+            if self.num_workers == 0:
+                raise
+            # A worker's UserError comes back wrapped with its traceback; keep the sentence.
+            last = str(exc).strip().splitlines()[-1]
+            raise UserError(last.split("UserError: ", 1)[-1]) from None
         if n != self.batches_per_epoch - skip:
             raise RuntimeError(f"loader bug: {n} batches instead of {self.batches_per_epoch}")
