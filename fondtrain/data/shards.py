@@ -19,7 +19,9 @@ samples_per_shard, per split {n_samples, shards: [{file, n_samples, n_blocks,
 first_block, bytes, sha256}]}, meta (the source's description), fondtrain_version,
 created (UTC, ISO 8601).
 
-Writing goes to a hidden temporary sibling folder that is renamed into place at the end,
+The tars are written with the standard `tarfile` module in the layout WebDataset reads
+(members of a sample adjacent, named <key>.<ext>), so writing and verifying shards does
+not import torch. Writing goes to a hidden temporary sibling folder that is renamed into place at the end,
 so a conversion that fails leaves no half-written folder behind. Tar members carry
 mtime 0, so the same data and seed give byte-identical shards (same sha256).
 """
@@ -41,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 
 import fondtrain
 from fondtrain.errors import UserError
@@ -113,6 +114,18 @@ def _check_splits(splits: dict[str, tuple[np.ndarray, np.ndarray | None]]):
     return out, dims.pop(), labelled.pop()
 
 
+def _add_npy(tar: tarfile.TarFile, name: str, array: np.ndarray) -> None:
+    """Add one .npy member with fixed metadata (mtime 0) so rebuilds are byte-identical."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    info = tarfile.TarInfo(name)
+    info.size = buf.tell()
+    info.mtime = 0
+    info.mode = 0o444
+    buf.seek(0)
+    tar.addfile(info, buf)
+
+
 def _write_split(
     folder: Path, split: str, x: np.ndarray, y: np.ndarray | None,
     samples_per_shard: int, block_size: int,
@@ -123,16 +136,15 @@ def _write_split(
         stop = min(start + samples_per_shard, len(x))
         path = folder / f"{split}-{i:06d}.tar"
         first_block = block
-        with open(path, "wb") as fh:
-            writer = wds.TarWriter(fh, mtime=0)
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
             for b0 in range(start, stop, block_size):
                 b1 = min(b0 + block_size, stop)
-                sample = {"__key__": f"block_{block:06d}", "npy": x[b0:b1]}
+                key = f"block_{block:06d}"
+                # members of one sample are adjacent and sorted by name, as wds.TarWriter does
                 if y is not None:
-                    sample["labels.npy"] = y[b0:b1]
-                writer.write(sample)
+                    _add_npy(tar, f"{key}.labels.npy", y[b0:b1])
+                _add_npy(tar, f"{key}.npy", x[b0:b1])
                 block += 1
-            writer.close()
         entries.append({
             "file": path.name,
             "n_samples": stop - start,
