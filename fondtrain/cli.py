@@ -66,6 +66,32 @@ class FondtrainCLI:
                f"{n_files} shards)"
 
 
+    def train(self, config: str | None = None, **flags: Any) -> str:
+        """Train (or resume) a run in one process; `accelerate launch launch/train.py` for many.
+
+        Every option is a flag with the reference's names, e.g. `fondtrain train --dataset
+        natural16 --model ipvae --t_train 16 --n_latents 512 --beta_outer 24 --epochs 10`;
+        --config reads a YAML file with model/data/train sections first. Re-running the
+        same command resumes its run (runs/<name>) from the newest complete checkpoint.
+        """
+        from fondtrain.train.flags import resolve_config
+        from fondtrain.train.loop import train
+
+        return str(train(resolve_config(config, flags)).run_dir)
+
+    def export(self, run: str, out: str, format: str = "safetensors") -> str:
+        """Export a run's (or checkpoint's) model: safetensors + config.yaml, or upstream .pt."""
+        from fondtrain.export import export_model
+
+        return str(export_model(run, out, format))
+
+    def import_upstream(self, path: str, out: str) -> str:
+        """Turn a reference IterativeVAE checkpoint (.pt) into a fondtrain run directory."""
+        from fondtrain.export import import_upstream
+
+        return str(import_upstream(path, out))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`fondtrain = "fondtrain.cli:main"`)."""
     import fire

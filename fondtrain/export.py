@@ -1,0 +1,71 @@
+"""Export trained models, and import reference checkpoints as fondtrain runs."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from fondtrain.config import RunConfig, save_yaml
+from fondtrain.errors import UserError
+from fondtrain.train import checkpoint as ckpt
+
+FORMATS = ("safetensors", "upstream")
+
+
+def export_model(source: str, out: str, format: str = "safetensors") -> Path:
+    """Write the model of a run / checkpoint to `out`.
+
+    safetensors: `out/model.safetensors` + `out/config.yaml` (fondtrain's names);
+    upstream: `out/model.pt` holding {'model': state dict} under the reference
+    implementation's names and shapes, loadable by its `load_state_dict`.
+    """
+    if format not in FORMATS:
+        raise UserError(f"unknown export format {format!r}: choose safetensors or upstream.")
+    model, config = ckpt.load_model(source)
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} exists and is not empty: choose a new --out folder.")
+    with tempfile.TemporaryDirectory(dir=out_dir.parent if out_dir.parent.exists() else None) as tmp:
+        staging = Path(tmp)
+        if format == "safetensors":
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                      str(staging / ckpt.MODEL_FILE))
+            save_yaml(config or RunConfig(model=model.config), staging / "config.yaml")
+        else:
+            from fondtrain.model.upstream import state_dict_to_upstream
+
+            torch.save({"model": state_dict_to_upstream(model)}, staging / "model.pt")
+        if out_dir.exists():
+            out_dir.rmdir()
+        shutil.copytree(staging, out_dir)
+    return out_dir
+
+
+def import_upstream(path: str, out: str) -> Path:
+    """Make a fondtrain run directory from a reference `.pt` checkpoint.
+
+    The run gets `config.yaml` and `ckpt/step-00000000/` with the weights, so that
+    `fondtrain eval OUT` and `fondtrain export OUT` work on published models.
+    """
+    from fondtrain.model.upstream import load_upstream_checkpoint
+
+    model = load_upstream_checkpoint(path)
+    run_dir = Path(out)
+    if run_dir.exists():
+        raise UserError(f"{run_dir} already exists: choose a new --out run directory.")
+    config = RunConfig(model=model.config)
+    config.train.name = run_dir.name
+    staging = run_dir.parent / f".tmp-import-{run_dir.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    step = ckpt.step_dir(staging / "ckpt", 0)
+    step.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(step / ckpt.MODEL_FILE))
+    save_yaml(config, step / "config.yaml")
+    save_yaml(config, staging / "config.yaml")
+    (step / ckpt.COMPLETE).write_text("0\n")
+    staging.rename(run_dir)
+    return run_dir

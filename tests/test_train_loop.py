@@ -1,0 +1,72 @@
+"""The trainer on one process: outputs, TensorBoard content, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fondtrain.train import checkpoint as ckpt
+from fondtrain.train.loop import train
+from tests.train_helpers import image_tags, scalars, tiny_config
+
+LOGGED_TAGS = {"train/loss", "train/recon", "train/kl", "train/r2", "train/zeros", "train/grad_norm",
+               "sched/lr", "sched/beta", "sched/temp", "sched/eps", "sched/n_exp_first",
+               "perf/samples_per_s", "val/loss", "val/mse", "val/r2_pooled", "val/r2_median",
+               "val/zeros", "val/population_sparseness", "val/lifetime_sparseness"}
+
+
+def test_run_writes_logs_checkpoints_and_dictionary(digits_shards, tmp_path):
+    config = tiny_config(digits_shards, tmp_path / "runs", "smoke", eval_every=20, ckpt_every=10,
+                         keep_last=2)
+    result = train(config)
+    run = result.run_dir
+    assert (run / "config.yaml").is_file() and (run / "dictionary.png").is_file()
+    found = scalars(run / "tb")
+    assert LOGGED_TAGS <= set(found), LOGGED_TAGS - set(found)
+    assert "dictionary" in image_tags(run / "tb")
+    complete = ckpt.list_checkpoints(run / "ckpt")
+    assert len(complete) == 2, "keep_last=2 keeps the two newest"
+    assert int(complete[-1].name.split("-")[1]) == result.step == 2 * 44
+    saved = load_file(str(complete[-1] / ckpt.MODEL_FILE))
+    torch.testing.assert_close(saved["W"], result.model.W.detach())
+    # the schedules reached the values SPEC 6 prescribes for the end of the first 10%
+    beta = dict(found["sched/beta"])
+    assert beta[max(beta)] == pytest.approx(24.0)
+    assert set(result.validation) >= {"val/r2_pooled", "val/zeros"}
+
+
+def test_loss_falls(digits_shards, tmp_path):
+    config = tiny_config(digits_shards, tmp_path / "runs", "falls", epochs=6, lr=2e-2, log_every=11)
+    config.model.beta_outer = 1.0
+    result = train(config)
+    recon = [v for _, v in scalars(result.run_dir / "tb")["train/recon"]]
+    assert np.mean(recon[-3:]) < 0.9 * np.mean(recon[:2]), recon
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(digits_shards, tmp_path):
+    whole = train(tiny_config(digits_shards, tmp_path / "runs", "whole", ckpt_every=10))
+    first = train(tiny_config(digits_shards, tmp_path / "runs", "split", ckpt_every=10, max_steps=27))
+    assert first.step == 27 and (first.run_dir / "ckpt" / "step-00000027").is_dir()
+    # a partial checkpoint left by a crash is ignored and cleaned up on resume
+    (first.run_dir / "ckpt" / "step-00000030").mkdir()
+    (first.run_dir / "ckpt" / ".tmp-step-00000031").mkdir()
+    second = train(tiny_config(digits_shards, tmp_path / "runs", "split", ckpt_every=10))
+    assert second.step == whole.step
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    # the logged loss curve continues without a jump: identical values at the same steps
+    a = dict(scalars(whole.run_dir / "tb")["train/loss"])
+    b = dict(scalars(second.run_dir / "tb")["train/loss"])
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose([b[k] for k in sorted(a)], [a[k] for k in sorted(a)], rtol=1e-6)
+    assert not (first.run_dir / "ckpt" / "step-00000030").exists()
+
+
+def test_finished_run_restarts_as_a_no_op(digits_shards, tmp_path):
+    config = tiny_config(digits_shards, tmp_path / "runs", "again", epochs=1)
+    done = train(config)
+    again = train(tiny_config(digits_shards, tmp_path / "runs", "again", epochs=1))
+    assert again.step == done.step
+    torch.testing.assert_close(again.model.W, done.model.W)

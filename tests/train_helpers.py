@@ -1,0 +1,57 @@
+"""Shared pieces of the training tests: tiny configs and TensorBoard readers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def tiny_config(shards_root: Path, runs_root: Path, name: str, **train_overrides) -> RunConfig:
+    """ipvae with 16 latents on the digits data set: a few seconds per epoch on a CPU."""
+    train = dict(batch_size=32, epochs=2, log_every=5, eval_every=0, ckpt_every=0, keep_last=3,
+                 runs_root=str(runs_root), name=name, n_exp_refresh_every=7)
+    train.update(train_overrides)
+    return RunConfig(
+        model=ModelConfig(preset="ipvae", input_dim=64, n_latents=16, t_train=3),
+        data=DataConfig(dataset="digits", shards_root=str(shards_root)),
+        train=TrainConfig(**train),
+    )
+
+
+def tiny_flags(shards_root: Path, runs_root: Path, name: str, **extra) -> list[str]:
+    """The same tiny run as command-line flags for launch/train.py."""
+    flags = {"dataset": "digits", "shards_root": shards_root, "runs_root": runs_root, "name": name,
+             "model": "ipvae", "n_latents": 16, "t_train": 3, "batch_size": 32, "epochs": 2,
+             "log_every": 5, "n_exp_refresh_every": 7}
+    flags.update(extra)
+    return [f"--{k}={v}" for k, v in flags.items()]
+
+
+def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series in a TensorBoard log folder: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def image_tags(tb_dir: Path) -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return acc.Tags()["images"]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    env.update(extra)
+    return env
