@@ -6,18 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from fondtrain.data.loader import ShardLoader, rank_pieces
+from fondtrain.data.loader import ShardLoader, _rebatch, rank_pieces
 from fondtrain.data.shards import write_shards
 from fondtrain.errors import UserError
 
 N = 1000
 M = 4
 
-# in-memory; streaming in-process; streaming through a DataLoader with 2 workers
+# in-memory; streaming in-process with one shuffle window per rank, or with windows
+# smaller than a rank's data; streaming through a DataLoader with 2 workers (small windows)
 MODES = {
     "memory": dict(in_memory=True),
     "stream": dict(),
-    "stream_w2": dict(num_workers=2),
+    "stream_window": dict(shuffle_buffer=130),
+    "stream_w2": dict(num_workers=2, shuffle_buffer=130),
 }
 
 
@@ -76,12 +78,12 @@ def test_epochs_differ_and_seed_reproduces(shard_dir, mode):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("skip", [0, 1, 4, 9])
-def test_skip_batches_continues_where_a_full_epoch_would(shard_dir, mode, skip):
+def test_skip_batches_continues_where_a_full_epoch_would(shard_dir, mode):
     loader = ShardLoader(shard_dir, batch_size=50, rank=0, world_size=2, seed=3, **MODES[mode])
     full = _epoch_ids(loader, 2)
     assert len(full) == 10
-    assert _epoch_ids(loader, 2, skip=skip) == full[skip:]
+    for skip in (1, 4, 9):
+        assert _epoch_ids(loader, 2, skip=skip) == full[skip:]
 
 
 def test_skip_batches_out_of_range(shard_dir):
@@ -165,3 +167,16 @@ def test_truncated_shard_is_a_one_line_user_error_when_streaming(shard_dir, tmp_
     with pytest.raises(UserError, match=r"^\S*train-000000\.tar cannot be read") as info:
         list(loader.epoch(0))
     assert "\n" not in str(info.value)
+
+
+def test_rebatch_cuts_any_chunk_sizes_into_full_batches():
+    sizes = [3, 7, 5, 1, 4]  # 20 samples, B = 4
+    start, chunks = 0, []
+    for n in sizes:
+        chunks.append({"x": torch.arange(start, start + n).float()[:, None],
+                       "y": torch.arange(start, start + n)})
+        start += n
+    batches = list(_rebatch(iter(chunks), 4))
+    assert [b["y"].tolist() for b in batches] == [list(range(i, i + 4)) for i in range(0, 20, 4)]
+    with pytest.raises(RuntimeError, match="left over"):
+        list(_rebatch(iter(chunks[:2]), 4))
