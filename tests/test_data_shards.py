@@ -253,8 +253,9 @@ def test_ensure_shards_labels_round_trip(tmp_path):
 
 
 def test_default_samples_per_shard():
-    assert default_samples_per_shard(100_000) == 1792  # 56 shards
-    assert default_samples_per_shard(100) == 256
+    assert default_samples_per_shard(100_000) == 2048  # 49 shards
+    assert default_samples_per_shard(100_000, block_size=256) == 1792  # 56 shards
+    assert default_samples_per_shard(100) == 1024
     assert default_samples_per_shard(10_000_000) == 8192
     assert default_samples_per_shard(100_000, block_size=100) % 100 == 0
 

@@ -281,7 +281,7 @@ class ShardLoader:
         in_memory: bool = False,
         shuffle: bool = True,
         drop_last: bool = True,
-        shuffle_buffer: int = 4096,
+        shuffle_buffer: int = 8192,
         pin_memory: bool = False,
     ):
         if world_size < 1 or not 0 <= rank < world_size:

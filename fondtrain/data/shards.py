@@ -49,7 +49,8 @@ from fondtrain.errors import UserError
 
 FORMAT = "fondtrain-shards/1"
 MANIFEST = "manifest.json"
-DEFAULT_BLOCK_SIZE = 256
+DEFAULT_BLOCK_SIZE = 1024  # 1 MB blocks of 16x16 patches: per-block overhead (tar and
+# .npy headers) stays well below the cost of the data itself
 MAX_SAMPLES_PER_SHARD = 8192
 TARGET_TRAIN_SHARDS = 64
 _KEY_RE = re.compile(r"^block_(\d{6,})\.(npy|labels\.npy)$")
@@ -60,8 +61,8 @@ def default_samples_per_shard(n_train: int, block_size: int = DEFAULT_BLOCK_SIZE
 
     Many small shards let several loader workers read in parallel and keep the share of
     one rank's data that sits in a partly-read shard small (the loader splits ranks by
-    sample range, so it does not need more shards than ranks). 100k patches -> 1792
-    samples (1.8 MB) per shard, 56 shards.
+    sample range, so it does not need more shards than ranks). 100k patches -> 2048
+    samples (2 MB) per shard, 49 shards.
     """
     per = math.ceil(max(n_train, 1) / TARGET_TRAIN_SHARDS)
     per = math.ceil(per / block_size) * block_size
