@@ -14,6 +14,7 @@ above 1 the loader keeps up with the trainer.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -54,6 +55,7 @@ def main() -> None:
             shard_dir = build_shards("natural16", tmp, n_train=args.n_train, n_val=1000)
             print(f"built natural16 shards ({args.n_train} train) in "
                   f"{time.perf_counter() - start:.1f} s")
+        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
         m = load_manifest(shard_dir)
         n_shards = len(m["splits"]["train"]["shards"])
         print(f"shards: {shard_dir} M={m['input_dim']} train={m['splits']['train']['n_samples']}"
@@ -83,6 +85,7 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
         print()
+        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
         print("\n".join(rows))
 
 
