@@ -24,7 +24,7 @@ def test_run_writes_logs_checkpoints_and_dictionary(digits_shards, tmp_path):
     run = result.run_dir
     assert (run / "config.yaml").is_file() and (run / "dictionary.png").is_file()
     found = scalars(run / "tb")
-    assert LOGGED_TAGS <= set(found), LOGGED_TAGS - set(found)
+    assert set(found) >= LOGGED_TAGS, LOGGED_TAGS - set(found)
     assert "dictionary" in image_tags(run / "tb")
     complete = ckpt.list_checkpoints(run / "ckpt")
     assert len(complete) == 2, "keep_last=2 keeps the two newest"
@@ -38,8 +38,9 @@ def test_run_writes_logs_checkpoints_and_dictionary(digits_shards, tmp_path):
 
 
 def test_loss_falls(digits_shards, tmp_path):
-    config = tiny_config(digits_shards, tmp_path / "runs", "falls", epochs=6, lr=2e-2, log_every=11)
-    config.model.beta_outer = 1.0
+    # a weak KL weight: with the full one, 264 steps are too few to leave the sparse start
+    config = tiny_config(digits_shards, tmp_path / "runs", "falls", epochs=6, lr=1e-2, log_every=11)
+    config.model.beta_outer = 0.1
     result = train(config)
     recon = [v for _, v in scalars(result.run_dir / "tb")["train/recon"]]
     assert np.mean(recon[-3:]) < 0.9 * np.mean(recon[:2]), recon
@@ -70,3 +71,20 @@ def test_finished_run_restarts_as_a_no_op(digits_shards, tmp_path):
     again = train(tiny_config(digits_shards, tmp_path / "runs", "again", epochs=1))
     assert again.step == done.step
     torch.testing.assert_close(again.model.W, done.model.W)
+
+
+@pytest.mark.slow
+def test_quickstart_command_runs(tmp_path):
+    """The README's quickstart (its config, through the CLI), cut to a few steps."""
+    import subprocess
+
+    from tests.train_helpers import REPO, subprocess_env
+
+    cmd = [str(REPO / ".venv" / "bin" / "fondtrain") if (REPO / ".venv" / "bin" / "fondtrain").exists()
+           else "fondtrain", "train", "--config", str(REPO / "launch" / "configs" / "quickstart.yaml"),
+           "--max_steps", "3", "--shards_root", str(tmp_path / "shards"), "--runs_root", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "validation R^2 pooled" in proc.stdout and "dictionary:" in proc.stdout
+    run = tmp_path / "runs" / "quickstart-ipvae"
+    assert (run / "dictionary.png").is_file() and (run / "ckpt" / "step-00000003" / "COMPLETE").is_file()
