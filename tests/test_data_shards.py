@@ -240,10 +240,22 @@ def test_ensure_shards_builds_once_and_checks_options(tmp_path):
     stamp = (out / "manifest.json").stat().st_mtime_ns
     assert ensure_shards("digits", root, seed=0) == out  # no-op
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
-    with pytest.raises(UserError, match="was built with"):
-        ensure_shards("digits", root, seed=1)
+    with pytest.raises(UserError, match=r"val_fraction=0\.2 \(asked 0\.3\)"):
+        ensure_shards("digits", root, val_fraction=0.3)
+    with pytest.warns(UserWarning, match="built with seed 0, not 1"):
+        assert ensure_shards("digits", root, seed=1) == out  # kept, with a warning
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
     ensure_shards("digits", root, seed=1, overwrite=True)
     assert load_manifest(out)["seed"] == 1
+
+
+def test_ensure_shards_rejects_another_path(tmp_path):
+    for name in ("a.npy", "b.npy"):
+        np.save(tmp_path / name, np.zeros((50, 3), np.float32))
+    out = ensure_shards("npy", tmp_path / "sh", path=tmp_path / "a.npy")
+    assert ensure_shards("npy", tmp_path / "sh", path=tmp_path / "a.npy") == out
+    with pytest.raises(UserError, match=r"path=.*a\.npy.*asked.*b\.npy"):
+        ensure_shards("npy", tmp_path / "sh", path=tmp_path / "b.npy")
 
 
 def test_ensure_shards_labels_round_trip(tmp_path):

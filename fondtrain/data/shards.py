@@ -37,6 +37,7 @@ import re
 import shutil
 import tarfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -466,10 +467,12 @@ def ensure_shards(
 ) -> Path:
     """Return `shards_root/<dataset>`, building it first if it does not exist.
 
-    A folder that exists and verifies is left alone (no-op) if it was built with the same
-    source options; with different options (e.g. another seed or path) this raises
-    UserError unless `overwrite`. Call it on rank 0 only and let the others wait (a
-    barrier), since building writes files.
+    A folder that exists and verifies is used as it is (no-op) unless it contradicts what
+    the caller asked for explicitly: another data set, another `path`, or another value of
+    an option passed in `source_kwargs` -> UserError (rebuild with `overwrite`). A
+    different `seed` only warns: the shards keep the seed they were built with (recorded
+    in the manifest), so `fondtrain shard --seed 1` followed by training works. Call it on
+    rank 0 only and let the others wait (a barrier), since building writes files.
     """
     from fondtrain.data.sources import resolve_source_kwargs
 
@@ -477,11 +480,19 @@ def ensure_shards(
     wanted = _jsonable(resolve_source_kwargs(dataset, path, seed, **source_kwargs))
     if target.exists() and not overwrite:
         manifest = verify_shards(target)
-        if manifest.get("dataset") != dataset or manifest.get("source_kwargs") != wanted:
-            have = manifest.get("source_kwargs")
+        have = manifest.get("source_kwargs", {})
+        asked = set(source_kwargs) | ({"path"} if path is not None else set())
+        differ = sorted(k for k in asked if have.get(k) != wanted.get(k))
+        if manifest.get("dataset") != dataset or differ:
+            shown = ", ".join(f"{k}={have.get(k)!r} (asked {wanted.get(k)!r})" for k in differ)
             raise UserError(
-                f"{target} was built with {have} but {wanted} was asked for; pass "
-                "overwrite=True (fondtrain shard --overwrite) or use another shards folder."
+                f"{target} was built from {manifest.get('dataset')!r} with {shown or 'other data'};"
+                " pass overwrite=True (fondtrain shard --overwrite) or use another shards folder."
+            )
+        if "seed" in wanted and have.get("seed") != wanted["seed"]:
+            warnings.warn(
+                f"{target} was built with seed {have.get('seed')}, not {wanted['seed']}; "
+                "using it as it is", stacklevel=2,
             )
         return target
     return build_shards(
