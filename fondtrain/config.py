@@ -16,6 +16,8 @@ from fondtrain.errors import UserError
 
 PRESETS = ("ipvae", "igvae", "igrelu")
 POISSON_KL_FORMS = ("reference", "exact")
+BACKENDS = ("accelerate", "deepspeed")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
 # Posterior family and the number of state components C of each preset (SPEC 1-2).
 PRESET_POSTERIOR = {"ipvae": "poisson", "igvae": "gaussian", "igrelu": "gaussian"}
@@ -139,7 +141,12 @@ class TrainConfig:
     temp_anneal_portion: float = 0.5
     n_exp_refresh_every: int = 200
     grad_accum: int = 1
+    # "no", "bf16" or "fp16" (Accelerate autocast: only matmul-class ops run in low precision).
     mixed_precision: str = "no"
+    # "accelerate" (DDP through Accelerate) or "deepspeed" (a DeepSpeed ZeRO engine driven
+    # directly, launched with torchrun or the deepspeed launcher; config JSON below).
+    backend: str = "accelerate"
+    deepspeed_config: str = ""
     seed: int = 0
     log_every: int = 20
     eval_every: int = 0
@@ -148,6 +155,15 @@ class TrainConfig:
     max_steps: int = 0
     runs_root: str = "runs"
     name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}.")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, "
+                            f"got {self.mixed_precision!r}.")
+        if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+            raise UserError(f"grad_accum must be a whole number of at least 1, got {self.grad_accum!r}.")
 
 
 @dataclass

@@ -27,7 +27,9 @@ from fondtrain.config import RunConfig, save_yaml
 from fondtrain.errors import UserError
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.train import checkpoint as ckpt
+from fondtrain.train.backends import clip_and_step, make_backend
 from fondtrain.train.metrics import batch_metrics, validate
+from fondtrain.train.resume import adapt_position, check_backend, reseed_if_rng_missing
 from fondtrain.train.schedules import Schedule
 from fondtrain.train.signals import StopRequest, requeue_slurm_job
 from fondtrain.train.tensorboard import RunLogger
@@ -52,9 +54,8 @@ def make_schedule(config: RunConfig, total_steps: int) -> Schedule:
 
 
 def make_accelerator(config: RunConfig):
-    from accelerate import Accelerator
-
-    return Accelerator(mixed_precision=config.train.mixed_precision)
+    """An Accelerator, or the DeepSpeed engine behind the same methods (`--backend`)."""
+    return make_backend(config)
 
 
 def prepare_data(config: RunConfig, accelerator):
@@ -118,9 +119,18 @@ def train(config: RunConfig) -> Path:
              "rate_sum": [0.0] * config.model.t_total, "rate_count": 0}
     resume_from = ckpt.latest_checkpoint(ckpt_root)
     if resume_from is not None:
+        check_backend(resume_from, tc.backend)
         accelerator.load_state(str(resume_from))
-        state.update(ckpt.read_trainer_state(resume_from))
+        # Another world size (or batch size) moves the data position and schedule clock.
+        saved, moved = adapt_position(ckpt.read_trainer_state(resume_from), train_loader.batches_per_epoch,
+                                      accelerator.num_processes, tc.epochs)
+        state.update(saved)
         say(f"resuming {run_dir} from {resume_from.name} (step {state['global_step']})")
+        if moved:
+            say(f"note: {moved}")
+        reseeded = reseed_if_rng_missing(resume_from, accelerator.process_index, tc.seed, state["global_step"])
+        if reseeded:
+            print(f"fondtrain: {reseeded}", file=sys.stderr, flush=True)
     else:
         # Every rank draws different sampler noise; model init was seeded identically above.
         torch.manual_seed(config.train.seed * 1000 + accelerator.process_index + 1)
@@ -147,7 +157,7 @@ def train(config: RunConfig) -> Path:
     def trainer_state() -> dict:
         return {"global_step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                 "rate_sum": rate_sum.tolist(), "rate_count": rate_count,
-                "world_size": world, "total_steps": total_steps}
+                "world_size": world, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
 
     def save() -> Path:
         return ckpt.save_checkpoint(accelerator, ckpt_root, step, trainer_state(), config, tc.keep_last)
@@ -184,9 +194,7 @@ def train(config: RunConfig) -> Path:
                     states[j] = core.reattach_to_init(out.state)
                     if out.max_rate is not None:
                         window_rates.append(out.max_rate)
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), values.max_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm = clip_and_step(accelerator, model, optimizer, values.max_norm)
                 if window_rates:
                     batch_rates.append(torch.stack(window_rates).amax(0))
             if batch_rates:
