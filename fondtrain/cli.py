@@ -65,6 +65,51 @@ class FondtrainCLI:
         return f"ok: {path} ({manifest['dataset']}, M={manifest['input_dim']}, {counts}, " \
                f"{n_files} shards)"
 
+    def bench(self, reference_dir: str | None = None, presets: str = "ipvae,igvae,igrelu",
+              batch_size: int = 200, n_latents: int = 512, t_train: int = 16,
+              eval_steps: int = 1000, repeats: int = 3, n_exp: int = 10, threads: int = 0,
+              quick: bool = False, scaling: bool = True, processes: str = "1,2",
+              memory: bool = True, n_train: int = 0, epochs: int = 300,
+              out: str | None = None) -> None:
+        """Time training cycles and T-step evaluation (vH16 sizes) against the machine's
+        matrix-product limit and, with --reference_dir, the reference implementation.
+
+        Args:
+            reference_dir: a local checkout of hadivafaii/IterativeVAE to time in the same run.
+            presets: comma-separated presets to time.
+            batch_size: inputs per cycle (vH16: 200).
+            n_latents: K (vH16: 512).
+            t_train: steps per TBPTT cycle (vH16: 16).
+            eval_steps: inference steps of the evaluation figure (SPEC 7: 1000).
+            repeats: interleaved rounds per figure (medians are reported).
+            n_exp: relaxed Poisson sampler length used by both implementations.
+            threads: torch threads (0: torch's default).
+            quick: a short run: 2 rounds, 200 eval steps, no scaling or process figures.
+            scaling: also time ipvae with other K, batch and t_train.
+            processes: data-parallel process counts to compare ("" to skip).
+            memory: also measure each cycle's peak memory (fresh processes).
+            n_train: training samples per epoch for the projected run time (0: assumed 1e6).
+            epochs: epochs of the projected run (vH16: 300).
+            out: write every figure as JSON here.
+        """
+        from fondtrain import bench
+
+        def as_tuple(value) -> tuple:  # fire turns "a,b" into a tuple, "a" into a str
+            items = value if isinstance(value, list | tuple) else str(value).split(",")
+            return tuple(str(v).strip() for v in items if str(v).strip())
+
+        s = bench.BenchSettings(
+            presets=as_tuple(presets), batch_size=batch_size,
+            n_latents=n_latents, t_train=t_train, eval_steps=eval_steps, repeats=repeats,
+            n_exp=n_exp, reference_dir=reference_dir, threads=threads, scaling=scaling,
+            processes=tuple(int(p) for p in as_tuple(processes)), memory=memory,
+            n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs)
+        if quick:
+            s.repeats, s.eval_steps = min(repeats, 2), min(eval_steps, 200)
+            s.scaling, s.processes = False, ()
+        bench.run(s, out)
+
+
 
     def train(self, config: str | None = None, **flags: Any) -> str:
         """Train (or resume) a run in one process; `accelerate launch launch/train.py` for many.

@@ -49,6 +49,91 @@ def effective_dec_log_sigma(raw: Tensor) -> Tensor:
     return softclamp_sym(raw, DEC_LOG_SIGMA_BOUND)
 
 
+# ----------------------------------------------------------------------------- fused updates
+class _PoissonStateStep(torch.autograd.Function):
+    """new = clampU(value + clampU(-exp(log_lr) grad, c_du), c_u) in one node (SPEC 3.3).
+
+    The same numbers as the composition of `poisson_clamp` calls; backward recomputes the
+    two softplus slopes from the two pre-clamp tensors it saves ([B, K] each) instead of
+    autograd's chain of a dozen saved intermediates.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, grad: Tensor, log_lr: Tensor, c_du, c_u) -> Tensor:
+        lr = torch.exp(log_lr)
+        step_raw = grad * (-lr)
+        new_raw = value + poisson_clamp(step_raw, c_du)
+        ctx.save_for_backward(step_raw, new_raw, lr)
+        ctx.c = (c_du, c_u)
+        return poisson_clamp(new_raw, c_u)
+
+    @staticmethod
+    def backward(ctx, grad_new: Tensor):
+        step_raw, new_raw, lr = ctx.saved_tensors
+        c_du, c_u = ctx.c
+        # d clampU(v, c)/dv = sigmoid(c - max(v, -8)) where v >= -8, else 0 (torch.clamp's
+        # gradient passes at the bound itself).
+        grad_value = grad_new * _upper_slope(new_raw, c_u)
+        grad_step = grad_value * _upper_slope(step_raw, c_du)
+        grad_grad = grad_step * (-lr) if ctx.needs_input_grad[1] else None
+        grad_log_lr = None
+        if ctx.needs_input_grad[2]:
+            grad_log_lr = (grad_step * step_raw).sum().reshape(lr.shape)
+        return grad_value, grad_grad, grad_log_lr, None, None
+
+
+def _upper_slope(v: Tensor, c) -> Tensor:
+    """Derivative of clampU(v, c) = c - softplus(c - max(v, -8)) with respect to v."""
+    slope = torch.sigmoid(c - torch.clamp(v, min=POISSON_FLOOR))
+    return slope.masked_fill_(v < POISSON_FLOOR, 0.0)
+
+
+class _SymStateStep(torch.autograd.Function):
+    """new = clampS(value + clampS(-exp(log_lr) grad, c_du), c_u) in one node (SPEC 3.4),
+    clampS(v, c) = c tanh(v / c); backward reuses the two tanh outputs it saves."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, grad: Tensor, log_lr: Tensor, c_du, c_u) -> Tensor:
+        lr = torch.exp(log_lr)
+        step_raw = grad * (-lr)
+        tanh_step = torch.tanh(step_raw / c_du)
+        tanh_new = torch.tanh((value + c_du * tanh_step) / c_u)
+        ctx.save_for_backward(step_raw, tanh_step, tanh_new, lr)
+        return c_u * tanh_new
+
+    @staticmethod
+    def backward(ctx, grad_new: Tensor):
+        step_raw, tanh_step, tanh_new, lr = ctx.saved_tensors
+        grad_value = grad_new * (1.0 - tanh_new * tanh_new)
+        grad_step = grad_value * (1.0 - tanh_step * tanh_step)
+        grad_grad = grad_step * (-lr) if ctx.needs_input_grad[1] else None
+        grad_log_lr = None
+        if ctx.needs_input_grad[2]:
+            grad_log_lr = (grad_step * step_raw).sum().reshape(lr.shape)
+        return grad_value, grad_grad, grad_log_lr, None, None
+
+
+def state_step(value: Tensor, grad: Tensor, log_lr: Tensor, c_du: float | Tensor,
+               c_u: float | Tensor, posterior: str) -> Tensor:
+    """One clamped gradient step of a state component, fused: [B, K] -> [B, K].
+
+    new = clamp(value + clamp(-exp(log_lr) grad, c_du), c_u) with the Poisson one-sided
+    clamp or the Gaussian symmetric one. log_lr is a 0-dim (or [1]) tensor; c_du, c_u are
+    floats or 0-dim tensors without gradient. Equals `state_step_reference` (tested).
+    """
+    if posterior == "poisson":
+        return _PoissonStateStep.apply(value, grad, log_lr, c_du, c_u)
+    return _SymStateStep.apply(value, grad, log_lr, c_du, c_u)
+
+
+def state_step_reference(value: Tensor, grad: Tensor, log_lr: Tensor, c_du: float | Tensor,
+                         c_u: float | Tensor, posterior: str) -> Tensor:
+    """`state_step` written as the plain composition, left to autograd."""
+    clamp = poisson_clamp if posterior == "poisson" else softclamp_sym
+    step = clamp(-torch.exp(log_lr) * grad, c_du)
+    return clamp(value + step, c_u)
+
+
 # ----------------------------------------------------------------------------- Poisson
 def poisson_rate(u: Tensor) -> Tensor:
     """Rate r = exp(u) + float32 eps used by the samplers (keeps r > 0 for u = -inf)."""
@@ -70,46 +155,91 @@ def n_exp_for_rate(rate: float, p: float = 1e-3) -> int:
 
 
 def exponential_noise(n_exp: int, shape: torch.Size, device=None, generator=None) -> Tensor:
-    """Standard Exp(1) draws [n_exp, *shape] behind one relaxed Poisson sample."""
+    """Standard Exp(1) draws [n_exp, *shape] behind one relaxed Poisson sample.
+
+    Drawn one arrival at a time as -log(1 - U), U ~ Uniform[0, 1), exactly as the streamed
+    sampler (`relaxed_poisson` without noise) draws them, so that a step fed this noise
+    replays a step that drew its own from the same generator state, bit for bit.
+    (-log(1 - U) is several times cheaper than `Tensor.exponential_` on CPU.)
+    """
     noise = torch.empty((n_exp, *shape), device=device)
-    return noise.exponential_(generator=generator)
+    for arrival in noise:
+        _log1m_uniform_(arrival, generator).neg_()
+    return noise
 
 
-class _RelaxedPoissonFromArrivals(torch.autograd.Function):
-    """z = sum_j sigmoid((1 - S_j / r) / tau), r = exp(u) + eps, with S_j unit-rate arrivals.
+def _log1m_uniform_(buf: Tensor, generator=None) -> Tensor:
+    """Fill buf with log(1 - U), U ~ Uniform[0, 1): minus a standard Exp(1) draw (in place)."""
+    return buf.uniform_(generator=generator).neg_().log1p_()
 
-    Forward computes the sample and its derivative dz/du in one pass, so backward keeps
-    only [B, K] instead of the [n_exp, B, K] intermediates that autograd would store.
-    The result and gradient equal those of the plain autograd expression (tested).
+
+class _RelaxedPoissonStream(torch.autograd.Function):
+    """z = sum_j sigmoid((1 - S_j / r) / tau), r = exp(u) + eps, S_j unit-rate arrivals.
+
+    The arrivals are accumulated one at a time in [B, K] buffers, from the given Exp(1)
+    noise [n_exp, B, K] or, with noise None, from n_exp fresh draws of the generator (the
+    same stream `exponential_noise` draws). Forward accumulates the sample and its
+    derivative dz/du together, so neither [n_exp, B, K] intermediates nor (without given
+    noise) the noise itself are ever stored: backward keeps one [B, K] tensor. The result
+    and gradient equal those of the plain autograd expression (tested).
+
+    With a_j = (1 - S_j / r) / tau = 1/tau - S_j k, k = 1 / (r tau):
+    dz/du = sum_j s_j (1 - s_j) S_j * k e^u / r, s_j = sigmoid(a_j).
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, arrivals: Tensor, temp: float) -> Tensor:
+    def forward(ctx, u: Tensor, temp: float, n_exp: int, noise: Tensor | None,
+                generator) -> Tensor:
         exp_u = torch.exp(u)
         rate = exp_u + FLOAT32_EPS
-        scaled = arrivals / rate  # arrival times of a rate-r process, [n_exp, B, K]
-        sig = torch.sigmoid((1.0 - scaled) / temp)
-        z = sig.sum(0)
-        if ctx.needs_input_grad[0]:
-            # d sigmoid(a)/da = s (1 - s); da/du = (S / r) / tau * exp(u) / r
-            dz_du = (sig * (1.0 - sig) * scaled).sum(0) * (exp_u / (rate * temp))
-            ctx.save_for_backward(dz_du)
+        k = (rate * temp).reciprocal_()
+        inv_temp = torch.tensor(1.0 / temp, dtype=u.dtype, device=u.device)
+        need_grad = ctx.needs_input_grad[0]
+        arrival = torch.zeros_like(u)  # S_j
+        z = torch.zeros_like(u)
+        sig = torch.empty_like(u)
+        if need_grad:
+            acc = torch.zeros_like(u)
+            slope = torch.empty_like(u)
+        draw = None
+        if noise is None:
+            draw = torch.empty(u.shape, device=u.device)  # the dtype exponential_noise uses
+        for j in range(n_exp):
+            if noise is None:
+                arrival.sub_(_log1m_uniform_(draw, generator))
+            else:
+                arrival.add_(noise[j])
+            torch.addcmul(inv_temp, arrival, k, value=-1.0, out=sig).sigmoid_()
+            z.add_(sig)
+            if need_grad:
+                torch.addcmul(sig, sig, sig, value=-1.0, out=slope)  # s (1 - s)
+                acc.addcmul_(slope, arrival)
+        if need_grad:
+            ctx.save_for_backward(acc.mul_(k).mul_(exp_u / rate))
         return z
 
     @staticmethod
     def backward(ctx, grad_z: Tensor):
         (dz_du,) = ctx.saved_tensors
-        return grad_z * dz_du, None, None
+        return grad_z * dz_du, None, None, None, None
 
 
-def relaxed_poisson(u: Tensor, temp: float, noise: Tensor) -> Tensor:
+def relaxed_poisson(u: Tensor, temp: float, noise: Tensor | None = None, n_exp: int | None = None,
+                    generator=None) -> Tensor:
     """Relaxed Poisson sample at temperature tau > 0 (SPEC 4), differentiable in u.
 
-    u: log-rates [B, K]; noise: standard Exp(1) draws [n_exp, B, K]; returns z [B, K].
-    tau -> 0 gives the exact Poisson count (truncated at n_exp events).
+    u: log-rates [B, K]. Either noise: standard Exp(1) draws [n_exp, B, K] (exact replay),
+    or noise None and n_exp: the sampler draws its n_exp arrivals itself from `generator`
+    one [B, K] at a time (the fast path: no [n_exp, B, K] tensor). Returns z [B, K].
+    Both give the same result for the same generator state. tau -> 0 gives the exact
+    Poisson count (truncated at n_exp events).
     """
-    arrivals = torch.cumsum(noise, dim=0)
-    return _RelaxedPoissonFromArrivals.apply(u, arrivals, float(temp))
+    if noise is None:
+        if n_exp is None:
+            raise ValueError("relaxed_poisson needs either noise or n_exp")
+    else:
+        n_exp = noise.shape[0]
+    return _RelaxedPoissonStream.apply(u, float(temp), int(n_exp), noise, generator)
 
 
 def relaxed_poisson_reference(u: Tensor, temp: float, noise: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ u; 2 Gaussian mean mu and log-std xi).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,13 @@ class IterativeVAE(nn.Module):
 
     Parameters: W [M, K], dec_log_sigma [M], log_bias [K], log_lr [C], u_init [C, K],
     log_gain [K] (igrelu only). Buffer: n_exp [t_total] (relaxed Poisson sampler lengths).
+
+    `fast_path` (default True) selects the fused implementations of the hot loop: the
+    state step as one autograd node (`distributions.state_step`). They compute the same
+    numbers as the plain compositions (`fast_path = False`), which tests compare.
     """
+
+    fast_path: bool = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -188,15 +195,26 @@ class IterativeVAE(nn.Module):
         return torch.randn(ref.shape, device=ref.device, generator=generator)
 
     def sample(self, state: State, temp: float, noise: Tensor | None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None, t: int = 0) -> Tensor:
         """z ~ q(z | state) at temperature temp (SPEC 4), [B, K]; reparameterised except
-        for the exact Poisson sample at temp 0 (which uses `generator`)."""
+        for the exact Poisson sample at temp 0 (which uses `generator`).
+
+        noise None draws it from `generator`: the relaxed Poisson sampler then streams its
+        n_exp(t) arrivals through [B, K] buffers (the same numbers as
+        `sample(state, temp, draw_noise(state, temp, t, generator))`, without ever
+        holding the [n_exp, B, K] noise).
+        """
         if self.is_poisson:
             u = state.components[0]
             if temp == 0:
                 return D.exact_poisson(u, generator)
+            if noise is None:
+                return D.relaxed_poisson(u, temp, n_exp=self.n_exp_at(t, state),
+                                         generator=generator)
             return D.relaxed_poisson(u, temp, noise)
         mu, xi = state.components
+        if noise is None:
+            noise = self.draw_noise(state, temp, t, generator)
         return D.gaussian_sample(mu, xi, temp, noise)
 
     # ------------------------------------------------------------------ one update
@@ -262,10 +280,16 @@ class IterativeVAE(nn.Module):
         `prior` (the state at the start of the step) only when n_iters_inner > 1.
         """
         grads = self.free_energy_grad(x, state, z, temp, prior)
+        cfg = self.config
         new = []
         for i, (value, grad) in enumerate(zip(state.components, grads, strict=True)):
-            step = self.clamp_state_step(-torch.exp(self.log_lr[i]) * grad, i, "du", eps)
-            new.append(self.clamp_state_step(value + step, i, "u", eps))
+            if self.fast_path:
+                c_du = D.clamp_ceiling(eps, cfg.clamp_du[i], cfg.posterior)
+                c_u = D.clamp_ceiling(eps, cfg.clamp_u[i], cfg.posterior)
+                new.append(D.state_step(value, grad, self.log_lr[i], c_du, c_u, cfg.posterior))
+            else:
+                step = self.clamp_state_step(-torch.exp(self.log_lr[i]) * grad, i, "du", eps)
+                new.append(self.clamp_state_step(value + step, i, "u", eps))
         return State(tuple(new))
 
     # ------------------------------------------------------------------ one step
@@ -283,12 +307,14 @@ class IterativeVAE(nn.Module):
 
     def step(self, x: Tensor, state: State, temp: float, beta: float, eps: float | Tensor = 1.0,
              t: int = 0, noise: tuple[Tensor | None, ...] | None = None,
-             generator: torch.Generator | None = None) -> StepOutput:
+             generator: torch.Generator | None = None, outputs: bool = True) -> StepOutput:
         """One inference step at time t (SPEC 3): n_iters_inner updates against the prior
         u0 = `state`, then a fresh sample from the new state, its reconstruction and losses.
 
         noise: optional standard noise for the n_iters_inner update samples followed by
         the output sample (for exact replay); drawn with `generator` when None.
+        outputs=False stops after the updates: no output sample, decode, NLL or KL (z,
+        x_hat, recon, kl and loss are None). The state's dynamics do not depend on them.
         """
         cfg = self.config
         prior = state
@@ -297,14 +323,12 @@ class IterativeVAE(nn.Module):
             noise = (None,) * (n_inner + 1)
         grad_samples = []
         for n in range(n_inner):
-            eps_n = noise[n] if noise[n] is not None else self.draw_noise(state, temp, t, generator)
-            z = self.sample(state, temp, eps_n, generator)
+            z = self.sample(state, temp, noise[n], generator, t)
             grad_samples.append(z)
             state = self.update(x, state, z, eps, temp, prior)
-        out_noise = noise[n_inner]
-        if out_noise is None:
-            out_noise = self.draw_noise(state, temp, t, generator)
-        z = self.sample(state, temp, out_noise, generator)
+        if not outputs:
+            return StepOutput(state, None, None, None, None, None, tuple(grad_samples))
+        z = self.sample(state, temp, noise[n_inner], generator, t)
         x_hat = self.decode(z)
         recon = D.gaussian_nll(x, x_hat, self.dec_log_sigma_effective())
         kl = self.kl(state, prior, temp)
@@ -337,8 +361,8 @@ class IterativeVAE(nn.Module):
             with torch.no_grad():
                 recons.append(out.recon.mean())
                 kls.append(out.kl.sum(-1).mean())
-                if self.is_poisson:
-                    max_rates.append(torch.exp(out.state.components[0]).max())
+                if self.is_poisson:  # exp(max u) = max exp(u): exp is monotone
+                    max_rates.append(torch.exp(out.state.components[0].max()))
             state = out.state
         step_losses = torch.stack(losses)
         last_x = inputs if inputs.dim() == 2 else inputs[-1]
@@ -358,27 +382,41 @@ class IterativeVAE(nn.Module):
     @torch.no_grad()
     def infer(self, x: Tensor, n_steps: int, temp: float, eps: float = 1.0, beta: float = 0.0,
               generator: torch.Generator | None = None, feeder=None,
-              record_every: int = 1) -> dict[str, Tensor]:
+              record_every: int = 1, record_steps: Iterable[int] | None = None,
+              same_stream: bool = True) -> dict[str, Tensor]:
         """Run inference from u_init for n_steps and return per-step traces for analysis.
 
         x: [B, M] (or `feeder`, indexable by t -> [B, M]). Traces, stacked over the
-        recorded steps (every `record_every`-th and the last): 'z' [T, B, K], 'x_hat'
-        [T, B, M], 'recon' [T, B], 'kl' [T, B, K], 'loss' [T], 'state' [T, C, B, K],
-        'steps' [T] (1-based step index).
+        recorded steps (every `record_every`-th and the last, or the 1-based
+        `record_steps`, e.g. a log grid, and the last): 'z' [T, B, K], 'x_hat' [T, B, M],
+        'recon' [T, B], 'kl' [T, B, K], 'loss' [T], 'state' [T, C, B, K], 'steps' [T]
+        (1-based step index).
+
+        Steps that are not recorded only update the state: no reconstruction, NLL or KL.
+        With `same_stream` they still draw (and drop) the output sample, so that the
+        trajectory is the same draw whatever is recorded; `same_stream=False` skips that
+        sample too (the fastest: the same distribution, other random numbers).
         """
         state = self.init_state(x.shape[0])
         traces: dict[str, list[Tensor]] = {k: [] for k in
                                            ("z", "x_hat", "recon", "kl", "loss", "state")}
+        wanted = None if record_steps is None else {int(s) for s in record_steps}
         steps = []
         for t in range(n_steps):
             inputs = x if feeder is None else feeder[t]
-            out = self.step(inputs, state, temp, beta, eps, t, generator=generator)
+            if wanted is None:
+                record = (t + 1) % record_every == 0 or t == n_steps - 1
+            else:
+                record = (t + 1) in wanted or t == n_steps - 1
+            out = self.step(inputs, state, temp, beta, eps, t, generator=generator, outputs=record)
             state = out.state
-            if (t + 1) % record_every == 0 or t == n_steps - 1:
+            if record:
                 steps.append(t + 1)
                 for key in ("z", "x_hat", "recon", "kl", "loss"):
                     traces[key].append(getattr(out, key))
                 traces["state"].append(torch.stack(state.components))
+            elif same_stream:
+                self.sample(state, temp, None, generator, t)
         result = {k: torch.stack(v) for k, v in traces.items()}
         result["steps"] = torch.tensor(steps)
         return result

@@ -1,0 +1,182 @@
+"""The fast paths of the hot loop compute the same numbers as the plain ones: values and
+gradients, to float tolerance (no timing here: see `fondtrain bench`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fondtrain.config import ModelConfig
+from fondtrain.model import distributions as D
+from fondtrain.model.vae import IterativeVAE, State
+
+B, M, K = 6, 16, 10
+TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- sampler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("temp", [1.0, 0.3, 0.01])
+def test_streamed_sampler_equals_explicit_noise_and_plain_autograd(dtype, temp: float):
+    """Drawing the arrivals inside the sampler (no [n_exp, B, K] tensor) gives the sample
+    that the same generator's `exponential_noise` gives, and both match the reference's
+    autograd expression in value and gradient."""
+    n_exp = 13
+    u = torch.linspace(-7.0, 2.5, B * K, dtype=dtype).reshape(B, K)
+    weights = torch.randn(B, K, generator=_gen(1), dtype=dtype)
+    u_stream = u.clone().requires_grad_(True)
+    z_stream = D.relaxed_poisson(u_stream, temp, n_exp=n_exp, generator=_gen(7))
+    noise = D.exponential_noise(n_exp, u.shape, generator=_gen(7))
+    u_noise = u.clone().requires_grad_(True)
+    z_noise = D.relaxed_poisson(u_noise, temp, noise)
+    u_ref = u.clone().requires_grad_(True)
+    z_ref = D.relaxed_poisson_reference(u_ref, temp, noise.to(dtype))
+    torch.testing.assert_close(z_stream, z_noise, rtol=0, atol=0)  # the same stream, bit for bit
+    tol = TOL[dtype]
+    torch.testing.assert_close(z_stream, z_ref, rtol=tol, atol=tol)
+    grads = [torch.autograd.grad((weights * z).sum(), v)[0]
+             for z, v in ((z_stream, u_stream), (z_noise, u_noise), (z_ref, u_ref))]
+    scale = grads[2].abs().max()
+    assert scale > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0] / scale, grads[2] / scale, rtol=tol, atol=tol)
+
+
+def test_streamed_sampler_without_grad_and_needs_noise_or_length():
+    u = torch.zeros(B, K)
+    with torch.no_grad():
+        z = D.relaxed_poisson(u, 0.5, n_exp=4, generator=_gen(0))
+    assert z.shape == (B, K) and not z.requires_grad
+    assert float(z.min()) >= 0 and float(z.max()) <= 4
+    with pytest.raises(ValueError):
+        D.relaxed_poisson(u, 0.5)
+
+
+# ----------------------------------------------------------------------------- state step
+def _wide_inputs(posterior: str, dtype):
+    gen = _gen(3)
+    if posterior == "poisson":
+        value = torch.empty(B, K, dtype=dtype).uniform_(-9.5, 11.0, generator=gen)
+        grad = 6.0 * torch.randn(B, K, generator=gen, dtype=dtype)
+    else:
+        value = 4.0 * torch.randn(B, K, generator=gen, dtype=dtype)
+        grad = 5.0 * torch.randn(B, K, generator=gen, dtype=dtype)
+    value[0, :3] = torch.tensor([-8.0, 10.0, 0.0], dtype=dtype)  # at the floor and a ceiling
+    return value, grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("posterior", ["poisson", "gaussian"])
+@pytest.mark.parametrize("eps", [1.0, 0.25, "tensor"])
+def test_fused_state_step_equals_plain_composition(dtype, posterior: str, eps):
+    eps = torch.tensor(0.6, dtype=dtype) if eps == "tensor" else eps
+    c_du = D.clamp_ceiling(eps, 10.0 if posterior == "poisson" else 7.0, posterior)
+    c_u = D.clamp_ceiling(eps, 10.0 if posterior == "poisson" else 2.0, posterior)
+    value, grad = _wide_inputs(posterior, dtype)
+    weights = torch.randn(B, K, generator=_gen(4), dtype=dtype)
+    results = []
+    for fn in (D.state_step, D.state_step_reference):
+        v = value.clone().requires_grad_(True)
+        g = grad.clone().requires_grad_(True)
+        log_lr = torch.tensor(0.3, dtype=dtype, requires_grad=True)
+        new = fn(v, g, log_lr, c_du, c_u, posterior)
+        grads = torch.autograd.grad((weights * new).sum(), (v, g, log_lr))
+        results.append((new, *grads))
+    tol = TOL[dtype]
+    for fast, plain in zip(*results, strict=True):
+        scale = plain.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(fast / scale, plain / scale, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------------- whole model
+def _model(preset: str, n_inner: int = 1) -> IterativeVAE:
+    cfg = ModelConfig(preset=preset, input_dim=M, n_latents=K, t_train=4, n_iters_inner=n_inner,
+                      init_scale=0.3, u_init_low=-2.0, u_init_high=0.5)
+    model = IterativeVAE(cfg).double()
+    gen = _gen(5)
+    with torch.no_grad():
+        model.dec_log_sigma.copy_(0.2 * torch.randn(M, generator=gen, dtype=torch.float64))
+        model.log_bias.add_(0.3 * torch.randn(K, generator=gen, dtype=torch.float64))
+        model.log_lr.fill_(-0.7)
+        if preset == "igrelu":
+            model.log_gain.copy_(0.2 * torch.randn(K, generator=gen, dtype=torch.float64))
+    return model
+
+
+@pytest.mark.parametrize("preset", ["ipvae", "igvae", "igrelu"])
+@pytest.mark.parametrize("n_inner", [1, 2])
+def test_fast_and_plain_training_cycles_agree(preset: str, n_inner: int):
+    """A TBPTT cycle with the fused steps and the streamed sampler against the plain
+    composition fed the same noise: loss, statistics and every parameter gradient."""
+    x = torch.randn(B, M, generator=_gen(6), dtype=torch.float64)
+    temp = 0.4 if preset == "ipvae" else 1.0
+    outs = []
+    for fast in (True, False):
+        model = _model(preset, n_inner)
+        model.fast_path = fast
+        state = model.init_state(B)
+        if fast:  # draws its own noise, streamed
+            out = model(x, state, 0, 4, temp, 3.0, 0.8, generator=_gen(8))
+        else:  # the same noise, drawn up front as [n_exp, B, K] tensors
+            out = _cycle_with_drawn_noise(model, x, state, temp, _gen(8))
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        outs.append((out, grads))
+    (fast, g_fast), (plain, g_plain) = outs
+    torch.testing.assert_close(fast.step_losses, plain.step_losses, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast.kl, plain.kl, rtol=1e-10, atol=1e-10)
+    if preset == "ipvae":
+        torch.testing.assert_close(fast.max_rate, plain.max_rate, rtol=1e-12, atol=0)
+    for name, grad in g_plain.items():
+        scale = grad.abs().max().clamp(min=1e-6)
+        torch.testing.assert_close(g_fast[name] / scale, grad / scale, rtol=1e-9, atol=1e-9)
+
+
+def _cycle_with_drawn_noise(model: IterativeVAE, x, state: State, temp: float, gen):
+    """model.forward with explicit noise that the generator gives in the order a step
+    draws it (update samples, then the output sample, each from its current state)."""
+    noise = []
+    current = state
+    n_inner = model.config.n_iters_inner
+    with torch.no_grad():
+        for t in range(4):
+            step_noise, prior = [], current
+            for _ in range(n_inner):
+                step_noise.append(model.draw_noise(current, temp, t, gen))
+                z = model.sample(current, temp, step_noise[-1])
+                current = model.update(x, current, z, 0.8, temp, prior)
+            step_noise.append(model.draw_noise(current, temp, t, gen))
+            noise.append(tuple(step_noise))
+    return model(x, state, 0, 4, temp, 3.0, 0.8, noise=noise)
+
+
+@pytest.mark.parametrize("preset", ["ipvae", "igvae"])
+def test_step_without_outputs_gives_the_same_state(preset: str):
+    model = _model(preset)
+    x = torch.randn(B, M, generator=_gen(9), dtype=torch.float64)
+    state = model.init_state(B)
+    temp = 0.5 if preset == "ipvae" else 1.0
+    full = model.step(x, state, temp, 1.0, 1.0, 0, generator=_gen(2))
+    bare = model.step(x, state, temp, 1.0, 1.0, 0, generator=_gen(2), outputs=False)
+    assert bare.z is None and bare.x_hat is None and bare.loss is None
+    for a, b in zip(full.state.components, bare.state.components, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["ipvae", "igrelu"])
+def test_infer_on_a_step_grid(preset: str):
+    model = _model(preset)
+    x = torch.randn(B, M, generator=_gen(10), dtype=torch.float64)
+    temp = 0.0 if preset == "ipvae" else 1.0
+    full = model.infer(x, 12, temp, generator=_gen(1))
+    grid = model.infer(x, 12, temp, generator=_gen(1), record_steps=[1, 2, 5, 10])
+    assert grid["steps"].tolist() == [1, 2, 5, 10, 12]
+    torch.testing.assert_close(grid["state"], full["state"][[0, 1, 4, 9, 11]], rtol=0, atol=0)
+    torch.testing.assert_close(grid["x_hat"], full["x_hat"][[0, 1, 4, 9, 11]], rtol=0, atol=0)
+    fast = model.infer(x, 12, temp, generator=_gen(1), record_steps=[5], same_stream=False)
+    assert fast["steps"].tolist() == [5, 12] and fast["z"].shape == (2, B, K)
+    assert torch.isfinite(fast["loss"]).all()
