@@ -48,3 +48,30 @@ def dictionary_grid(weight: np.ndarray, order: np.ndarray | None = None,
     if order is not None:
         elements = elements[np.asarray(order)]
     return tile_patches(elements[:max_elements])
+
+
+def paired_grid(inputs: np.ndarray, recons: np.ndarray, n_pairs_per_row: int = 8,
+                pad: int = 1, gap: int = 4) -> np.ndarray:
+    """Inputs [N, M] beside their reconstructions [N, M] as one grid [H, W] in [0, 1].
+
+    Each cell is the input, `pad` px, then its reconstruction; cells are `gap` px apart.
+    A pair shares one scale, the input's max |value| (so a weak reconstruction looks
+    weak); reconstructions beyond it are clipped. 0.5 is zero.
+    """
+    inputs, recons = np.asarray(inputs, np.float64), np.asarray(recons, np.float64)
+    n, m = inputs.shape
+    side = patch_side(m)
+    scale = np.abs(inputs).max(axis=1, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    a = 0.5 + 0.5 * inputs / scale
+    b = 0.5 + 0.5 * np.clip(recons / scale, -1.0, 1.0)
+    n_cols = max(1, min(n_pairs_per_row, n))
+    n_rows = math.ceil(n / n_cols)
+    cell_w, cell_h = 2 * side + pad + gap, side + gap
+    grid = np.full((n_rows * cell_h + gap, n_cols * cell_w + gap), 0.5)
+    for i in range(n):
+        r, c = divmod(i, n_cols)
+        top, left = gap + r * cell_h, gap + c * cell_w
+        grid[top:top + side, left:left + side] = a[i].reshape(side, side)
+        grid[top:top + side, left + side + pad:left + 2 * side + pad] = b[i].reshape(side, side)
+    return grid

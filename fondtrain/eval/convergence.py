@@ -1,0 +1,242 @@
+"""Inference convergence over many steps (SPEC 7), batched over a whole data set.
+
+From `u_init`, at the evaluation temperature (Poisson 0: exact counts; Gaussian 1), the
+state is refined for n_steps (default 1000) on each input. Reconstructions and metrics
+are computed only on the reported steps (a log grid), and only sums over samples are
+kept, never [T, N, K]: per reported step the sums of squared errors, per-sample R^2,
+SS_res and SS_tot, zero counts, sum a and sum a^2 per unit (lifetime sparseness),
+per-sample population sparseness, NLL, loss and KL. The per-sample R^2 values are kept
+([G, N], G reported steps) for the median.
+
+What "the output of step t" means: the model's own step (SPEC 3.6): after the update, a
+fresh sample z' from the new state, x_hat = W a(z'), NLL and KL(q(new) || q(prior = the
+state before the step)); the loss is (NLL + beta sum_k KL) * 256 / M with beta =
+beta_outer (the end-of-training weight) and the model's configured Poisson KL form;
+both Poisson KL forms are reported as `kl_reference` and `kl_exact` (Gaussian: `kl`).
+Activity means a(z') (z' itself for ipvae / igvae, relu(z') exp(log_gain) for igrelu);
+zeros and sparseness are measured on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from fondtrain.eval import metrics as Mx
+from fondtrain.eval.dist import Ranks
+from fondtrain.model.vae import IterativeVAE, State
+
+
+def eval_temperature(model: IterativeVAE) -> float:
+    """SPEC 7: Poisson 0 (exact samples), Gaussian 1."""
+    return 0.0 if model.is_poisson else 1.0
+
+
+def advance(model: IterativeVAE, x: Tensor, state: State, temp: float, t: int,
+            generator: torch.Generator | None = None) -> State:
+    """The state update of one inference step without its outputs (no decode, NLL, KL).
+
+    Same dynamics as `model.step`: n_iters_inner updates against the prior = `state`,
+    each from a sample of the current state; eps = 1 (clamps fully open).
+    """
+    prior = state
+    for _ in range(model.config.n_iters_inner):
+        noise = model.draw_noise(state, temp, t, generator)
+        z = model.sample(state, temp, noise, generator)
+        state = model.update(x, state, z, 1.0, temp, prior)
+    return state
+
+
+@dataclass
+class ConvergenceSums:
+    """Running sums over samples for each reported step g (float64, on the device).
+
+    scalars [G, len(FIELDS)]; unit_sums [G, 2, K] (sum a, sum a^2 per unit);
+    r2 [G, n] per-sample R^2 (list of per-batch blocks until `finish`).
+    """
+
+    steps: list[int]
+    fields: tuple[str, ...]
+    scalars: Tensor
+    unit_sums: Tensor
+    r2_blocks: list[Tensor] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, steps: list[int], poisson: bool, n_latents: int, device) -> ConvergenceSums:
+        kl = ("kl_reference", "kl_exact") if poisson else ("kl",)
+        fields = ("n", "sse", "r2_sum", "ss_res", "ss_tot", "zeros", "population",
+                  "nll", "loss", *kl)
+        g = len(steps)
+        return cls(steps, fields, torch.zeros(g, len(fields), dtype=torch.float64, device=device),
+                   torch.zeros(g, 2, n_latents, dtype=torch.float64, device=device))
+
+    def add(self, g: int, model: IterativeVAE, x: Tensor, out, prior: State, beta: float) -> Tensor:
+        """Accumulate the output `out` (a StepOutput) of reported step g; returns its
+        per-sample R^2 [B]."""
+        a = model.activation(out.z).double()
+        xd, xh = x.double(), out.x_hat.double()
+        ss_res, ss_tot = Mx.sum_squares(xd, xh)
+        r2 = 1.0 - ss_res / (ss_tot + Mx.FLOAT32_EPS)
+        scale = 256.0 / model.config.input_dim
+        if model.is_poisson:
+            forms = model.kl_both_forms(out.state, prior)
+            kls = [forms["reference"].sum(-1), forms["exact"].sum(-1)]
+        else:
+            kls = [out.kl.sum(-1)]
+        kl_loss = out.kl.sum(-1).double()
+        loss = (out.recon.double() + beta * kl_loss) * scale
+        values = [
+            float(x.shape[0]), ss_res.sum(), r2.sum(), ss_res.sum(), ss_tot.sum(),
+            (a == 0).sum(), Mx.population_sparseness(a).sum(), out.recon.double().sum(),
+            loss.sum(), *[k.double().sum() for k in kls],
+        ]
+        self.scalars[g] += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=a.device)
+                                        for v in values])
+        self.unit_sums[g, 0] += a.sum(0)
+        self.unit_sums[g, 1] += a.pow(2).sum(0)
+        return r2
+
+    def merged(self, other: ConvergenceSums) -> ConvergenceSums:
+        """The sums of two disjoint sets of rows (what the reduction over ranks computes)."""
+        return ConvergenceSums(self.steps, self.fields, self.scalars + other.scalars,
+                               self.unit_sums + other.unit_sums, self.r2_blocks + other.r2_blocks)
+
+    def table(self, ranks: Ranks, input_dim: int) -> dict[str, list[float]]:
+        """Reduce over ranks and turn the sums into the per-step table (plain lists)."""
+        scalars = ranks.sum(self.scalars)
+        unit_sums = ranks.sum(self.unit_sums)
+        local_r2 = (torch.cat(self.r2_blocks, dim=1) if self.r2_blocks
+                    else torch.zeros(len(self.steps), 0, dtype=torch.float64))
+        r2_all = ranks.gather_rows(local_r2.T.contiguous()).T  # [G, N]
+        col = {name: scalars[:, i] for i, name in enumerate(self.fields)}
+        n = col["n"]
+        k = unit_sums.shape[-1]
+        lifetime = torch.stack([Mx.sparseness_from_sums(unit_sums[g, 0], unit_sums[g, 1],
+                                                        int(n[g])).mean()
+                                for g in range(len(self.steps))])
+        out = {
+            "step": list(self.steps),
+            "mse": (col["sse"] / (n * input_dim)).tolist(),
+            "r2_mean": (col["r2_sum"] / n).tolist(),
+            "r2_pooled": (1.0 - col["ss_res"] / col["ss_tot"]).tolist(),
+            "r2_median": [Mx.median(r2_all[g]) for g in range(len(self.steps))],
+            "frac_zeros": (col["zeros"] / (n * k)).tolist(),
+            "lifetime_sparseness": lifetime.tolist(),
+            "population_sparseness": (col["population"] / n).tolist(),
+            "nll": (col["nll"] / n).tolist(),
+            "loss": (col["loss"] / n).tolist(),
+        }
+        for name in self.fields[9:]:
+            out[name] = (col[name] / n).tolist()
+        out["_mean_activity"] = (unit_sums[-1, 0] / n[-1]).tolist()  # usage at the last step
+        out["_n_samples"] = int(n[-1])  # the reduced count: every row exactly once
+        return out
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of a rank's sampling generator (different noise on every rank)."""
+    return seed * 1000 + rank
+
+
+@dataclass
+class ConvergenceResult:
+    """The per-step table (identical on every rank) and a few local final-step arrays for
+    figures: x, x_hat [n_keep, M]; activity [n_local_kept, K] (this rank's samples)."""
+
+    table: dict[str, list[float]]
+    usage: Tensor
+    x: Tensor
+    x_hat: Tensor
+    activity: Tensor
+    n_samples: int
+
+
+@torch.no_grad()
+def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: float, beta: float,
+                           steps: list[int], batch_size: int = 2048, device: torch.device | str = "cpu",
+                           seed: int = 0, n_keep: int = 64, max_activity_rows: int = 20_000
+                           ) -> tuple[ConvergenceSums, dict[str, Tensor]]:
+    """Inference on the rows x [n, M] of one process: the sums for the reported `steps`
+    (1-based) and, for figures, the first n_keep inputs / reconstructions and the final
+    activity of up to max_activity_rows rows ({'x', 'x_hat', 'activity'}, on the cpu)."""
+    report = {s - 1: g for g, s in enumerate(steps)}  # 0-based step index -> grid row
+    sums = ConvergenceSums.empty(steps, model.is_poisson, model.config.n_latents, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    extras = {"x": torch.zeros(0, model.config.input_dim), "x_hat": torch.zeros(0, model.config.input_dim)}
+    activity = []
+    n_act = 0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size].to(device, torch.float32)
+        state = model.init_state(xb.shape[0])
+        block = torch.empty(len(steps), xb.shape[0], dtype=torch.float64, device=device)
+        for t in range(n_steps):
+            if t in report:
+                out = model.step(xb, state, temp, beta, 1.0, t, generator=generator)
+                block[report[t]] = sums.add(report[t], model, xb, out, state, beta)
+                state = out.state
+            else:
+                state = advance(model, xb, state, temp, t, generator)
+        sums.r2_blocks.append(block)
+        if start == 0:
+            extras["x"], extras["x_hat"] = xb[:n_keep].cpu(), out.x_hat[:n_keep].cpu()
+        if n_act < max_activity_rows:
+            activity.append(model.activation(out.z[: max_activity_rows - n_act]).float().cpu())
+            n_act += activity[-1].shape[0]
+    extras["activity"] = torch.cat(activity) if activity else torch.zeros(0, model.config.n_latents)
+    return sums, extras
+
+
+def run_convergence(model: IterativeVAE, x: Tensor, n_steps: int = 1000, temp: float | None = None,
+                    beta: float | None = None, batch_size: int = 2048, steps: list[int] | None = None,
+                    ranks: Ranks | None = None, seed: int = 0, n_keep: int = 64,
+                    max_activity_rows: int = 20_000) -> ConvergenceResult:
+    """Run inference on this rank's rows of x [N, M] (all ranks call it with the whole x).
+
+    Returns the table over the log grid of reported steps (`steps`, default
+    `metrics.log_grid(n_steps, [t_total])`), reduced over ranks. The last step must be a
+    reported one (it feeds the figures).
+    """
+    ranks = ranks or Ranks()
+    temp = eval_temperature(model) if temp is None else float(temp)
+    beta = float(model.config.beta_outer if beta is None else beta)
+    steps = steps or Mx.log_grid(n_steps, [model.config.t_total])
+    if steps[-1] != n_steps:
+        raise ValueError("the last step must be reported")
+    local = x[ranks.part(x.shape[0])]
+    sums, extras = accumulate_convergence(model, local, n_steps, temp, beta, steps, batch_size,
+                                          ranks.device, rank_seed(seed, ranks.rank), n_keep,
+                                          max_activity_rows)
+    table = sums.table(ranks, model.config.input_dim)
+    usage = torch.tensor(table.pop("_mean_activity"))
+    n_samples = table.pop("_n_samples")
+    return ConvergenceResult(table=table, usage=usage, x=extras["x"], x_hat=extras["x_hat"],
+                             activity=extras["activity"], n_samples=n_samples)
+
+
+@torch.no_grad()
+def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
+                     temp: float | None = None, batch_size: int = 2048,
+                     device: torch.device | str = "cpu", seed: int = 0) -> Tensor:
+    """Mean activity a(z) over the last `window` of n_steps inference steps, [N, K] (cpu).
+
+    The "response" of a unit to a stimulus (bar of light) and the features of the linear
+    probe: the time average of the samples, i.e. an estimate of the firing rate at the
+    end of inference (z are fresh samples of each step's new state, as `model.step`).
+    """
+    temp = eval_temperature(model) if temp is None else float(temp)
+    window = max(1, min(window, n_steps))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size].to(device, torch.float32)
+        state = model.init_state(xb.shape[0])
+        total = torch.zeros(xb.shape[0], model.config.n_latents, device=device)
+        for t in range(n_steps):
+            state = advance(model, xb, state, temp, t, generator)
+            if t >= n_steps - window:
+                noise = model.draw_noise(state, temp, t, generator)
+                total += model.activation(model.sample(state, temp, noise, generator))
+        out.append((total / window).cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.config.n_latents)
