@@ -136,6 +136,73 @@ class FondtrainCLI:
 
         return str(import_upstream(path, out))
 
+    def eval(self, run: str | None = None, checkpoint: str | None = None,
+             dataset: str | None = None, path: str | None = None, n_steps: int = 1000,
+             temp: float | None = None, n_val: int | None = None, batch_size: int = 2048,
+             window: int = 100, probe: bool = True, mnist: str | None = None,
+             probe_steps: int | None = None, probe_max_samples: int = 10_000,
+             tuning: bool = True, tuning_steps: int | None = None, n_orientations: int = 16,
+             shards_root: str | None = None, out: str | None = None, figures: bool = True,
+             tensorboard: bool = True, device: str | None = None, seed: int = 0,
+             **unknown: Any) -> None:
+        """Evaluate a run: convergence over N_STEPS inference steps, figures, probes, tuning.
+
+        Writes RUN/eval/metrics.json, RUN/eval/figures/*.png and TensorBoard RUN/tb/eval
+        (RUN/eval-DATASET with --dataset another data set). Data-parallel under
+        `accelerate launch -m fondtrain.cli eval RUN`.
+
+        Args:
+            run: run directory (its newest complete checkpoint is evaluated).
+            checkpoint: a checkpoint directory, model.safetensors or reference .pt instead.
+            dataset: evaluate on this data set (default: the run's own), e.g. digits.
+            path: file or folder of a data set read from disk (vh16, mnist, npy, images).
+            n_steps: inference steps from u_init (SPEC 7: 1000).
+            temp: sampling temperature (default: Poisson 0, Gaussian 1).
+            n_val: evaluate on the first N_VAL validation samples only.
+            batch_size: inputs per inference batch.
+            window: last steps averaged into a unit's response (probes, tuning).
+            probe: linear probes on digits (and MNIST, and the data set if labelled).
+            mnist: folder with the MNIST IDX files, for an extra probe.
+            probe_steps: inference steps for the probes (default N_STEPS).
+            probe_max_samples: cap on each probe split.
+            tuning: the bar-of-light orientation-tuning experiment.
+            tuning_steps: inference steps per stimulus (default N_STEPS).
+            n_orientations: orientations of bars and gratings in [0, 180).
+            shards_root: where built shards are looked for (default: the run's).
+            out: output folder (default RUN/eval or RUN/eval-DATASET).
+            figures: draw the PNG figures.
+            tensorboard: also log scalars and figures to TensorBoard.
+            device: e.g. cpu or cuda:1 (default: Accelerate's choice).
+            seed: seed of the sampling noise.
+        """
+        from fondtrain.eval.evaluate import EvalOptions, evaluate
+
+        # **unknown catches misspelt flags before a long evaluation starts (fire would
+        # only complain after it); it also receives --help
+        if unknown:
+            import inspect
+
+            if set(unknown) <= {"help", "h"}:
+                print("usage: fondtrain eval RUN [--flags]\n\n" + inspect.getdoc(self.eval))
+                return
+            flags = [p for p in inspect.signature(self.eval).parameters if p != "unknown"]
+            raise UserError(f"unknown eval option(s) {', '.join(sorted(unknown))}: the options "
+                            f"are {', '.join('--' + f for f in flags)}.")
+        opts = EvalOptions(
+            n_steps=n_steps, temp=temp, dataset=dataset, path=path, shards_root=shards_root,
+            n_val=n_val, batch_size=batch_size, window=window, probe=probe,
+            probe_steps=probe_steps, probe_max_samples=probe_max_samples, mnist=mnist,
+            tuning=tuning, tuning_steps=tuning_steps, n_orientations=n_orientations, out=out,
+            figures=figures, tensorboard=tensorboard, device=device, seed=seed)
+        evaluate(run, checkpoint, opts)  # prints a summary and where it wrote the results
+
+    def compare(self, *runs: str, out: str = "compare.md") -> None:
+        """Put several runs' eval metrics side by side: a table (printed and written to
+        OUT: .md, or .csv / .json) and their convergence curves (OUT with .png)."""
+        from fondtrain.eval.evaluate import compare
+
+        compare(list(runs), out)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`fondtrain = "fondtrain.cli:main"`)."""
