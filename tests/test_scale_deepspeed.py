@@ -11,7 +11,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +61,8 @@ def test_deepspeed_config_errors(tmp_path):
     whole_model_bf16.write_text(json.dumps({"bf16": {"enabled": True}}))
     with pytest.raises(UserError, match="--mixed_precision bf16"):
         deepspeed_config(_config(deepspeed_config=str(whole_model_bf16)), 1)
+    with pytest.raises(UserError, match="needs loss scaling"):
+        deepspeed_config(_config(mixed_precision="fp16"), 1)
 
 
 def test_launch_script_drops_the_deepspeed_launchers_local_rank():

@@ -125,9 +125,12 @@ def deepspeed_config(config: RunConfig, world_size: int) -> dict[str, Any]:
             raise UserError(f"the DeepSpeed config enables {kind!r}, which casts the whole model to low "
                             f"precision: remove that section and pass --mixed_precision {kind} "
                             "(torch autocast, float32 weights) instead.")
-    if tc.mixed_precision != "no":
-        ds["torch_autocast"] = {"enabled": True,
-                                "dtype": "bfloat16" if tc.mixed_precision == "bf16" else "float16"}
+    if tc.mixed_precision == "fp16":
+        # With ZeRO and torch autocast DeepSpeed applies no loss scaling: fp16 gradients underflow.
+        raise UserError("--backend deepspeed supports --mixed_precision bf16 (or no); for fp16, which "
+                        "needs loss scaling, use the accelerate back end.")
+    if tc.mixed_precision == "bf16":
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     return ds
 
 
