@@ -10,6 +10,7 @@ the parameters after the run must then agree to float tolerance.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fondtrain.config import ModelConfig
@@ -48,6 +49,7 @@ def _run(digits_shards, tmp_path, monkeypatch, batch_size: int, grad_accum: int)
     return recorded, params
 
 
+@pytest.mark.slow
 def test_two_micro_batches_equal_one_double_batch(digits_shards, tmp_path, monkeypatch):
     accum_grads, accum_params = _run(digits_shards, tmp_path, monkeypatch, batch_size=16, grad_accum=2)
     whole_grads, whole_params = _run(digits_shards, tmp_path, monkeypatch, batch_size=32, grad_accum=1)

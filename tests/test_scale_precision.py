@@ -52,6 +52,7 @@ def test_autocast_bf16_keeps_the_state_update_in_float32(preset):
     assert torch.isfinite(out.loss)
 
 
+@pytest.mark.slow
 def test_bf16_training_tracks_float32(digits_shards, tmp_path, fresh_accelerate_state):
     from accelerate.state import AcceleratorState
 
