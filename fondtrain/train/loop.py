@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,9 +86,22 @@ def make_inputs(config: RunConfig, x: torch.Tensor, step: int) -> torch.Tensor:
     return torch.stack([feeder[t] for t in range(config.model.t_total)])
 
 
-def train(config: RunConfig) -> Path:
-    """Train (or resume) the run `runs/<name>` described by `config`; returns its directory."""
+@dataclass
+class TrainResult:
+    """What `train` leaves: the run directory, the trained model (this rank's copy), the
+    global step reached, whether a stop signal ended it early, and the last validation."""
+
+    run_dir: Path
+    model: IterativeVAE
+    step: int
+    stopped: bool
+    validation: dict[str, float]
+
+
+def train(config: RunConfig) -> TrainResult:
+    """Train (or resume) the run `runs/<name>` described by `config`."""
     accelerator = make_accelerator(config)
+    stop = StopRequest()  # first, so that a signal during set-up is not lost
     tc = config.train
     if not tc.name:
         tc.name = run_name(config)
@@ -138,7 +152,6 @@ def train(config: RunConfig) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "config.yaml")
     logger = RunLogger(run_dir / "tb", purge_step=state["global_step"]) if is_main else None
-    stop = StopRequest()
     device = accelerator.device
     rate_sum = torch.tensor(state["rate_sum"], device=device)
     rate_count = state["rate_count"]
@@ -253,7 +266,7 @@ def train(config: RunConfig) -> Path:
     if stopped:
         if logger:
             logger.close()
-        return run_dir
+        return TrainResult(run_dir, core, step, True, last_val)
 
     # ------------------------------------------------------------- the end
     if ckpt.latest_checkpoint(ckpt_root) is None or \
@@ -268,7 +281,7 @@ def train(config: RunConfig) -> Path:
         newest = ckpt.latest_checkpoint(ckpt_root)
         say(_summary(run_dir, newest, picture, last_val, step))
     accelerator.wait_for_everyone()
-    return run_dir
+    return TrainResult(run_dir, core, step, False, last_val)
 
 
 def _agree(accelerator, flag: bool) -> bool:

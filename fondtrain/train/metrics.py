@@ -21,7 +21,7 @@ def batch_metrics(out, model, values, grad_norm) -> dict[str, torch.Tensor]:
         "train/recon": out.recon.mean(),
         "train/kl": out.kl.mean(),
         "train/r2": r2["pooled"],
-        "train/zeros": (out.last_z == 0).float().mean(),
+        "train/zeros": (model.activation(out.last_z) == 0).float().mean(),
         "train/grad_norm": torch.as_tensor(grad_norm, dtype=torch.float32, device=device),
     }
     for name in ("lr", "beta", "temp", "eps"):
@@ -34,6 +34,7 @@ def validate(model, val_loader, config, accelerator, max_batches: int = 8) -> di
     """Inference for t_total steps at evaluation temperature (Poisson 0, Gaussian 1) on up
     to max_batches validation batches per rank; metrics at the last step, over all ranks.
 
+    Sparsity is measured on the activity a(z) (relu for igrelu), as the reference does.
     Uses its own generator so that validation never moves the training RNG (a resumed run
     must draw the same noise as an uninterrupted one).
     """
@@ -51,7 +52,7 @@ def validate(model, val_loader, config, accelerator, max_batches: int = 8) -> di
             state = out.state
         xs.append(x)
         x_hats.append(out.x_hat)
-        zs.append(out.z)
+        zs.append(model.activation(out.z))
         losses.append(out.loss.reshape(1))
     x, x_hat, z = (accelerator.gather(torch.cat(v)) for v in (xs, x_hats, zs))
     loss = accelerator.gather(torch.cat(losses)).mean()
