@@ -13,9 +13,10 @@ work on the machine shifts every candidate alike; medians over `repeats`):
   forward (decode for the reconstruction gradient, its transpose, decode of the output
   sample) and about twice that backward: 9 per training step, 3 per evaluation step. Each
   figure is also given as a multiple of its limit (1.0 = nothing but the products);
-- memory of a cycle (one fresh process per figure): the peak (CPU: growth of the peak
-  RSS over the set-up, which includes freed memory the allocator keeps; GPU:
-  torch.cuda.max_memory_allocated) and the bytes autograd saves for backward (exact);
+- memory of a cycle (one fresh process per figure): the peak (CPU: the resident set's
+  high-water mark during the first cycle over its level before it; GPU, after a warm-up
+  cycle: torch.cuda.max_memory_allocated over the memory allocated before it) and the
+  bytes autograd saves for backward (exact);
 - scaling of the cycle with K, batch and t_train, and 1 vs 2 data-parallel processes
   (CPU DDP through `accelerate launch`, same global batch);
 - the projected time of a full run (epochs x N_train / samples/s).
@@ -72,6 +73,8 @@ class BenchSettings:
     n_train: int = ASSUMED_N_TRAIN
     epochs: int = 300
     seed: int = 0
+    compile: bool = False  # also time the cycle with model.enable_compile() (torch.compile)
+    compile_mode: str | None = None  # e.g. "reduce-overhead": CUDA graphs on GPU
     results: dict = field(default_factory=dict)
 
 
@@ -286,6 +289,21 @@ def bench_speed(s: BenchSettings, log=print) -> dict:
         }
         if ref_model is not None:
             cases["reference_cycle"] = reference_cycle(ref_model, ref, x, s)
+        compile_s = None
+        if s.compile:
+            # one compiled model per process in training; here presets follow each other,
+            # so start each from an empty dynamo cache (no recompile limit across models)
+            torch._dynamo.reset()
+            compiled = fondtrain_model(preset, s, ref_model, device)
+            if compiled.enable_compile(s.compile_mode):
+                first = fondtrain_cycle(compiled, x, s)
+                start = time.perf_counter()
+                first()
+                _sync()
+                compile_s = time.perf_counter() - start
+                if compiled._compiled_update is not None:  # still compiled: it worked
+                    cases["fondtrain_compiled_cycle"] = first
+            log(f"[{preset}] torch.compile: first cycle {compile_s} s")
         log(f"[{preset}] training cycle ({len(cases)} candidates x {s.repeats} rounds)")
         cycle = interleaved(cases, s.repeats)
         # evaluation: fresh copies of the same starting parameters
@@ -302,6 +320,8 @@ def bench_speed(s: BenchSettings, log=print) -> dict:
             f"{s.repeats} rounds)")
         evaluation = interleaved(cases, s.repeats)
         row = {**cycle, **evaluation}
+        if compile_s is not None:
+            row["compile_first_cycle_s"] = compile_s
         row["fondtrain_samples_per_s"] = s.batch_size / row["fondtrain_cycle"]
         row["fondtrain_cycle_over_limit"] = row["fondtrain_cycle"] / row["limit_cycle"]
         row["fondtrain_eval_over_limit"] = row["fondtrain_eval"] / row["limit_eval"]
@@ -327,6 +347,10 @@ def format_speed_row(preset: str, r: dict, s: BenchSettings) -> str:
              f"{r['fondtrain_eval']:.2f} s ({r['fondtrain_eval_over_limit']:.2f}x limit "
              f"{r['limit_eval']:.2f} s), log grid {r['fondtrain_eval_log_grid']:.2f} s; "
              f"{s.epochs} epochs x {s.n_train} samples: {r['projected_run_hours']:.1f} h"]
+    if "fondtrain_compiled_cycle" in r:
+        lines.append(f"  {preset} compiled update: cycle {1e3 * r['fondtrain_compiled_cycle']:.0f} ms "
+                     f"({r['fondtrain_compiled_cycle'] / r['limit_cycle']:.2f}x limit; first cycle "
+                     f"with compilation {r['compile_first_cycle_s']:.0f} s)")
     if "reference_cycle" in r:
         lines.append(f"  {preset} reference: cycle {1e3 * r['reference_cycle']:.0f} ms "
                      f"({r['reference_cycle_over_limit']:.2f}x limit), eval {r['reference_eval']:.2f} s"
@@ -425,12 +449,34 @@ def _memory_job(impl: str, preset: str, s: BenchSettings) -> dict:
     else:
         import psutil
 
+        # The first cycle: after it the allocator keeps the freed pages, and a later
+        # cycle's high-water mark would only show what it needs beyond them.
         base = psutil.Process().memory_info().rss
-        counted()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        if _reset_peak_rss():
+            counted()
+            peak = _peak_rss()
+        else:
+            counted()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         result["peak_mb"] = max(0, peak - base) / 2**20
     result["saved_mb"] = sum(saved.values()) / 2**20
     return result
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux: clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _accelerate() -> str:

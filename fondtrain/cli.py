@@ -70,7 +70,7 @@ class FondtrainCLI:
               eval_steps: int = 1000, repeats: int = 3, n_exp: int = 10, threads: int = 0,
               quick: bool = False, scaling: bool = True, processes: str = "1,2",
               memory: bool = True, n_train: int = 0, epochs: int = 300,
-              out: str | None = None) -> None:
+              compile: bool = False, out: str | None = None) -> None:
         """Time training cycles and T-step evaluation (vH16 sizes) against the machine's
         matrix-product limit and, with --reference_dir, the reference implementation.
 
@@ -90,6 +90,7 @@ class FondtrainCLI:
             memory: also measure each cycle's peak memory (fresh processes).
             n_train: training samples per epoch for the projected run time (0: assumed 1e6).
             epochs: epochs of the projected run (vH16: 300).
+            compile: also time cycles with the state update under torch.compile.
             out: write every figure as JSON here.
         """
         from fondtrain import bench
@@ -103,12 +104,11 @@ class FondtrainCLI:
             n_latents=n_latents, t_train=t_train, eval_steps=eval_steps, repeats=repeats,
             n_exp=n_exp, reference_dir=reference_dir, threads=threads, scaling=scaling,
             processes=tuple(int(p) for p in as_tuple(processes)), memory=memory,
-            n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs)
+            n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs, compile=compile)
         if quick:
             s.repeats, s.eval_steps = min(repeats, 2), min(eval_steps, 200)
             s.scaling, s.processes = False, ()
         bench.run(s, out)
-
 
 
     def train(self, config: str | None = None, **flags: Any) -> str:

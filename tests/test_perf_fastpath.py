@@ -139,6 +139,10 @@ def test_fast_and_plain_training_cycles_agree(preset: str, n_inner: int):
 def _cycle_with_drawn_noise(model: IterativeVAE, x, state: State, temp: float, gen):
     """model.forward with explicit noise that the generator gives in the order a step
     draws it (update samples, then the output sample, each from its current state)."""
+    return model(x, state, 0, 4, temp, 3.0, 0.8, noise=_drawn_noise(model, x, state, temp, gen))
+
+
+def _drawn_noise(model: IterativeVAE, x, state: State, temp: float, gen) -> list[tuple]:
     noise = []
     current = state
     n_inner = model.config.n_iters_inner
@@ -151,7 +155,7 @@ def _cycle_with_drawn_noise(model: IterativeVAE, x, state: State, temp: float, g
                 current = model.update(x, current, z, 0.8, temp, prior)
             step_noise.append(model.draw_noise(current, temp, t, gen))
             noise.append(tuple(step_noise))
-    return model(x, state, 0, 4, temp, 3.0, 0.8, noise=noise)
+    return noise
 
 
 @pytest.mark.parametrize("preset", ["ipvae", "igvae"])
@@ -180,3 +184,113 @@ def test_infer_on_a_step_grid(preset: str):
     fast = model.infer(x, 12, temp, generator=_gen(1), record_steps=[5], same_stream=False)
     assert fast["steps"].tolist() == [5, 12] and fast["z"].shape == (2, B, K)
     assert torch.isfinite(fast["loss"]).all()
+
+
+# ----------------------------------------------------------------------------- torch.compile
+def test_compiled_update_falls_back_to_eager_when_compile_breaks(monkeypatch):
+    """The optional compiled update never breaks a run: a compiler that fails at its first
+    call leaves a warning and the eager update, with the same result."""
+    model = _model("igvae")
+    x = torch.randn(B, M, generator=_gen(11), dtype=torch.float64)
+    state = model.init_state(B)
+    z = model.sample(state, 1.0, None, _gen(3))
+    expected = model.update(x, state, z, 0.7, 1.0)
+
+    def broken_compile(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    assert model.enable_compile()
+    with pytest.warns(UserWarning, match="compiled step failed"):
+        got = model.update(x, state, z, 0.7, 1.0)
+    assert model._compiled_update is None
+    for a, b in zip(got.components, expected.components, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_enable_compile_reports_a_missing_compiler(monkeypatch):
+    def unavailable(fn, **kwargs):
+        raise RuntimeError("torch.compile is not supported here")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    model = _model("ipvae")
+    with pytest.warns(UserWarning, match="unavailable"):
+        assert model.enable_compile() is False
+    assert model._compiled_update is None
+
+
+def test_compiled_update_path_equals_eager(monkeypatch):
+    """The arguments the compiled path passes (eps and temp as 0-dim tensors, the state as
+    tuples) give the eager numbers; torch.compile is replaced by the identity here, so this
+    runs without a compiler (a real compile is exercised by `fondtrain bench --compile`)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    for preset, temp in (("ipvae", 0.5), ("igrelu", 1.0)):
+        model = _model(preset, n_inner=2)
+        x = torch.randn(B, M, generator=_gen(12), dtype=torch.float64)
+        prior = model.init_state(B)
+        z = model.sample(prior, temp, None, _gen(4))
+        eager = model.update(x, prior, z, 0.4, temp, prior)
+        assert model.enable_compile()
+        compiled = model.update(x, prior, z, 0.4, temp, prior)
+        for a, b in zip(compiled.components, eager.components, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("temp", [1.0, 0.05])
+def test_vectorized_sampler_of_accelerators_equals_streamed(monkeypatch, temp: float):
+    """The whole-tensor sampler used on GPUs computes what the CPU's streamed one does
+    (run here on CPU by forcing it), value and gradient, and its own noise path replays."""
+    u = torch.linspace(-6.0, 2.0, B * K, dtype=torch.float64).reshape(B, K)
+    noise = D.exponential_noise(9, u.shape, generator=_gen(2))
+    weights = torch.randn(B, K, generator=_gen(3), dtype=torch.float64)
+    u_stream = u.clone().requires_grad_(True)
+    z_stream = D.relaxed_poisson(u_stream, temp, noise)
+    monkeypatch.setattr(D, "vectorized_sampler", lambda t: True)
+    u_vec = u.clone().requires_grad_(True)
+    z_vec = D.relaxed_poisson(u_vec, temp, noise)
+    torch.testing.assert_close(z_vec, z_stream, rtol=1e-12, atol=1e-12)
+    g_vec, g_stream = (torch.autograd.grad((weights * z).sum(), v)[0]
+                       for z, v in ((z_vec, u_vec), (z_stream, u_stream)))
+    torch.testing.assert_close(g_vec, g_stream, rtol=1e-12, atol=1e-12)
+    drawn = D.relaxed_poisson(u, temp, n_exp=9, generator=_gen(5))
+    again = D.relaxed_poisson(u, temp, D.exponential_noise(9, u.shape, generator=_gen(5)))
+    torch.testing.assert_close(drawn, again, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("preset", ["ipvae", "igrelu"])
+def test_cuda_cycle_matches_cpu(preset: str):
+    """On a GPU the same cycle fed the same noise gives the CPU's loss and gradients."""
+    temp = 0.4 if preset == "ipvae" else 1.0
+    x = torch.randn(B, M, generator=_gen(6), dtype=torch.float64)
+    cpu_model = _model(preset)
+    noise = _drawn_noise(cpu_model, x, cpu_model.init_state(B), temp, _gen(8))
+    results = []
+    for device in ("cpu", "cuda"):
+        model = _model(preset).to(device)
+        moved = [tuple(n.to(device) for n in step) for step in noise]
+        out = model(x.to(device), model.init_state(B), 0, 4, temp, 3.0, 0.8, noise=moved)
+        out.loss.backward()
+        results.append((out.loss.cpu(), {n: p.grad.cpu() for n, p in model.named_parameters()}))
+    (loss_cpu, g_cpu), (loss_gpu, g_gpu) = results
+    torch.testing.assert_close(loss_gpu, loss_cpu, rtol=1e-9, atol=1e-9)
+    for name, grad in g_cpu.items():
+        scale = grad.abs().max().clamp(min=1e-6)
+        torch.testing.assert_close(g_gpu[name] / scale, grad / scale, rtol=1e-7, atol=1e-7)
+
+
+def test_compiled_step_path_equals_eager(monkeypatch):
+    """The same for a whole step through both compiled parts (update and outputs)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    for preset, temp in (("ipvae", 0.5), ("igvae", 1.0)):
+        model = _model(preset)
+        x = torch.randn(B, M, generator=_gen(13), dtype=torch.float64)
+        state = model.init_state(B)
+        eager = model.step(x, state, temp, 2.0, 0.6, 1, generator=_gen(6))
+        assert model.enable_compile()
+        compiled = model.step(x, state, temp, 2.0, 0.6, 1, generator=_gen(6))
+        for key in ("z", "x_hat", "recon", "kl", "loss"):
+            torch.testing.assert_close(getattr(compiled, key), getattr(eager, key),
+                                       rtol=1e-12, atol=1e-12)

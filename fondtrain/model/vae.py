@@ -11,6 +11,7 @@ u; 2 Gaussian mean mu and log-std xi).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -107,6 +108,8 @@ class IterativeVAE(nn.Module):
         initial = D.n_exp_for_rate(3.0, config.n_exp_p)  # 10, the reference's start value
         self.register_buffer("n_exp", torch.full((config.t_total,), initial, dtype=torch.int32))
         self._n_exp_host: list[int] | None = None
+        self._compiled_update = None  # see enable_compile
+        self._compiled_outputs = None
 
     # ------------------------------------------------------------------ basic pieces
     @property
@@ -279,6 +282,10 @@ class IterativeVAE(nn.Module):
         x [B, M]; z [B, K]; `temp` is needed to recover the Gaussian noise from z;
         `prior` (the state at the start of the step) only when n_iters_inner > 1.
         """
+        if self._compiled_update is not None:
+            new = self._run_compiled_update(x, state, z, eps, temp, prior)
+            if new is not None:
+                return new
         grads = self.free_energy_grad(x, state, z, temp, prior)
         cfg = self.config
         new = []
@@ -291,6 +298,52 @@ class IterativeVAE(nn.Module):
                 step = self.clamp_state_step(-torch.exp(self.log_lr[i]) * grad, i, "du", eps)
                 new.append(self.clamp_state_step(value + step, i, "u", eps))
         return State(tuple(new))
+
+    # ------------------------------------------------------------------ compiled update
+    def enable_compile(self, mode: str | None = None, **options) -> bool:
+        """Run the deterministic parts of a step through torch.compile: the update (free-
+        energy gradient and clamped steps) and the outputs (decode, NLL, KL, loss), forward
+        and backward, as fused kernels (Triton on GPU, C++/OpenMP on CPU).
+
+        Optional and guarded: returns False (and stays eager) where torch.compile is
+        unavailable; if compiling or running a compiled part fails, the step warns once and
+        goes back to the eager path for good. The samplers stay eager (their random draws
+        keep the generator's stream). eps, temp and beta enter as 0-dim tensors so that
+        their schedules do not trigger recompiles. mode: torch.compile's (e.g.
+        "reduce-overhead" for CUDA graphs on GPU; None = default).
+        """
+        if not hasattr(torch, "compile"):
+            return False
+        try:
+            self._compiled_update = torch.compile(_plain_update, mode=mode, **options)
+            self._compiled_outputs = torch.compile(_plain_outputs, mode=mode, **options)
+        except Exception as exc:  # noqa: BLE001 - any failure means: stay eager
+            warnings.warn(f"torch.compile unavailable ({exc}); the step stays eager", stacklevel=2)
+            self.disable_compile()
+            return False
+        return True
+
+    def disable_compile(self) -> None:
+        self._compiled_update = self._compiled_outputs = None
+
+    def _run_compiled(self, which: str, x: Tensor, components, *rest):
+        """Call a compiled part with scalars as 0-dim tensors; None (and eager from now on)
+        if it fails."""
+        ref = components[0]
+        rest = tuple(torch.as_tensor(v, dtype=ref.dtype, device=ref.device)
+                     if isinstance(v, int | float) else v for v in rest)
+        try:
+            return getattr(self, which)(self, x, components, *rest)
+        except Exception as exc:  # noqa: BLE001 - compiler missing or broken: stay eager
+            warnings.warn(f"compiled step failed ({type(exc).__name__}: {exc}); using the "
+                          "eager step from now on", stacklevel=3)
+            self.disable_compile()
+            return None
+
+    def _run_compiled_update(self, x, state, z, eps, temp, prior) -> State | None:
+        prior_c = None if prior is None else prior.components
+        new = self._run_compiled("_compiled_update", x, state.components, z, eps, temp, prior_c)
+        return None if new is None else State(new)
 
     # ------------------------------------------------------------------ one step
     def kl(self, state: State, prior: State, temp: float = 1.0) -> Tensor:
@@ -329,10 +382,13 @@ class IterativeVAE(nn.Module):
         if not outputs:
             return StepOutput(state, None, None, None, None, None, tuple(grad_samples))
         z = self.sample(state, temp, noise[n_inner], generator, t)
-        x_hat = self.decode(z)
-        recon = D.gaussian_nll(x, x_hat, self.dec_log_sigma_effective())
-        kl = self.kl(state, prior, temp)
-        loss = self.step_loss(recon, kl, beta)
+        outputs = None
+        if self._compiled_outputs is not None:
+            outputs = self._run_compiled("_compiled_outputs", x, state.components,
+                                         prior.components, z, beta, temp)
+        if outputs is None:
+            outputs = _plain_outputs(self, x, state.components, prior.components, z, beta, temp)
+        x_hat, recon, kl, loss = outputs
         return StepOutput(state, z, x_hat, recon, kl, loss, tuple(grad_samples))
 
     def step_loss(self, recon: Tensor, kl: Tensor, beta: float | Tensor) -> Tensor:
@@ -420,6 +476,28 @@ class IterativeVAE(nn.Module):
         result = {k: torch.stack(v) for k, v in traces.items()}
         result["steps"] = torch.tensor(steps)
         return result
+
+
+def _plain_update(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...], z: Tensor,
+                  eps: Tensor, temp: Tensor, prior: tuple[Tensor, ...] | None) -> tuple[Tensor, ...]:
+    """The update as the plain composition of SPEC 3 (what torch.compile fuses)."""
+    state = State(components)
+    prior_state = None if prior is None else State(prior)
+    grads = model.free_energy_grad(x, state, z, temp, prior_state)
+    return tuple(
+        model.clamp_state_step(value + model.clamp_state_step(
+            -torch.exp(model.log_lr[i]) * grad, i, "du", eps), i, "u", eps)
+        for i, (value, grad) in enumerate(zip(components, grads, strict=True))
+    )
+
+
+def _plain_outputs(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...],
+                   prior: tuple[Tensor, ...], z: Tensor, beta, temp):
+    """A step's outputs from its fresh sample z: x_hat [B, M], recon [B], kl [B, K], loss."""
+    x_hat = model.decode(z)
+    recon = D.gaussian_nll(x, x_hat, model.dec_log_sigma_effective())
+    kl = model.kl(State(components), State(prior), temp)
+    return x_hat, recon, kl, model.step_loss(recon, kl, beta)
 
 
 def reduce_max_rates(max_rates: Tensor, reduce_fn=None) -> Tensor:
