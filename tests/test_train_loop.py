@@ -39,11 +39,15 @@ def test_run_writes_logs_checkpoints_and_dictionary(digits_shards, tmp_path):
 
 def test_loss_falls(digits_shards, tmp_path):
     # a weak KL weight: with the full one, 264 steps are too few to leave the sparse start
-    config = tiny_config(digits_shards, tmp_path / "runs", "falls", epochs=6, lr=1e-2, log_every=11)
+    config = tiny_config(digits_shards, tmp_path / "runs", "falls", epochs=6, lr=1e-2, log_every=2)
     config.model.beta_outer = 0.1
     result = train(config)
-    recon = [v for _, v in scalars(result.run_dir / "tb")["train/recon"]]
-    assert np.mean(recon[-3:]) < 0.9 * np.mean(recon[:2]), recon
+    logged = scalars(result.run_dir / "tb")
+    recon = [v for _, v in logged["train/recon"]]
+    r2 = [v for _, v in logged["train/r2"]]
+    assert np.mean(recon[-10:]) < recon[0] - 2.0, recon
+    assert np.mean(r2[-10:]) > max(0.3, r2[0] + 0.2), r2
+    assert result.validation["val/r2_pooled"] > 0.3
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(digits_shards, tmp_path):
