@@ -1,0 +1,149 @@
+"""Train fondtrain and the reference implementation side by side and compare parameters.
+
+    python benchmarks/reference_parity.py --reference_dir /path/to/IterativeVAE \
+        --steps 120 --n_latents 32 --t_train 4 --batch_size 50
+
+Both start from the same parameters, see the same batches (fondtrain's loader) and draw
+their sampler noise from the same torch RNG stream in the same order. fondtrain runs its
+real trainer (`fondtrain.train.loop.train`); the reference runs its own model and Adamax
+under a replica of its Trainer.iteration (warm-up, clip, step, detach, n_exp refresh)
+fed with fondtrain's schedule values (tests/test_schedules.py shows they equal the
+reference's). `--sampler reference` swaps in the reference's sampler expression
+(cumsum of E / r rather than fondtrain's streamed arrivals) so that both round alike:
+then the runs should agree to float32 rounding over many optimiser steps. With
+fondtrain's own sampler the trajectories agree at first and drift apart by rounding
+(the dynamics are chaotic), which the statistics of long runs do not notice.
+
+The reference checkout is the user's; nothing of it is shipped with fondtrain. Its
+`torchvision` import (used only by its data loaders) is stubbed when torchvision is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _import_reference(reference_dir: Path):
+    if not (reference_dir / "main" / "model.py").is_file():
+        raise SystemExit(f"error: {reference_dir} is not an IterativeVAE checkout (no main/model.py).")
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("torchvision")
+        for name in ("transforms", "transforms.v2", "transforms.v2.functional", "datasets"):
+            module = types.ModuleType(f"torchvision.{name}")
+            sys.modules[f"torchvision.{name}"] = module
+        stub.transforms = sys.modules["torchvision.transforms"]
+        stub.datasets = sys.modules["torchvision.datasets"]
+        sys.modules["torchvision"] = stub
+    sys.path.insert(0, str(reference_dir))
+    # this order: the reference's modules star-import each other
+    from main.model import IPVAE  # noqa: I001
+    from main.config import ConfigPoisVAE
+    from base.optim import Adamax
+
+    return IPVAE, ConfigPoisVAE, Adamax
+
+
+def _reference_sampler(u, temp, noise=None, n_exp=None, generator=None):
+    from fondtrain.model import distributions as D
+
+    if noise is None:
+        noise = torch.empty((n_exp, *u.shape), device=u.device).exponential_(generator=generator)
+    return D.relaxed_poisson_reference(u, temp, noise)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference_dir", required=True, type=Path)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--n_latents", type=int, default=32)
+    parser.add_argument("--t_train", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=50)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--sampler", choices=("reference", "fondtrain"), default="reference")
+    args = parser.parse_args()
+
+    IPVAE, ConfigPoisVAE, RefAdamax = _import_reference(args.reference_dir.resolve())
+    from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from fondtrain.data.loader import ShardLoader
+    from fondtrain.data.shards import ensure_shards
+    from fondtrain.model import distributions as D
+    from fondtrain.model.upstream import state_dict_from_upstream, state_dict_to_upstream
+    from fondtrain.model.vae import IterativeVAE
+    from fondtrain.train.loop import make_schedule, train
+
+    if args.sampler == "reference":
+        D.relaxed_poisson = _reference_sampler
+    work = Path(tempfile.mkdtemp(prefix="parity-"))
+    shards = ensure_shards(args.dataset, work / "shards")
+    loader = ShardLoader(shards, "train", batch_size=args.batch_size, seed=0, in_memory=True)
+    steps = min(args.steps, loader.batches_per_epoch)
+    config = RunConfig(
+        model=ModelConfig(preset="ipvae", input_dim=loader.input_dim, n_latents=args.n_latents,
+                          t_train=args.t_train),
+        data=DataConfig(dataset=args.dataset, shards_root=str(work / "shards")),
+        train=TrainConfig(batch_size=args.batch_size, epochs=1, max_steps=steps, log_every=10**9,
+                          runs_root=str(work / "runs"), name="parity", n_exp_refresh_every=25),
+    )
+    side = int(round(loader.input_dim ** 0.5))
+    ref_config = ConfigPoisVAE(dataset="vH16-wht", t_train=args.t_train, n_latents=[args.n_latents],
+                               beta_outer=config.model.beta_outer, clamp_u=10.0, clamp_du=10.0,
+                               init_scale=1e-4, clamp_prior=-4, save=False)
+    ref_config.input_sz = (1, side, side)
+    reference = IPVAE(ref_config)
+    weights = reference.state_dict()
+    weights.update(state_dict_to_upstream(IterativeVAE(config.model)))  # fondtrain's init
+    reference.load_state_dict(weights)
+    optimizer = RefAdamax(reference.parameters(), lr=config.train.lr, betas=(0.9, 0.999),
+                          weight_decay=config.train.weight_decay)
+    schedule = make_schedule(config, loader.batches_per_epoch)
+
+    torch.manual_seed(config.train.seed * 1000 + 1)  # the trainer's per-rank noise seed
+    rate_sum, reference_losses = np.zeros(args.t_train), []
+    for step, batch in enumerate(loader.epoch(0)):
+        if step >= steps:
+            break
+        values = schedule.at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = values.lr
+        reference.update_temp(values.temp)
+        reference.update_eps(values.eps)
+        optimizer.zero_grad()
+        losses, rates = [], []
+        for t in range(args.t_train):
+            reference.update_time(t)
+            out = reference(batch["x"])
+            losses.append(torch.mean(out["loss_recon"] + out["loss_kl"].sum(-1) * values.beta))
+            rates.append(float(out["posterior"].rate.max()))
+        (torch.stack(losses).mean() * 256.0 / loader.input_dim).backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), values.max_norm)
+        optimizer.step()
+        reference.detach_inference_state()
+        rate_sum += np.array(rates)
+        if step % config.train.n_exp_refresh_every == 0 and not values.warming_up:
+            reference.layer.update_n_exp(list(rate_sum / (step + 1)))
+        reference_losses.append(float(torch.stack(losses).mean()))
+
+    ours = train(config).model.state_dict()
+    theirs = state_dict_from_upstream(reference.state_dict())
+    print(f"\n{steps} optimiser steps, ipvae K={args.n_latents}, t_train={args.t_train}, "
+          f"batch {args.batch_size}, {args.dataset}, sampler={args.sampler}")
+    print(f"{'parameter':<14} {'max |fondtrain - reference|':>28} {'max |reference|':>16}")
+    for name in ("W", "dec_log_sigma", "log_bias", "log_lr", "u_init", "n_exp"):
+        diff = float((ours[name].double() - theirs[name].double()).abs().max())
+        print(f"{name:<14} {diff:>28.3g} {float(theirs[name].double().abs().max()):>16.4g}")
+    print(f"reference loss: first {reference_losses[0]:.4f}, last {reference_losses[-1]:.4f}")
+
+
+if __name__ == "__main__":
+    main()
