@@ -8,11 +8,11 @@ their sampler noise from the same torch RNG stream in the same order. fondtrain 
 real trainer (`fondtrain.train.loop.train`); the reference runs its own model and Adamax
 under a replica of its Trainer.iteration (warm-up, clip, step, detach, n_exp refresh)
 fed with fondtrain's schedule values (tests/test_schedules.py shows they equal the
-reference's). `--sampler reference` swaps in the reference's sampler expression
-(cumsum of E / r rather than fondtrain's streamed arrivals) so that both round alike:
-then the runs should agree to float32 rounding over many optimiser steps. With
-fondtrain's own sampler the trajectories agree at first and drift apart by rounding
-(the dynamics are chaotic), which the statistics of long runs do not notice.
+reference's). `--sampler reference` (the default) swaps in the reference's sampler
+expression, which draws its Exp(1) noise as one [n_exp, B, K] tensor: then both consume
+the RNG alike and the runs agree to float32 rounding over many optimiser steps. With
+`--sampler fondtrain` the fast streamed sampler draws the same distribution in another
+order, so the two runs see different noise and differ from the first step on.
 
 The reference checkout is the user's; nothing of it is shipped with fondtrain. Its
 `torchvision` import (used only by its data loaders) is stubbed when torchvision is absent.
