@@ -117,7 +117,7 @@ def test_stimuli_orientation_and_contrast():
 def test_resize_to_model_and_paired_grid():
     x = np.random.default_rng(2).normal(size=(20, 64)).astype(np.float32)
     assert resize_patches(x, 16).shape == (20, 256)
-    data = fit_to_model(EvalData("d", x, x[:5], None, None, {}), 256)
+    data = fit_to_model(EvalData(x, x[:5], None, None, {}, name="d"), 256)
     assert data.x_train.shape == (20, 256)
     assert abs(data.x_train.mean()) < 1e-5 and data.x_train.std() == pytest.approx(1.0, rel=1e-4)
     grid = paired_grid(x[:4], 0.5 * x[:4], n_pairs_per_row=2)

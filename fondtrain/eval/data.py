@@ -15,32 +15,24 @@ training. Data already of size M are left as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fondtrain.data.sources import SourceData
 from fondtrain.errors import UserError
 from fondtrain.eval.images import patch_side
 
 
 @dataclass
-class EvalData:
-    """Splits of one data set: x [N, M] float32, y [N] int64 or None."""
+class EvalData(SourceData):
+    """A source's splits (x [N, M] float32, y [N] int64 or None) and the data set's name.
+    Without need_train the train split may be an empty [0, M] array."""
 
-    name: str
-    x_train: np.ndarray
-    x_val: np.ndarray
-    y_train: np.ndarray | None = None
-    y_val: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_dim(self) -> int:
-        return int(self.x_val.shape[1])
+    name: str = ""
 
 
 def load_eval_data(dataset: str, path: str | None = None, shards_root: str | Path | None = "shards",
@@ -59,13 +51,13 @@ def load_eval_data(dataset: str, path: str | None = None, shards_root: str | Pat
             x_train, y_train = np.zeros((0, x_val.shape[1]), np.float32), None
         meta = {"from": str(folder), "normalization": manifest.get("normalization"),
                 "sample_shape": manifest.get("sample_shape")}
-        return EvalData(dataset, x_train, x_val, y_train, y_val, meta)
+        return EvalData(x_train, x_val, y_train, y_val, meta, name=dataset)
     from fondtrain.data.sources import load_source
 
     data = load_source(dataset, path=path, seed=seed)
     meta = {"from": f"source {dataset}", "normalization": data.meta.get("normalization"),
             "sample_shape": data.meta.get("sample_shape")}
-    return EvalData(dataset, data.x_train, data.x_val, data.y_train, data.y_val, meta)
+    return EvalData(data.x_train, data.x_val, data.y_train, data.y_val, meta, name=dataset)
 
 
 def resize_patches(x: np.ndarray, side: int) -> np.ndarray:
@@ -100,8 +92,8 @@ def fit_to_model(data: EvalData, input_dim: int) -> EvalData:
     std = float(np.std(ref, dtype=np.float64)) or 1.0
     meta = dict(data.meta, resized=f"{side_in}x{side_in} -> {side}x{side} (bilinear), "
                 f"re-standardised (mean {mean:.4g}, std {std:.4g})")
-    return EvalData(data.name, ((x_train - mean) / std).astype(np.float32),
-                    ((x_val - mean) / std).astype(np.float32), data.y_train, data.y_val, meta)
+    return EvalData(((x_train - mean) / std).astype(np.float32), ((x_val - mean) / std).astype(np.float32),
+                    data.y_train, data.y_val, meta, name=data.name)
 
 
 def limit_rows(x: np.ndarray, y: np.ndarray | None, n: int | None) -> tuple[np.ndarray, np.ndarray | None]:
