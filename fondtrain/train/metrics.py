@@ -1,26 +1,32 @@
 """Metrics the training loop logs: on the training batch (cheap, every log_every steps)
 and a quick validation pass (every eval_every steps and at the end).
 
-The formulas (R^2 three ways, sparseness) live in fondtrain.eval.measures and are shared
-with `fondtrain eval`.
+The formulas (R^2 three ways, sparseness) are fondtrain.eval.metrics', shared with
+`fondtrain eval`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fondtrain.eval.measures import lifetime_sparseness, population_sparseness, r2_scores
+from fondtrain.eval.metrics import (
+    fraction_zeros,
+    lifetime_sparseness,
+    population_sparseness,
+    r2_three_ways,
+    sum_squares,
+)
 
 
 def batch_metrics(out, model, values, grad_norm) -> dict[str, torch.Tensor]:
     """0-d device tensors (reduced across ranks by the caller) from one cycle's output."""
     device = out.loss.device
-    r2 = r2_scores(out.last_x, out.last_x_hat)
+    ss_res, ss_tot = sum_squares(out.last_x, out.last_x_hat)  # pooled R^2, kept on the device
     scalars = {
         "train/loss": out.step_losses.mean(),
         "train/recon": out.recon.mean(),
         "train/kl": out.kl.mean(),
-        "train/r2": r2["pooled"],
+        "train/r2": 1.0 - ss_res.sum() / ss_tot.sum(),
         "train/zeros": (model.activation(out.last_z) == 0).float().mean(),
         "train/grad_norm": torch.as_tensor(grad_norm, dtype=torch.float32, device=device),
     }
@@ -56,14 +62,14 @@ def validate(model, val_loader, config, accelerator, max_batches: int = 8) -> di
         losses.append(out.loss.reshape(1))
     x, x_hat, z = (accelerator.gather(torch.cat(v)) for v in (xs, x_hats, zs))
     loss = accelerator.gather(torch.cat(losses)).mean()
-    r2 = r2_scores(x, x_hat)
+    r2 = r2_three_ways(x, x_hat)
     return {
         "val/loss": float(loss),
         "val/mse": float(((x - x_hat) ** 2).mean()),
-        "val/r2_pooled": float(r2["pooled"]),
-        "val/r2_median": float(r2["median"]),
-        "val/r2_mean": float(r2["mean"]),
-        "val/zeros": float((z == 0).float().mean()),
+        "val/r2_pooled": r2["r2_pooled"],
+        "val/r2_median": r2["r2_median"],
+        "val/r2_mean": r2["r2_mean"],
+        "val/zeros": fraction_zeros(z),
         "val/lifetime_sparseness": float(lifetime_sparseness(z).mean()),
         "val/population_sparseness": float(population_sparseness(z).mean()),
     }
