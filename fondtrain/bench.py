@@ -563,8 +563,67 @@ def run(s: BenchSettings, out: str | None = None, log=print) -> dict:
         + (" (assumed N; pass --n_train)" if s.n_train == ASSUMED_N_TRAIN else ""))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(results, indent=1))
+        text = markdown(results) if out.endswith(".md") else json.dumps(results, indent=1)
+        Path(out).write_text(text)
     return results
+
+
+def markdown(results: dict) -> str:
+    """The figures of `run` as Markdown tables (for benchmarks/RESULTS.md)."""
+    s = results["settings"]
+    ms = lambda v: f"{1e3 * v:,.0f}"  # noqa: E731
+    lines = [f"B={s['batch_size']}, M={s['input_dim']}, K={s['n_latents']}, t_train={s['t_train']}, "
+             f"n_exp={s['n_exp']}; {results['threads']} thread(s), {results['device']}, "
+             f"torch {results['torch']}; medians of {s['repeats']} interleaved rounds.", "",
+             "| preset | cycle ms | samples/s | matmul limit ms | x limit | reference cycle ms "
+             "| ref x limit | speed-up | projected run h (ref) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for preset, r in results["speed"].items():
+        ref = "reference_cycle" in r
+        lines.append(
+            f"| {preset} | {ms(r['fondtrain_cycle'])} | {r['fondtrain_samples_per_s']:,.0f} | "
+            f"{ms(r['limit_cycle'])} | {r['fondtrain_cycle_over_limit']:.2f} | "
+            + (f"{ms(r['reference_cycle'])} | {r['reference_cycle_over_limit']:.2f} | "
+               f"**{r['cycle_speedup']:.2f}x** | {r['projected_run_hours']:,.1f} "
+               f"({r['reference_projected_run_hours']:,.1f}) |" if ref else
+               f"- | - | - | {r['projected_run_hours']:,.1f} |"))
+        if "fondtrain_compiled_cycle" in r:
+            lines.append(f"| {preset}, compiled | {ms(r['fondtrain_compiled_cycle'])} | "
+                         f"{s['batch_size'] / r['fondtrain_compiled_cycle']:,.0f} | "
+                         f"{ms(r['limit_cycle'])} | "
+                         f"{r['fondtrain_compiled_cycle'] / r['limit_cycle']:.2f} | | | "
+                         + (f"{r['reference_cycle'] / r['fondtrain_compiled_cycle']:.2f}x" if ref else "")
+                         + f" | first cycle {r['compile_first_cycle_s']:.0f} s |")
+    lines += ["", f"Evaluation, {s['eval_steps']} steps at evaluation temperature on "
+              f"{s['batch_size']} inputs (seconds):", "",
+              "| preset | every step | x limit | log grid | matmul limit | reference | "
+              "speed-up (every step) | speed-up (log grid) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for preset, r in results["speed"].items():
+        ref = "reference_eval" in r
+        lines.append(
+            f"| {preset} | {r['fondtrain_eval']:.2f} | {r['fondtrain_eval_over_limit']:.2f} | "
+            f"{r['fondtrain_eval_log_grid']:.2f} | {r['limit_eval']:.2f} | "
+            + (f"{r['reference_eval']:.2f} | **{r['eval_speedup']:.2f}x** | "
+               f"**{r['eval_log_grid_speedup']:.2f}x** |" if ref else "- | - | - |"))
+    if "memory_mb" in results:
+        lines += ["", "| preset | peak MB | saved for backward MB | reference peak MB | "
+                  "reference saved MB |", "|---|---:|---:|---:|---:|"]
+        for preset, m in results["memory_mb"].items():
+            f, r = m["fondtrain"], m.get("reference", {})
+            lines.append(f"| {preset} | {f['peak_mb']:.0f} | {f['saved_mb']:.0f} | "
+                         f"{r.get('peak_mb', float('nan')):.0f} | {r.get('saved_mb', float('nan')):.0f} |")
+    if "scaling" in results:
+        lines += ["", "| ipvae, vary | value | cycle ms | samples/s | x limit |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['vary']} | {r['value']} | {ms(r['cycle_s'])} | {r['samples_per_s']:,.0f} | "
+                  f"{r['over_limit']:.2f} |" for r in results["scaling"]]
+    if "processes" in results:
+        lines += ["", "| processes x threads | cycle ms | samples/s (global batch) |",
+                  "|---|---:|---:|"]
+        lines += [f"| {n} x {r['threads']} | {ms(r['cycle_s'])} | {r['samples_per_s']:,.0f} |"
+                  for n, r in results["processes"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -270,62 +270,9 @@ def relaxed_poisson_reference(u: Tensor, temp: float, noise: Tensor) -> Tensor:
 
 
 def exact_poisson(u: Tensor, generator=None) -> Tensor:
-    """Exact Poisson count at tau = 0 (evaluation); no gradient. [B, K] -> [B, K].
-
-    On CPU by inversion (`poisson_by_inversion`: one uniform per count, a few vector
-    passes) for rates up to INVERSION_MAX_RATE, torch.poisson above; elsewhere
-    torch.poisson. Same distribution; several times faster on CPU for the small rates
-    of a sparse code, where torch.poisson pays a scalar exp and generator call per entry.
-    """
+    """Exact Poisson count at tau = 0 (evaluation); no gradient. [B, K] -> [B, K]."""
     with torch.no_grad():
-        rate = poisson_rate(u)
-        if rate.device.type != "cpu":
-            return torch.poisson(rate, generator=generator)
-        return poisson_by_inversion(rate, generator)
-
-
-INVERSION_MAX_RATE = 10.0
-_FULL_PASSES = 3  # inversion steps over every entry before continuing on the few left
-
-
-def poisson_by_inversion(rate: Tensor, generator=None) -> Tensor:
-    """Exact Poisson(rate) counts by inversion of the CDF, vectorised: X = #{k >= 0 :
-    U > F(k)} for one U ~ Uniform[0, 1) per entry.
-
-    After a few passes over every entry only the rare entries whose U lies in the tail
-    are continued, on a compacted subset. Entries with rate > INVERSION_MAX_RATE are drawn
-    by torch.poisson (its PTRS rejection sampler); which sampler an entry gets depends on
-    its rate alone, so the counts are Poisson either way. The CDF is accumulated in the
-    rate's precision (float32: rounding ~1e-7, the resolution of the uniform itself); the
-    search stops once the next probability underflows.
-    """
-    flat = rate.reshape(-1)
-    big = flat > INVERSION_MAX_RATE
-    any_big = bool(big.any())
-    r = flat.masked_fill(big, 0.0) if any_big else flat
-    uniform = torch.empty_like(flat).uniform_(generator=generator)
-    prob = torch.exp(-r)  # P(X = k), k = 0
-    cdf = prob.clone()
-    count = torch.zeros_like(flat)
-    above = torch.empty_like(flat)
-    for k in range(_FULL_PASSES):
-        count.add_(torch.gt(uniform, cdf, out=above))
-        prob.mul_(r).div_(k + 1)
-        cdf.add_(prob)
-    idx = (uniform > cdf).nonzero().squeeze(1)
-    k = _FULL_PASSES
-    if idx.numel():
-        uniform, cdf, prob, r = uniform[idx], cdf[idx], prob[idx], r[idx]
-        while idx.numel():
-            count.index_add_(0, idx, torch.ones_like(cdf))
-            prob = prob * r / (k + 1)
-            cdf = cdf + prob
-            k += 1
-            keep = (uniform > cdf) & (prob > 0)
-            idx, uniform, cdf, prob, r = idx[keep], uniform[keep], cdf[keep], prob[keep], r[keep]
-    if any_big:
-        count[big] = torch.poisson(flat[big], generator=generator)
-    return count.reshape(rate.shape)
+        return torch.poisson(poisson_rate(u), generator=generator)
 
 
 def poisson_kl(u: Tensor, u_prior: Tensor, form: str = "reference") -> Tensor:
