@@ -35,6 +35,8 @@ from fondtrain.train.schedules import Schedule
 from fondtrain.train.signals import StopRequest, requeue_slurm_job
 from fondtrain.train.tensorboard import RunLogger
 
+STOP_CHECK_EVERY = 5
+
 
 def run_name(config: RunConfig) -> str:
     """Deterministic default run name, so that re-running a command resumes its run."""
@@ -70,7 +72,8 @@ def prepare_data(config: RunConfig, accelerator):
     accelerator.wait_for_everyone()
     shard_dir = Path(d.shards_root) / d.dataset
     common = dict(rank=accelerator.process_index, world_size=accelerator.num_processes,
-                  seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory)
+                  seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
+                  pin_memory=accelerator.device.type == "cuda")  # so non_blocking copies overlap
     train_loader = ShardLoader(shard_dir, "train", batch_size=t.batch_size * t.grad_accum, **common)
     val_loader = ShardLoader(shard_dir, "val", batch_size=t.batch_size, shuffle=False, **common)
     return train_loader, val_loader
@@ -249,7 +252,10 @@ def train(config: RunConfig) -> TrainResult:
                     logger.scalars(last_val, step)
                     logger.dictionary(core, step)
 
-            stop_now = _agree(accelerator, stop.requested)
+            # Ranks agree on a stop every STOP_CHECK_EVERY batches (the all-reduce syncs the
+            # host); SLURM's USR1@120 leaves minutes, a few batches are seconds.
+            stop_now = step % STOP_CHECK_EVERY == 0 and _agree(accelerator, stop.requested) \
+                if world > 1 else stop.requested
             if stop_now or (tc.ckpt_every and step % tc.ckpt_every == 0):
                 save()
             if stop_now:
@@ -285,9 +291,7 @@ def train(config: RunConfig) -> TrainResult:
 
 
 def _agree(accelerator, flag: bool) -> bool:
-    """True on every rank if any rank got a stop signal (one tiny all-reduce per batch)."""
-    if accelerator.num_processes == 1:
-        return flag
+    """True on every rank if any rank got a stop signal (one tiny all-reduce)."""
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, "sum").item() > 0)
 
