@@ -29,23 +29,44 @@ from fondtrain.eval.dist import Ranks
 from fondtrain.model.vae import IterativeVAE, State
 
 
+def checkpoint_eps(checkpoint) -> float:
+    """The soft-clamp opening eps the run had reached at a fondtrain checkpoint (from its
+    trainer_state.json and config.yaml); 1 for anything else (finished runs reach 1 after
+    the first ~10% of their schedule; reference checkpoints are finished runs)."""
+    from pathlib import Path
+
+    from fondtrain.config import RunConfig, load_yaml
+    from fondtrain.train.checkpoint import TRAINER_STATE, read_trainer_state
+
+    folder = Path(checkpoint)
+    if not (folder / TRAINER_STATE).is_file() or not (folder / "config.yaml").is_file():
+        return 1.0
+    from fondtrain.train.loop import make_schedule
+
+    state = read_trainer_state(folder)
+    config = RunConfig.from_dict(load_yaml(folder / "config.yaml"))
+    schedule = make_schedule(config, int(state["total_steps"]))
+    return schedule.eps(max(int(state["global_step"]) - 1, 0))
+
+
 def eval_temperature(model: IterativeVAE) -> float:
     """SPEC 7: Poisson 0 (exact samples), Gaussian 1."""
     return 0.0 if model.is_poisson else 1.0
 
 
 def advance(model: IterativeVAE, x: Tensor, state: State, temp: float, t: int,
-            generator: torch.Generator | None = None) -> State:
+            generator: torch.Generator | None = None, eps: float = 1.0) -> State:
     """The state update of one inference step without its outputs (no decode, NLL, KL).
 
     Same dynamics as `model.step`: n_iters_inner updates against the prior = `state`,
-    each from a sample of the current state; eps = 1 (clamps fully open).
+    each from a sample of the current state; eps: the soft clamps' opening (1 = fully
+    open, as at the end of training; `checkpoint_eps` gives a checkpoint's own).
     """
     prior = state
     for _ in range(model.config.n_iters_inner):
         noise = model.draw_noise(state, temp, t, generator)
         z = model.sample(state, temp, noise, generator)
-        state = model.update(x, state, z, 1.0, temp, prior)
+        state = model.update(x, state, z, eps, temp, prior)
     return state
 
 
@@ -156,8 +177,8 @@ class ConvergenceResult:
 @torch.no_grad()
 def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: float, beta: float,
                            steps: list[int], batch_size: int = 2048, device: torch.device | str = "cpu",
-                           seed: int = 0, n_keep: int = 64, max_activity_rows: int = 20_000
-                           ) -> tuple[ConvergenceSums, dict[str, Tensor]]:
+                           seed: int = 0, n_keep: int = 64, max_activity_rows: int = 20_000,
+                           eps: float = 1.0) -> tuple[ConvergenceSums, dict[str, Tensor]]:
     """Inference on the rows x [n, M] of one process: the sums for the reported `steps`
     (1-based) and, for figures, the first n_keep inputs / reconstructions and the final
     activity of up to max_activity_rows rows ({'x', 'x_hat', 'activity'}, on the cpu)."""
@@ -173,11 +194,11 @@ def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: f
         block = torch.empty(len(steps), xb.shape[0], dtype=torch.float64, device=device)
         for t in range(n_steps):
             if t in report:
-                out = model.step(xb, state, temp, beta, 1.0, t, generator=generator)
+                out = model.step(xb, state, temp, beta, eps, t, generator=generator)
                 block[report[t]] = sums.add(report[t], model, xb, out, state, beta)
                 state = out.state
             else:
-                state = advance(model, xb, state, temp, t, generator)
+                state = advance(model, xb, state, temp, t, generator, eps)
         sums.r2_blocks.append(block)
         if start == 0:
             extras["x"], extras["x_hat"] = xb[:n_keep].cpu(), out.x_hat[:n_keep].cpu()
@@ -191,7 +212,7 @@ def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: f
 def run_convergence(model: IterativeVAE, x: Tensor, n_steps: int = 1000, temp: float | None = None,
                     beta: float | None = None, batch_size: int = 2048, steps: list[int] | None = None,
                     ranks: Ranks | None = None, seed: int = 0, n_keep: int = 64,
-                    max_activity_rows: int = 20_000) -> ConvergenceResult:
+                    max_activity_rows: int = 20_000, eps: float = 1.0) -> ConvergenceResult:
     """Run inference on this rank's rows of x [N, M] (all ranks call it with the whole x).
 
     Returns the table over the log grid of reported steps (`steps`, default
@@ -207,7 +228,7 @@ def run_convergence(model: IterativeVAE, x: Tensor, n_steps: int = 1000, temp: f
     local = x[ranks.part(x.shape[0])]
     sums, extras = accumulate_convergence(model, local, n_steps, temp, beta, steps, batch_size,
                                           ranks.device, rank_seed(seed, ranks.rank), n_keep,
-                                          max_activity_rows)
+                                          max_activity_rows, eps)
     table = sums.table(ranks, model.config.input_dim)
     usage = torch.tensor(table.pop("_mean_activity"))
     n_samples = table.pop("_n_samples")
@@ -218,7 +239,7 @@ def run_convergence(model: IterativeVAE, x: Tensor, n_steps: int = 1000, temp: f
 @torch.no_grad()
 def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
                      temp: float | None = None, batch_size: int = 2048,
-                     device: torch.device | str = "cpu", seed: int = 0) -> Tensor:
+                     device: torch.device | str = "cpu", seed: int = 0, eps: float = 1.0) -> Tensor:
     """Mean activity a(z) over the last `window` of n_steps inference steps, [N, K] (cpu).
 
     The "response" of a unit to a stimulus (bar of light) and the features of the linear
@@ -234,7 +255,7 @@ def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
         state = model.init_state(xb.shape[0])
         total = torch.zeros(xb.shape[0], model.config.n_latents, device=device)
         for t in range(n_steps):
-            state = advance(model, xb, state, temp, t, generator)
+            state = advance(model, xb, state, temp, t, generator, eps)
             if t >= n_steps - window:
                 noise = model.draw_noise(state, temp, t, generator)
                 total += model.activation(model.sample(state, temp, noise, generator))

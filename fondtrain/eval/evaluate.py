@@ -31,7 +31,7 @@ import torch
 
 from fondtrain.errors import UserError
 from fondtrain.eval import figures as Fg
-from fondtrain.eval.convergence import eval_temperature, run_convergence
+from fondtrain.eval.convergence import checkpoint_eps, eval_temperature, run_convergence
 from fondtrain.eval.data import fit_to_model, limit_rows, load_eval_data
 from fondtrain.eval.dist import Ranks
 from fondtrain.eval.metrics import safe_float
@@ -187,15 +187,18 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
         fig_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(ranks.device)
     temp = eval_temperature(model) if opts.temp is None else float(opts.temp)
+    # The soft clamps as the run left them: a run stopped early (the quickstart) still has
+    # them partly closed, and opening them fully would let its inference run away.
+    eps = checkpoint_eps(target) if target.is_dir() else 1.0
     tag = f"{run_dir.name if run_dir else target.name}"
     say(f"evaluating {tag} ({mc.preset}, K={mc.n_latents}, M={mc.input_dim}) on {dataset}: "
-        f"{len(x_val)} samples x {opts.n_steps} steps at temperature {temp:g}, "
+        f"{len(x_val)} samples x {opts.n_steps} steps at temperature {temp:g}, clamp eps {eps:.3g}, "
         f"{ranks.world} process(es) on {ranks.device}")
 
     # ------------------------------------------------------------------ convergence
     t0 = time.time()
     conv = run_convergence(model, torch.from_numpy(np.ascontiguousarray(x_val)), opts.n_steps, temp,
-                           batch_size=opts.batch_size, ranks=ranks, seed=opts.seed)
+                           batch_size=opts.batch_size, ranks=ranks, seed=opts.seed, eps=eps)
     timing = {"convergence_s": time.time() - t0}
     table = conv.table
     final = {k: table[k][-1] for k in SUMMARY_KEYS if k in table}
@@ -217,6 +220,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
         "n_samples": conv.n_samples,
         "n_steps": opts.n_steps,
         "temp": temp,
+        "eps": eps,
         "beta": mc.beta_outer,
         "n_processes": ranks.world,
         "final": final,
@@ -260,7 +264,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
                 continue
             say(f"linear probe on {name} ({steps} steps)")
             results[name] = linear_probe(model, labelled, steps, opts.window, ranks,
-                                         opts.batch_size, opts.probe_max_samples, opts.seed)
+                                         opts.batch_size, opts.probe_max_samples, opts.seed, eps)
         metrics["probe"] = results if ranks.is_main else None
         timing["probe_s"] = time.time() - t0
 
@@ -274,7 +278,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
         say(f"bar-of-light tuning ({steps} steps)")
         for kind in ("bar", "grating"):
             result = bar_of_light(model, kind, steps, opts.window, opts.n_orientations,
-                                  device=ranks.device, seed=opts.seed)
+                                  device=ranks.device, seed=opts.seed, eps=eps)
             tuning_results[kind] = result
             if opts.figures:
                 figures[f"tuning_{kind}"] = Fg.plot_tuning(

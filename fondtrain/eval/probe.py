@@ -42,17 +42,17 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
 
 def features(model: IterativeVAE, x: np.ndarray, n_steps: int, window: int, ranks: Ranks,
-             batch_size: int = 2048, seed: int = 0) -> torch.Tensor:
+             batch_size: int = 2048, seed: int = 0, eps: float = 1.0) -> torch.Tensor:
     """Latent responses [N, K] of all rows of x, each rank doing its part (gathered)."""
     local = torch.from_numpy(np.ascontiguousarray(x[ranks.part(len(x))], dtype=np.float32))
     feats = latent_responses(model, local, n_steps, window, batch_size=batch_size,
-                             device=ranks.device, seed=seed * 1000 + ranks.rank)
+                             device=ranks.device, seed=seed * 1000 + ranks.rank, eps=eps)
     return ranks.gather_rows(feats.to(ranks.device)).cpu()
 
 
 def linear_probe(model: IterativeVAE, data: EvalData, n_steps: int, window: int,
                  ranks: Ranks, batch_size: int = 2048, max_samples: int | None = 10_000,
-                 seed: int = 0) -> dict | None:
+                 seed: int = 0, eps: float = 1.0) -> dict | None:
     """Probe accuracies of the latents and of the pixels on a labelled data set.
 
     Returns {'latent_acc', 'pixel_acc', 'chance', 'n_train', 'n_test', 'n_classes',
@@ -63,8 +63,8 @@ def linear_probe(model: IterativeVAE, data: EvalData, n_steps: int, window: int,
     data = fit_to_model(data, model.config.input_dim)
     x_tr, y_tr = limit_rows(data.x_train, data.y_train, max_samples)
     x_te, y_te = limit_rows(data.x_val, data.y_val, max_samples)
-    f_tr = features(model, x_tr, n_steps, window, ranks, batch_size, seed)
-    f_te = features(model, x_te, n_steps, window, ranks, batch_size, seed + 1)
+    f_tr = features(model, x_tr, n_steps, window, ranks, batch_size, seed, eps)
+    f_te = features(model, x_te, n_steps, window, ranks, batch_size, seed + 1, eps)
     if not ranks.is_main:
         return None
     counts = np.bincount(y_te)

@@ -139,7 +139,8 @@ class TuningResult:
 @torch.no_grad()
 def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, window: int = 100,
                  n_orientations: int = 16, n_repeats: int = 4, contrast: float = 1.0,
-                 device: torch.device | str = "cpu", seed: int = 0, **stimulus_kwargs) -> TuningResult:
+                 device: torch.device | str = "cpu", seed: int = 0, eps: float = 1.0,
+                 **stimulus_kwargs) -> TuningResult:
     """Flash oriented stimuli at the model and measure every unit's orientation tuning."""
     from fondtrain.eval.images import patch_side
 
@@ -150,7 +151,7 @@ def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, wi
     flat = np.concatenate([stimuli.reshape(-1, m), np.zeros((1, m), np.float32)])
     batch = torch.from_numpy(np.repeat(flat, n_repeats, axis=0))
     resp = latent_responses(model, batch, n_steps, window, device=device, seed=seed,
-                            batch_size=4096).double()
+                            batch_size=4096, eps=eps).double()
     resp = resp.reshape(-1, n_repeats, resp.shape[-1]).mean(1)
     blank = resp[-1]
     responses = resp[:-1].reshape(n_orient, n_phase, -1)

@@ -247,7 +247,7 @@ def train(config: RunConfig) -> TrainResult:
                 progress.update(1)
 
             if tc.eval_every and step % tc.eval_every == 0:
-                last_val = validate(core, val_loader, config, accelerator)
+                last_val = validate(core, val_loader, config, accelerator, values)
                 if is_main:
                     logger.scalars(last_val, step)
                     logger.dictionary(core, step)
@@ -278,7 +278,7 @@ def train(config: RunConfig) -> TrainResult:
     if ckpt.latest_checkpoint(ckpt_root) is None or \
             int(ckpt.latest_checkpoint(ckpt_root).name.split("-")[1]) != step:
         save()
-    last_val = validate(core, val_loader, config, accelerator)
+    last_val = validate(core, val_loader, config, accelerator, schedule.at(max(step - 1, 0)))
     if is_main:
         logger.scalars(last_val, step)
         picture = logger.dictionary(core, step, png=run_dir / "dictionary.png")

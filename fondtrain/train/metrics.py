@@ -36,9 +36,13 @@ def batch_metrics(out, model, values, grad_norm) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def validate(model, val_loader, config, accelerator, max_batches: int = 8) -> dict[str, float]:
+def validate(model, val_loader, config, accelerator, values, max_batches: int = 8) -> dict[str, float]:
     """Inference for t_total steps at evaluation temperature (Poisson 0, Gaussian 1) on up
     to max_batches validation batches per rank; metrics at the last step, over all ranks.
+
+    `values` are the schedule values in force (ScheduleValues): the soft clamps use the
+    current eps and the loss the current beta, as the reference validates with the
+    layer's eps buffer as training left it (eps = 1 after the first ~10% of a run).
 
     Sparsity is measured on the activity a(z) (relu for igrelu), as the reference does.
     Uses its own generator so that validation never moves the training RNG (a resumed run
@@ -54,7 +58,7 @@ def validate(model, val_loader, config, accelerator, max_batches: int = 8) -> di
         x = batch["x"].to(device)
         state = model.init_state(x.shape[0])
         for t in range(config.model.t_total):
-            out = model.step(x, state, temp, config.model.beta_outer, 1.0, t, generator=generator)
+            out = model.step(x, state, temp, values.beta, values.eps, t, generator=generator)
             state = out.state
         xs.append(x)
         x_hats.append(out.x_hat)

@@ -36,7 +36,8 @@ class RunLogger:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        plt.imsave(png, grid, cmap="gray", vmin=0.0, vmax=1.0)
+        # 4x nearest-neighbour enlargement: 16-pixel patches are too small to see
+        plt.imsave(png, np.kron(grid, np.ones((4, 4))), cmap="gray", vmin=0.0, vmax=1.0)
         return png
 
     def hparams(self, config, metrics: dict[str, float]) -> None:
