@@ -61,9 +61,7 @@ class ModelConfig:
                 f"unknown model preset {self.preset!r}: choose one of {', '.join(PRESETS)}."
             )
         for name in ("input_dim", "n_latents", "t_train", "n_iters_outer", "n_iters_inner"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be a whole number of at least 1, got {value!r}.")
+            _require_count(name, getattr(self, name), minimum=1)
         if self.beta_outer is None:
             self.beta_outer = PRESET_BETA_OUTER[self.preset]
         for name in ("beta_outer", "beta_inner", "init_scale"):
@@ -162,8 +160,21 @@ class TrainConfig:
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, "
                             f"got {self.mixed_precision!r}.")
-        if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
-            raise UserError(f"grad_accum must be a whole number of at least 1, got {self.grad_accum!r}.")
+        for name in ("grad_accum", "batch_size", "epochs", "log_every", "keep_last", "n_exp_refresh_every"):
+            _require_count(name, getattr(self, name), minimum=1)
+        for name in ("max_steps", "eval_every", "ckpt_every"):
+            _require_count(name, getattr(self, name), minimum=0)
+        if not self.lr > 0 or self.lr_min < 0 or self.grad_clip <= 0 or self.weight_decay < 0:
+            raise UserError("lr and grad_clip must be positive and lr_min, weight_decay not negative.")
+        for name in ("warmup_portion", "kl_const_portion", "kl_anneal_portion", "temp_anneal_portion"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"{name} is a fraction of the run: give a value between 0 and 1, "
+                                f"not {getattr(self, name)!r}.")
+
+
+def _require_count(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{name} must be a whole number of at least {minimum}, got {value!r}.")
 
 
 @dataclass

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:
-    args = vars(build_parser().parse_args(argv))
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]}: run launch/train.py --help to see the options.")
+    args = vars(args)
     config_path = args.pop("config", None)
     return resolve_config(config_path, args)
