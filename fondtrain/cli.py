@@ -118,6 +118,7 @@ class FondtrainCLI:
         natural16 --model ipvae --t_train 16 --n_latents 512 --beta_outer 24 --epochs 10`;
         --config reads a YAML file with model/data/train sections first. Re-running the
         same command resumes its run (runs/<name>) from the newest complete checkpoint.
+        `python launch/train.py --help` lists every option with its default.
         """
         from fondtrain.train.flags import resolve_config
         from fondtrain.train.loop import train
