@@ -125,6 +125,8 @@ def train(config: RunConfig) -> TrainResult:
                                    eps=1e-8, weight_decay=tc.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     core: IterativeVAE = accelerator.unwrap_model(model)
+    if tc.compile:
+        core.enable_compile()
 
     steps_per_epoch = train_loader.batches_per_epoch
     total_steps = tc.epochs * steps_per_epoch
