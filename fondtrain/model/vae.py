@@ -169,7 +169,7 @@ class IterativeVAE(nn.Module):
     def set_n_exp(self, max_rates: list[float] | Tensor) -> None:
         """Refresh n_exp[t] from observed largest rates, one per step t (SPEC 4, 6).
 
-        In distributed runs pass rates already reduced across ranks (`reduce_max_rates`)
+        In distributed runs pass rates already agreed across ranks (`agree_max_rates`)
         so every rank uses the same sampler length.
         """
         rates = [float(r) for r in (max_rates.tolist() if isinstance(max_rates, Tensor)
@@ -500,11 +500,11 @@ def _plain_outputs(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...
     return x_hat, recon, kl, model.step_loss(recon, kl, beta)
 
 
-def reduce_max_rates(max_rates: Tensor, reduce_fn=None) -> Tensor:
-    """Make every rank agree on the per-step largest rates before `set_n_exp`.
+def agree_max_rates(max_rates: Tensor, gather_fn=None) -> Tensor:
+    """The per-step largest rates every rank agrees on, before `set_n_exp`: the max over
+    ranks, so that all ranks draw samplers of the same length.
 
-    max_rates [t_total]; `reduce_fn(tensor) -> tensor` is the distributed max-reduction
-    (e.g. `lambda r: accelerator.reduce(r, "max")` or an all_reduce with MAX). With no
-    reduce_fn (one process) the rates are returned as they are.
+    max_rates [t_total]; `gather_fn` stacks a [1, t_total] tensor from every rank into
+    [world, t_total] (e.g. `accelerator.gather`); None (one process) keeps the rates.
     """
-    return max_rates if reduce_fn is None else reduce_fn(max_rates)
+    return max_rates if gather_fn is None else gather_fn(max_rates[None]).amax(0)

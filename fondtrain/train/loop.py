@@ -26,7 +26,7 @@ import torch
 
 from fondtrain.config import RunConfig, save_yaml
 from fondtrain.errors import UserError
-from fondtrain.model.vae import IterativeVAE
+from fondtrain.model.vae import IterativeVAE, agree_max_rates
 from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.backends import clip_and_step, make_backend
 from fondtrain.train.metrics import batch_metrics, validate
@@ -54,11 +54,6 @@ def make_schedule(config: RunConfig, total_steps: int) -> Schedule:
         anneal_temperature=m.posterior == "poisson", temp_start=t.temp_start,
         temp_stop=t.temp_stop, temp_anneal_portion=t.temp_anneal_portion,
     )
-
-
-def make_accelerator(config: RunConfig):
-    """An Accelerator, or the DeepSpeed engine behind the same methods (`--backend`)."""
-    return make_backend(config)
 
 
 def prepare_data(config: RunConfig, accelerator):
@@ -103,7 +98,7 @@ class TrainResult:
 
 def train(config: RunConfig) -> TrainResult:
     """Train (or resume) the run `runs/<name>` described by `config`."""
-    accelerator = make_accelerator(config)
+    accelerator = make_backend(config)  # an Accelerator, or DeepSpeed behind the same calls
     stop = StopRequest()  # first, so that a signal during set-up is not lost
     tc = config.train
     if not tc.name:
@@ -226,8 +221,7 @@ def train(config: RunConfig) -> TrainResult:
             if (core.is_poisson and rate_count and not values.warming_up
                     and (step - 1) % tc.n_exp_refresh_every == 0):
                 average = rate_sum / rate_count
-                agreed = accelerator.gather(average[None]).amax(0) if world > 1 else average
-                core.set_n_exp(agreed)
+                core.set_n_exp(agree_max_rates(average, accelerator.gather if world > 1 else None))
 
             if step % tc.log_every == 0 or step == last_step:
                 elapsed = time.perf_counter() - t_log
