@@ -271,17 +271,16 @@ def train(config: RunConfig) -> TrainResult:
         return TrainResult(run_dir, core, step, True, last_val)
 
     # ------------------------------------------------------------- the end
-    if ckpt.latest_checkpoint(ckpt_root) is None or \
-            int(ckpt.latest_checkpoint(ckpt_root).name.split("-")[1]) != step:
-        save()
+    final = ckpt.step_dir(ckpt_root, step)
+    if not (final / ckpt.COMPLETE).is_file():  # not saved already by ckpt_every
+        final = save()
     last_val = validate(core, val_loader, config, accelerator, schedule.at(max(step - 1, 0)))
     if is_main:
         logger.scalars(last_val, step)
         picture = logger.dictionary(core, step, png=run_dir / "dictionary.png")
         logger.hparams(config, last_val)
         logger.close()
-        newest = ckpt.latest_checkpoint(ckpt_root)
-        say(_summary(run_dir, newest, picture, last_val, step))
+        say(_summary(run_dir, final, picture, last_val, step))
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, core, step, False, last_val)
 
