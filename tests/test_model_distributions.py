@@ -219,6 +219,50 @@ def test_relaxed_poisson_reference_is_the_spec_formula():
     np.testing.assert_allclose(D.relaxed_poisson(u, 0.2, noise).numpy(), expected, rtol=1e-12)
 
 
+def test_log_uniform_maps_words_to_cell_midpoints():
+    """Each word's low 23 bits m give U = (m + 1/2) 2^-23 exactly, whatever its high bits."""
+    m = np.array([0, 1, 2**22, 2**23 - 2, 2**23 - 1, 12345], dtype=np.int64)
+    high = np.array([0, 1, 255, 256, 511, 77], dtype=np.int64) << 23  # must be ignored
+    words = torch.from_numpy(((m | high) & 0xFFFFFFFF).astype(np.uint32).view(np.int32).copy())
+    log_u = D.log_uniform_(words.clone())
+    expected = (m + 0.5) * 2.0**-23  # float64, exact
+    np.testing.assert_allclose(log_u.numpy(), np.log(expected), rtol=2.5e-7, atol=0)
+
+
+def test_cpu_arrival_stream_is_standard_exponential():
+    """-log U of the CPU stream against the Exp(1) distribution: Kolmogorov-Smirnov
+    distance of 2 M draws below the 0.1% critical value, consecutive draws uncorrelated."""
+    draws = D.exponential_noise(20, torch.Size([200, 500]), generator=torch.Generator().manual_seed(3))
+    x = np.sort(draws.double().flatten().numpy())
+    n = x.size
+    cdf = -np.expm1(-x)
+    ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert ks < 1.95 / math.sqrt(n), ks
+    flat = draws.double().flatten()
+    corr = float(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1])
+    assert abs(corr) < 5 / math.sqrt(n)
+    assert float(draws.min()) > 0 and float(draws.max()) <= 24 * math.log(2) + 1e-5
+
+
+def test_cpu_arrival_stream_follows_the_torch_generator():
+    """The stream is a function of the torch generator's state: the same seed replays it,
+    another seed changes it, and None uses (and advances) torch's default generator."""
+    shape = torch.Size([4, 6])
+    a = D.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
+    b = D.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
+    c = D.exponential_noise(11, shape, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+    torch.manual_seed(5)
+    d = D.exponential_noise(11, shape)
+    e = D.exponential_noise(11, shape)
+    torch.testing.assert_close(d, a, rtol=0, atol=0)
+    assert not torch.equal(d, e)
+    # chunking does not change the stream: the first arrivals of a longer draw agree
+    longer = D.exponential_noise(D.ARRIVAL_CHUNK + 3, shape, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(longer[:D.ARRIVAL_CHUNK], a[:D.ARRIVAL_CHUNK], rtol=0, atol=0)
+
+
 def test_exponential_noise_is_standard_and_seeded():
     a = D.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
     b = D.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))

@@ -7,7 +7,9 @@ noise tensor or `torch.Generator`, so that a step can be replayed exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -157,40 +159,76 @@ def n_exp_for_rate(rate: float, p: float = 1e-3) -> int:
 def exponential_noise(n_exp: int, shape: torch.Size, device=None, generator=None) -> Tensor:
     """Standard Exp(1) draws [n_exp, *shape] behind one relaxed Poisson sample.
 
-    Drawn one arrival at a time as -log(1 - U), U ~ Uniform[0, 1), exactly as the streamed
-    sampler (`relaxed_poisson` without noise) draws them, so that a step fed this noise
-    replays a step that drew its own from the same generator state, bit for bit.
-    (-log(1 - U) is several times cheaper than `Tensor.exponential_` on CPU.)
+    On CPU they are -log U from `arrival_log_uniforms`, the very stream the streamed
+    sampler (`relaxed_poisson` without noise) consumes, so that a step fed this noise
+    replays a step that drew its own from the same generator state, bit for bit. On
+    accelerators: -log(1 - U) from torch's device generator.
     """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cpu":
+        return torch.cat(list(arrival_log_uniforms(n_exp, shape, generator))).neg_()
     noise = torch.empty((n_exp, *shape), device=device)
-    if vectorized_sampler(noise):  # accelerators: one launch beats n_exp small ones
-        return _log1m_uniform_(noise, generator).neg_()
-    for arrival in noise:
-        _log1m_uniform_(arrival, generator).neg_()
-    return noise
+    return noise.uniform_(generator=generator).neg_().log1p_().neg_()
 
 
 def vectorized_sampler(t: Tensor) -> bool:
     """Whether the relaxed Poisson sampler works on whole [n_exp, B, K] tensors (GPUs and
-    other accelerators: fewer kernel launches) rather than one arrival at a time in
+    other accelerators: fewer kernel launches) rather than a few arrivals at a time in
     [B, K] buffers (CPU: cache-resident, nothing of size n_exp materialised)."""
     return t.device.type != "cpu"
 
 
-def _log1m_uniform_(buf: Tensor, generator=None) -> Tensor:
-    """Fill buf with log(1 - U), U ~ Uniform[0, 1): minus a standard Exp(1) draw (in place)."""
-    return buf.uniform_(generator=generator).neg_().log1p_()
+# Arrivals drawn per call of the CPU bit generator: bounds the sampler's scratch memory to
+# ARRIVAL_CHUNK [B, K] tensors while keeping per-call overheads small.
+ARRIVAL_CHUNK = 8
+_MANTISSA = 0x007FFFFF  # the 23 fraction bits of a float32
+_ONE = 0x3F800000  # the bit pattern of 1.0f
+_JUST_BELOW_ONE = 1.0 - 2.0**-24  # f - this is exact (Sterbenz) for f in [1, 2)
+
+
+def arrival_words(n_exp: int, shape: torch.Size, generator=None) -> Iterator[Tensor]:
+    """Random 32-bit words for n_exp arrivals of the CPU sampler: int32 [c, *shape] chunks
+    of up to ARRIVAL_CHUNK arrivals each, in order.
+
+    They come from a numpy SFC64 bit generator seeded with one 63-bit draw from
+    `generator` (torch's default generator when None): raw words cost ~4x less than
+    torch's CPU Mersenne twister uniforms, and the stream is still a function of the torch
+    generator's state, so seeds, checkpoints and resumed runs replay it exactly.
+    """
+    seed = int(torch.randint(2**63 - 1, (), generator=generator))
+    bits = np.random.SFC64(seed)
+    numel = math.prod(shape)
+    for start in range(0, n_exp, ARRIVAL_CHUNK):
+        count = min(ARRIVAL_CHUNK, n_exp - start)
+        raw = bits.random_raw((count * numel + 1) // 2)  # two 32-bit words per draw
+        yield torch.from_numpy(raw.view(np.int32)[: count * numel]).view(count, *shape)
+
+
+def log_uniform_(words: Tensor) -> Tensor:
+    """log U from random int32 words, in place. f is the float32 with exponent 0 and the
+    word's low 23 bits m as fraction (f = 1 + m 2^-23), and U = f - (1 - 2^-24) =
+    (m + 1/2) 2^-23, exactly: U is uniform on the midpoints of 2^23 equal cells of (0, 1),
+    never 0 or 1, and -log U is Exp(1) (largest value 24 ln 2 = 16.6). Returns a float32
+    view of the words' memory."""
+    f = words.bitwise_and_(_MANTISSA).bitwise_or_(_ONE).view(torch.float32)
+    return f.sub_(_JUST_BELOW_ONE).log_()
+
+
+def arrival_log_uniforms(n_exp: int, shape: torch.Size, generator=None) -> Iterator[Tensor]:
+    """log U [c, *shape] chunks for n_exp arrivals (-log U ~ Exp(1)): the CPU noise."""
+    for words in arrival_words(n_exp, shape, generator):
+        yield log_uniform_(words)
 
 
 class _RelaxedPoissonStream(torch.autograd.Function):
     """z = sum_j sigmoid((1 - S_j / r) / tau), r = exp(u) + eps, S_j unit-rate arrivals.
 
-    The arrivals are accumulated one at a time in [B, K] buffers, from the given Exp(1)
+    The arrivals are accumulated a few at a time in [B, K] buffers, from the given Exp(1)
     noise [n_exp, B, K] or, with noise None, from n_exp fresh draws of the generator (the
-    same stream `exponential_noise` draws). Forward accumulates the sample and its
-    derivative dz/du together, so neither [n_exp, B, K] intermediates nor (without given
-    noise) the noise itself are ever stored: backward keeps one [B, K] tensor. The result
-    and gradient equal those of the plain autograd expression (tested).
+    stream `exponential_noise` draws). Forward accumulates the sample and its derivative
+    dz/du together, so neither [n_exp, B, K] intermediates nor (without given noise) the
+    noise itself are ever stored: backward keeps one [B, K] tensor. The result and
+    gradient equal those of the plain autograd expression (tested).
 
     With a_j = (1 - S_j / r) / tau = 1/tau - S_j k, k = 1 / (r tau):
     dz/du = sum_j s_j (1 - s_j) S_j * k e^u / r, s_j = sigmoid(a_j).
@@ -198,7 +236,7 @@ class _RelaxedPoissonStream(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, temp: float, n_exp: int, noise: Tensor | None,
-                generator) -> Tensor:
+                generator, kernel) -> Tensor:
         exp_u = torch.exp(u)
         rate = exp_u + FLOAT32_EPS
         k = (rate * temp).reciprocal_()
@@ -217,23 +255,15 @@ class _RelaxedPoissonStream(torch.autograd.Function):
             return sig.sum(0)
         arrival = torch.zeros_like(u)  # S_j
         z = torch.zeros_like(u)
-        sig = torch.empty_like(u)
-        if need_grad:
-            acc = torch.zeros_like(u)
-            slope = torch.empty_like(u)
-        draw = None
-        if noise is None:
-            draw = torch.empty(u.shape, device=u.device)  # the dtype exponential_noise uses
-        for j in range(n_exp):
-            if noise is None:
-                arrival.sub_(_log1m_uniform_(draw, generator))
-            else:
-                arrival.add_(noise[j])
-            torch.addcmul(inv_temp, arrival, k, value=-1.0, out=sig).sigmoid_()
-            z.add_(sig)
-            if need_grad:
-                torch.addcmul(sig, sig, sig, value=-1.0, out=slope)  # s (1 - s)
-                acc.addcmul_(slope, arrival)
+        acc = torch.zeros_like(u) if need_grad else None  # sum_j s_j (1 - s_j) S_j
+        if noise is not None:
+            _accumulate_arrivals(noise, 1.0, arrival, z, acc, k, inv_temp)
+        else:
+            for log_u in arrival_log_uniforms(n_exp, u.shape, generator):
+                if kernel is None:
+                    _accumulate_arrivals(log_u, -1.0, arrival, z, acc, k, inv_temp)
+                else:
+                    arrival, z, acc = kernel(log_u, arrival, z, acc, k, inv_temp)
         if need_grad:
             ctx.save_for_backward(acc.mul_(k).mul_(exp_u / rate))
         return z
@@ -241,25 +271,55 @@ class _RelaxedPoissonStream(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z: Tensor):
         (dz_du,) = ctx.saved_tensors
-        return grad_z * dz_du, None, None, None, None
+        return grad_z * dz_du, None, None, None, None, None
+
+
+def _accumulate_arrivals(draws: Tensor, sign: float, arrival: Tensor, z: Tensor,
+                         acc: Tensor | None, k: Tensor, inv_temp: Tensor) -> None:
+    """Add the arrivals of `draws` [c, B, K] (Exp(1) draws, or log U with sign -1) to the
+    running arrival time, sample z and derivative sum acc, in place (eager CPU path)."""
+    sig = torch.empty_like(z)
+    slope = torch.empty_like(z) if acc is not None else None
+    for draw in draws:
+        arrival.add_(draw, alpha=sign)
+        torch.addcmul(inv_temp, arrival, k, value=-1.0, out=sig).sigmoid_()
+        z.add_(sig)
+        if acc is not None:
+            torch.addcmul(sig, sig, sig, value=-1.0, out=slope)  # s (1 - s)
+            acc.addcmul_(slope, arrival)
+
+
+def arrival_kernel(log_u: Tensor, arrival: Tensor, z: Tensor, acc: Tensor | None, k: Tensor,
+                   inv_temp: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`_accumulate_arrivals` of a chunk of log U [c, B, K] (sign -1), written out of place
+    for torch.compile (IterativeVAE.enable_compile), which fuses the chunk into one loop
+    over [B, K]. Returns the new (arrival, z, acc)."""
+    for draw in log_u:
+        arrival = arrival - draw
+        sig = torch.sigmoid(inv_temp - arrival * k)
+        z = z + sig
+        if acc is not None:
+            acc = acc + sig * (1.0 - sig) * arrival
+    return arrival, z, acc
 
 
 def relaxed_poisson(u: Tensor, temp: float, noise: Tensor | None = None, n_exp: int | None = None,
-                    generator=None) -> Tensor:
+                    generator=None, kernel=None) -> Tensor:
     """Relaxed Poisson sample at temperature tau > 0 (SPEC 4), differentiable in u.
 
     u: log-rates [B, K]. Either noise: standard Exp(1) draws [n_exp, B, K] (exact replay),
     or noise None and n_exp: the sampler draws its n_exp arrivals itself from `generator`
-    one [B, K] at a time (the fast path: no [n_exp, B, K] tensor). Returns z [B, K].
+    a few [B, K] at a time (the fast path: no [n_exp, B, K] tensor). Returns z [B, K].
     Both give the same result for the same generator state. tau -> 0 gives the exact
-    Poisson count (truncated at n_exp events).
+    Poisson count (truncated at n_exp events). kernel: `arrival_kernel` compiled, for the
+    CPU fast path (None: eager).
     """
     if noise is None:
         if n_exp is None:
             raise ValueError("relaxed_poisson needs either noise or n_exp")
     else:
         n_exp = noise.shape[0]
-    return _RelaxedPoissonStream.apply(u, float(temp), int(n_exp), noise, generator)
+    return _RelaxedPoissonStream.apply(u, float(temp), int(n_exp), noise, generator, kernel)
 
 
 def relaxed_poisson_reference(u: Tensor, temp: float, noise: Tensor) -> Tensor:
