@@ -348,7 +348,7 @@ def format_speed_row(preset: str, r: dict, s: BenchSettings) -> str:
              f"{r['limit_eval']:.2f} s), log grid {r['fondtrain_eval_log_grid']:.2f} s; "
              f"{s.epochs} epochs x {s.n_train} samples: {r['projected_run_hours']:.1f} h"]
     if "fondtrain_compiled_cycle" in r:
-        lines.append(f"  {preset} compiled update: cycle {1e3 * r['fondtrain_compiled_cycle']:.0f} ms "
+        lines.append(f"  {preset} compiled: cycle {1e3 * r['fondtrain_compiled_cycle']:.0f} ms "
                      f"({r['fondtrain_compiled_cycle'] / r['limit_cycle']:.2f}x limit; first cycle "
                      f"with compilation {r['compile_first_cycle_s']:.0f} s)")
     if "reference_cycle" in r:

@@ -258,9 +258,9 @@ def test_cpu_arrival_stream_follows_the_torch_generator():
     e = D.exponential_noise(11, shape)
     torch.testing.assert_close(d, a, rtol=0, atol=0)
     assert not torch.equal(d, e)
-    # chunking does not change the stream: the first arrivals of a longer draw agree
-    longer = D.exponential_noise(D.ARRIVAL_CHUNK + 3, shape, generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(longer[:D.ARRIVAL_CHUNK], a[:D.ARRIVAL_CHUNK], rtol=0, atol=0)
+    # a longer draw starts with the same arrivals
+    longer = D.exponential_noise(15, shape, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(longer[:11], a, rtol=0, atol=0)
 
 
 def test_exponential_noise_is_standard_and_seeded():
@@ -298,9 +298,29 @@ def test_relaxed_poisson_low_temperature_moments(rate: float):
     gen = torch.Generator().manual_seed(int(rate * 100))
     u = torch.full((200, 600), math.log(rate))
     noise = D.exponential_noise(n_exp, u.shape, generator=gen)
-    z = D.relaxed_poisson(u, temp, noise)
-    assert float(z.min()) >= 0 and float(z.max()) <= n_exp
-    _check_moments(z, rate, rate * (1 - temp), rate)
+    for z in (D.relaxed_poisson(u, temp, noise),  # given noise, and drawn by the sampler
+              D.relaxed_poisson(u, temp, n_exp=n_exp, generator=gen)):
+        assert float(z.min()) >= 0 and float(z.max()) <= n_exp
+        _check_moments(z, rate, rate * (1 - temp), rate)
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.5, 3.0])
+@pytest.mark.parametrize("temp", [0.05, 0.5])
+def test_streamed_sampler_mean_and_gradient_are_unbiased(rate: float, temp: float):
+    """The sampler drawing its own arrivals (dropping finished entries) against closed forms:
+    by Campbell's theorem E z = r int_0^inf sigmoid((1 - t)/tau) dt = r tau log(1 + e^{1/tau})
+    (untruncated: n_exp at the 1e-9 quantile), and the pathwise gradient is unbiased,
+    E dz/du = d E z / du = E z since r = e^u (the float32 floor on r is negligible here).
+    """
+    n_exp = D.n_exp_for_rate(rate, 1e-9)
+    gen = torch.Generator().manual_seed(int(rate * 1000 + temp * 10))
+    u = torch.full((400, 500), math.log(rate), dtype=torch.float64, requires_grad=True)
+    z = D.relaxed_poisson(u, temp, n_exp=n_exp, generator=gen)
+    (grad,) = torch.autograd.grad(z.sum(), u)
+    expected = rate * temp * math.log1p(math.exp(1.0 / temp))
+    for sample in (z.detach(), grad):
+        se = float(sample.std()) / math.sqrt(sample.numel())
+        assert abs(float(sample.mean()) - expected) < 5 * se, (float(sample.mean()), expected, se)
 
 
 @pytest.mark.parametrize("rate", RATES)

@@ -7,7 +7,6 @@ noise tensor or `torch.Generator`, so that a step can be replayed exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -159,14 +158,17 @@ def n_exp_for_rate(rate: float, p: float = 1e-3) -> int:
 def exponential_noise(n_exp: int, shape: torch.Size, device=None, generator=None) -> Tensor:
     """Standard Exp(1) draws [n_exp, *shape] behind one relaxed Poisson sample.
 
-    On CPU they are -log U from `arrival_log_uniforms`, the very stream the streamed
-    sampler (`relaxed_poisson` without noise) consumes, so that a step fed this noise
-    replays a step that drew its own from the same generator state, bit for bit. On
-    accelerators: -log(1 - U) from torch's device generator.
+    On CPU they are -log U (`log_uniform_`) of a `WordStream`, one [*shape] row per
+    arrival: what the streamed sampler (`relaxed_poisson` without noise) draws from the
+    same generator state as long as no entry finishes early (see `_sum_arrivals`), and in
+    any case the same distribution. On accelerators: -log(1 - U) from torch's device
+    generator.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     if device.type == "cpu":
-        return torch.cat(list(arrival_log_uniforms(n_exp, shape, generator))).neg_()
+        stream, numel = WordStream(generator), math.prod(shape)
+        rows = [log_uniform_(stream.take(numel)).view(shape) for _ in range(n_exp)]
+        return torch.stack(rows).neg_()
     noise = torch.empty((n_exp, *shape), device=device)
     return noise.uniform_(generator=generator).neg_().log1p_().neg_()
 
@@ -178,30 +180,27 @@ def vectorized_sampler(t: Tensor) -> bool:
     return t.device.type != "cpu"
 
 
-# Arrivals drawn per call of the CPU bit generator: bounds the sampler's scratch memory to
-# ARRIVAL_CHUNK [B, K] tensors while keeping per-call overheads small.
-ARRIVAL_CHUNK = 8
 _MANTISSA = 0x007FFFFF  # the 23 fraction bits of a float32
 _ONE = 0x3F800000  # the bit pattern of 1.0f
 _JUST_BELOW_ONE = 1.0 - 2.0**-24  # f - this is exact (Sterbenz) for f in [1, 2)
 
 
-def arrival_words(n_exp: int, shape: torch.Size, generator=None) -> Iterator[Tensor]:
-    """Random 32-bit words for n_exp arrivals of the CPU sampler: int32 [c, *shape] chunks
-    of up to ARRIVAL_CHUNK arrivals each, in order.
+class WordStream:
+    """Random int32 words for the CPU samplers, taken in any amounts, in order.
 
-    They come from a numpy SFC64 bit generator seeded with one 63-bit draw from
-    `generator` (torch's default generator when None): raw words cost ~4x less than
-    torch's CPU Mersenne twister uniforms, and the stream is still a function of the torch
-    generator's state, so seeds, checkpoints and resumed runs replay it exactly.
+    A numpy SFC64 bit generator, seeded with one 63-bit draw from `generator` (torch's
+    default generator when None): raw words cost ~4x less than torch's CPU Mersenne
+    twister uniforms, and the stream is still a function of the torch generator's state,
+    so seeds, checkpoints and resumed runs replay it exactly. One stream per sample.
     """
-    seed = int(torch.randint(2**63 - 1, (), generator=generator))
-    bits = np.random.SFC64(seed)
-    numel = math.prod(shape)
-    for start in range(0, n_exp, ARRIVAL_CHUNK):
-        count = min(ARRIVAL_CHUNK, n_exp - start)
-        raw = bits.random_raw((count * numel + 1) // 2)  # two 32-bit words per draw
-        yield torch.from_numpy(raw.view(np.int32)[: count * numel]).view(count, *shape)
+
+    def __init__(self, generator=None):
+        self._bits = np.random.SFC64(int(torch.randint(2**63 - 1, (), generator=generator)))
+
+    def take(self, count: int) -> Tensor:
+        """The next `count` words, int32 [count] (a draw gives two; an odd count drops one)."""
+        raw = self._bits.random_raw((count + 1) // 2)
+        return torch.from_numpy(raw.view(np.int32)[:count])
 
 
 def log_uniform_(words: Tensor) -> Tensor:
@@ -214,21 +213,14 @@ def log_uniform_(words: Tensor) -> Tensor:
     return f.sub_(_JUST_BELOW_ONE).log_()
 
 
-def arrival_log_uniforms(n_exp: int, shape: torch.Size, generator=None) -> Iterator[Tensor]:
-    """log U [c, *shape] chunks for n_exp arrivals (-log U ~ Exp(1)): the CPU noise."""
-    for words in arrival_words(n_exp, shape, generator):
-        yield log_uniform_(words)
-
-
 class _RelaxedPoissonStream(torch.autograd.Function):
     """z = sum_j sigmoid((1 - S_j / r) / tau), r = exp(u) + eps, S_j unit-rate arrivals.
 
-    The arrivals are accumulated a few at a time in [B, K] buffers, from the given Exp(1)
-    noise [n_exp, B, K] or, with noise None, from n_exp fresh draws of the generator (the
-    stream `exponential_noise` draws). Forward accumulates the sample and its derivative
-    dz/du together, so neither [n_exp, B, K] intermediates nor (without given noise) the
-    noise itself are ever stored: backward keeps one [B, K] tensor. The result and
-    gradient equal those of the plain autograd expression (tested).
+    The arrivals come from the given Exp(1) noise [n_exp, B, K] or, with noise None, from
+    n_exp fresh draws of the generator (the stream `exponential_noise` draws). Forward
+    accumulates the sample and its derivative dz/du together, so no [n_exp, B, K]
+    intermediate is kept: backward keeps one [B, K] tensor. The result and gradient equal
+    those of the plain autograd expression (tested).
 
     With a_j = (1 - S_j / r) / tau = 1/tau - S_j k, k = 1 / (r tau):
     dz/du = sum_j s_j (1 - s_j) S_j * k e^u / r, s_j = sigmoid(a_j).
@@ -236,7 +228,7 @@ class _RelaxedPoissonStream(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, temp: float, n_exp: int, noise: Tensor | None,
-                generator, kernel) -> Tensor:
+                generator) -> Tensor:
         exp_u = torch.exp(u)
         rate = exp_u + FLOAT32_EPS
         k = (rate * temp).reciprocal_()
@@ -253,73 +245,119 @@ class _RelaxedPoissonStream(torch.autograd.Function):
                 dz_du = (sig * (1.0 - sig) * arrivals).sum(0)
                 ctx.save_for_backward(dz_du.mul_(k).mul_(exp_u / rate))
             return sig.sum(0)
-        arrival = torch.zeros_like(u)  # S_j
-        z = torch.zeros_like(u)
-        acc = torch.zeros_like(u) if need_grad else None  # sum_j s_j (1 - s_j) S_j
-        if noise is not None:
-            _accumulate_arrivals(noise, 1.0, arrival, z, acc, k, inv_temp)
+        if noise is None:
+            stream = WordStream(generator)
+
+            def draw(j: int, live: Tensor | None) -> Tensor:  # log U: minus Exp(1)
+                return log_uniform_(stream.take(k.numel() if live is None else live.numel()))
+            z, acc = _sum_arrivals(draw, -1.0, n_exp, k, inv_temp, need_grad)
         else:
-            for log_u in arrival_log_uniforms(n_exp, u.shape, generator):
-                if kernel is None:
-                    _accumulate_arrivals(log_u, -1.0, arrival, z, acc, k, inv_temp)
-                else:
-                    arrival, z, acc = kernel(log_u, arrival, z, acc, k, inv_temp)
+            def draw(j: int, live: Tensor | None) -> Tensor:  # Exp(1), a copy
+                row = noise[j].reshape(-1)
+                return row.clone() if live is None else row.index_select(0, live)
+            z, acc = _sum_arrivals(draw, 1.0, n_exp, k, inv_temp, need_grad)
         if need_grad:
-            ctx.save_for_backward(acc.mul_(k).mul_(exp_u / rate))
-        return z
+            ctx.save_for_backward(acc.view_as(u).mul_(k).mul_(exp_u / rate))
+        return z.view_as(u)
 
     @staticmethod
     def backward(ctx, grad_z: Tensor):
         (dz_du,) = ctx.saved_tensors
-        return grad_z * dz_du, None, None, None, None, None
+        return grad_z * dz_du, None, None, None, None
 
 
-def _accumulate_arrivals(draws: Tensor, sign: float, arrival: Tensor, z: Tensor,
-                         acc: Tensor | None, k: Tensor, inv_temp: Tensor) -> None:
-    """Add the arrivals of `draws` [c, B, K] (Exp(1) draws, or log U with sign -1) to the
-    running arrival time, sample z and derivative sum acc, in place (eager CPU path)."""
-    sig = torch.empty_like(z)
-    slope = torch.empty_like(z) if acc is not None else None
-    for draw in draws:
-        arrival.add_(draw, alpha=sign)
-        torch.addcmul(inv_temp, arrival, k, value=-1.0, out=sig).sigmoid_()
+# Once at least this fraction of the entries still computed have finished (see
+# `_sum_arrivals`), the sampler drops them from its working set.
+COMPACT_FRACTION = 0.25
+
+
+def sigmoid_zero_below(dtype: torch.dtype) -> float:
+    """An a below which sigmoid(a) = 1 / (1 + exp(-a)) is exactly 0 in `dtype`: exp(-a)
+    overflows to inf (-89.7 in float32, -710.8 in float64)."""
+    return -(math.log(torch.finfo(dtype).max) + 1.0)
+
+
+def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
+                  need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """z = sum_j sigmoid(a_j) and acc = sum_j s_j (1 - s_j) S_j on CPU, flat [B K] each.
+
+    draw(j, live) gives arrival j's Exp(1) draws (sign 1) or log U (sign -1) for the
+    working set, in a new tensor: every entry of the flat [B K] when live is None, else
+    the entries `live` (indices into it).
+
+    An entry is finished once a_j = 1/tau - S_j k falls below `sigmoid_zero_below`: S_j
+    only grows, so every later sigmoid(a) and s (1 - s) S of it is exactly 0 and adding
+    them changes nothing. So once a quarter of the working set has finished
+    it is dropped (most entries of a sparse posterior finish after an arrival or two: the
+    loop then runs, and draws, for the few active ones), and the loop ends when none is
+    left. Given the same draws per entry the result equals the sum over every arrival of
+    every entry (tested; to the last bit of rounding, as torch's CPU kernels may round an
+    entry differently in a vector lane and in the scalar tail). A freshly drawn stream
+    draws for the working set only, which changes which numbers an entry gets but not
+    their distribution: each arrival of an entry is still a fresh Exp(1) draw, and those
+    it is not given would add exactly 0.
+    """
+    # (This machine's caches make memory traffic the cost to watch: the first arrival
+    # initialises the state from its own buffers, and temporaries are reused in place.)
+    k_live = k.reshape(-1)
+    threshold = sigmoid_zero_below(k.dtype)
+    arrival = draw(0, None).to(k.dtype)  # S_1
+    if sign < 0:
+        arrival.neg_()
+    a = torch.addcmul(inv_temp, arrival, k_live, value=-1.0)
+    alive = a >= threshold
+    scratch, alive_scratch = torch.empty_like(a), torch.empty_like(alive)
+    z = a.sigmoid_()
+    acc = torch.addcmul(z, z, z, value=-1.0).mul_(arrival) if need_grad else None  # s (1 - s) S
+    z_out, acc_out = z, acc  # every entry's sums; z, acc: those of the working set
+    live = None  # indices of the working set in the flat [B K]; None: every entry
+    for j in range(1, n_exp + 1):
+        n_alive = int(alive.sum())
+        if n_alive <= (1.0 - COMPACT_FRACTION) * alive.numel():
+            keep = alive.nonzero().squeeze(1)
+            if live is not None:  # write the working set back before shrinking it
+                z_out.index_copy_(0, live, z)
+                if need_grad:
+                    acc_out.index_copy_(0, live, acc)
+            live = keep if live is None else live.index_select(0, keep)
+            if n_alive == 0:
+                return z_out, acc_out
+            arrival, k_live, z = (t.index_select(0, keep) for t in (arrival, k_live, z))
+            if need_grad:
+                acc = acc.index_select(0, keep)
+        if j == n_exp:
+            break
+        arrival.add_(draw(j, live), alpha=sign)
+        a = torch.addcmul(inv_temp, arrival, k_live, value=-1.0, out=scratch[:arrival.numel()])
+        alive = torch.ge(a, threshold, out=alive_scratch[:a.numel()])
+        sig = a.sigmoid_()
         z.add_(sig)
-        if acc is not None:
-            torch.addcmul(sig, sig, sig, value=-1.0, out=slope)  # s (1 - s)
-            acc.addcmul_(slope, arrival)
-
-
-def arrival_kernel(log_u: Tensor, arrival: Tensor, z: Tensor, acc: Tensor | None, k: Tensor,
-                   inv_temp: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """`_accumulate_arrivals` of a chunk of log U [c, B, K] (sign -1), written out of place
-    for torch.compile (IterativeVAE.enable_compile), which fuses the chunk into one loop
-    over [B, K]. Returns the new (arrival, z, acc)."""
-    for draw in log_u:
-        arrival = arrival - draw
-        sig = torch.sigmoid(inv_temp - arrival * k)
-        z = z + sig
-        if acc is not None:
-            acc = acc + sig * (1.0 - sig) * arrival
-    return arrival, z, acc
+        if need_grad:
+            acc.addcmul_(sig.sub_(sig * sig), arrival)  # s (1 - s) S
+    if live is not None:
+        z_out.index_copy_(0, live, z)
+        if need_grad:
+            acc_out.index_copy_(0, live, acc)
+    return z_out, acc_out
 
 
 def relaxed_poisson(u: Tensor, temp: float, noise: Tensor | None = None, n_exp: int | None = None,
-                    generator=None, kernel=None) -> Tensor:
+                    generator=None) -> Tensor:
     """Relaxed Poisson sample at temperature tau > 0 (SPEC 4), differentiable in u.
 
     u: log-rates [B, K]. Either noise: standard Exp(1) draws [n_exp, B, K] (exact replay),
-    or noise None and n_exp: the sampler draws its n_exp arrivals itself from `generator`
-    a few [B, K] at a time (the fast path: no [n_exp, B, K] tensor). Returns z [B, K].
-    Both give the same result for the same generator state. tau -> 0 gives the exact
-    Poisson count (truncated at n_exp events). kernel: `arrival_kernel` compiled, for the
-    CPU fast path (None: eager).
+    or noise None and n_exp: the sampler draws its n_exp arrivals itself from `generator`,
+    one row at a time and on CPU only for the entries not yet finished (the fast path: no
+    [n_exp, B, K] tensor). Returns z [B, K]. Both have the same distribution, and give
+    the same numbers for the same generator state while no entry finishes early
+    (`_sum_arrivals`). tau -> 0 gives the exact Poisson count (truncated at n_exp events).
     """
     if noise is None:
         if n_exp is None:
             raise ValueError("relaxed_poisson needs either noise or n_exp")
     else:
         n_exp = noise.shape[0]
-    return _RelaxedPoissonStream.apply(u, float(temp), int(n_exp), noise, generator, kernel)
+    return _RelaxedPoissonStream.apply(u, float(temp), int(n_exp), noise, generator)
 
 
 def relaxed_poisson_reference(u: Tensor, temp: float, noise: Tensor) -> Tensor:

@@ -110,7 +110,6 @@ class IterativeVAE(nn.Module):
         self._n_exp_host: list[int] | None = None
         self._compiled_update = None  # see enable_compile
         self._compiled_outputs = None
-        self._compiled_arrivals = None
 
     # ------------------------------------------------------------------ basic pieces
     @property
@@ -213,24 +212,13 @@ class IterativeVAE(nn.Module):
             if temp == 0:
                 return D.exact_poisson(u, generator)
             if noise is None:
-                return self._relaxed_poisson_drawn(u, temp, self.n_exp_at(t, state), generator)
+                return D.relaxed_poisson(u, temp, n_exp=self.n_exp_at(t, state),
+                                         generator=generator)
             return D.relaxed_poisson(u, temp, noise)
         mu, xi = state.components
         if noise is None:
             noise = self.draw_noise(state, temp, t, generator)
         return D.gaussian_sample(mu, xi, temp, noise)
-
-    def _relaxed_poisson_drawn(self, u: Tensor, temp: float, n_exp: int, generator) -> Tensor:
-        """The streamed relaxed Poisson sampler, its arrival loop compiled if enabled."""
-        kernel = self._compiled_arrivals if u.device.type == "cpu" else None
-        if kernel is not None:
-            try:
-                return D.relaxed_poisson(u, temp, n_exp=n_exp, generator=generator, kernel=kernel)
-            except Exception as exc:  # noqa: BLE001 - compiler missing or broken: stay eager
-                warnings.warn(f"compiled sampler failed ({type(exc).__name__}: {exc}); using "
-                              "the eager step from now on", stacklevel=3)
-                self.disable_compile()
-        return D.relaxed_poisson(u, temp, n_exp=n_exp, generator=generator)
 
     # ------------------------------------------------------------------ one update
     def recon_grad(self, x: Tensor, z: Tensor) -> Tensor:
@@ -315,24 +303,22 @@ class IterativeVAE(nn.Module):
     def enable_compile(self, mode: str | None = None, **options) -> bool:
         """Run the deterministic parts of a step through torch.compile: the update (free-
         energy gradient and clamped steps) and the outputs (decode, NLL, KL, loss), forward
-        and backward, as fused kernels (Triton on GPU, C++/OpenMP on CPU), and on CPU the
-        relaxed Poisson sampler's arrival loop (`distributions.arrival_kernel`: one pass
-        over [B, K] per chunk of arrivals instead of ~10 per arrival).
+        and backward, as fused kernels (Triton on GPU, C++/OpenMP on CPU).
 
         Optional and guarded: returns False (and stays eager) where torch.compile is
         unavailable; if compiling or running a compiled part fails, the step warns once and
-        goes back to the eager path for good. The random draws stay eager (they keep the
-        generator's stream). eps, temp and beta enter as 0-dim tensors so that their
-        schedules do not trigger recompiles. mode: torch.compile's (e.g. "reduce-overhead"
-        for CUDA graphs on GPU; None = default).
+        goes back to the eager path for good. The samplers stay eager (their random draws
+        keep the generator's stream; on CPU the relaxed Poisson sampler's working set
+        shrinks as entries finish, which fixed-shape kernels cannot follow). eps, temp and
+        beta enter as 0-dim tensors so that their schedules do not trigger recompiles.
+        mode: torch.compile's (e.g. "reduce-overhead" for CUDA graphs on GPU; None =
+        default).
         """
         if not hasattr(torch, "compile"):
             return False
         try:
             self._compiled_update = torch.compile(_plain_update, mode=mode, **options)
             self._compiled_outputs = torch.compile(_plain_outputs, mode=mode, **options)
-            if self.is_poisson:
-                self._compiled_arrivals = torch.compile(D.arrival_kernel, mode=mode, **options)
         except Exception as exc:  # noqa: BLE001 - any failure means: stay eager
             warnings.warn(f"torch.compile unavailable ({exc}); the step stays eager", stacklevel=2)
             self.disable_compile()
@@ -340,7 +326,7 @@ class IterativeVAE(nn.Module):
         return True
 
     def disable_compile(self) -> None:
-        self._compiled_update = self._compiled_outputs = self._compiled_arrivals = None
+        self._compiled_update = self._compiled_outputs = None
 
     def _run_compiled(self, which: str, x: Tensor, components, *rest):
         """Call a compiled part with scalars as 0-dim tensors; None (and eager from now on)
