@@ -12,7 +12,8 @@ from fondtrain.model.vae import IterativeVAE, State
 
 B, M, K = 6, 16, 10
 TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
-ULPS = {torch.float32: 1e-6, torch.float64: 1e-14}  # a few units in the last place
+# sums of the same terms in another order or in other kernel lanes: rounding apart
+ROUNDING = {torch.float32: 1e-5, torch.float64: 1e-13}
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -42,8 +43,8 @@ def test_streamed_sampler_equals_explicit_noise_and_plain_autograd(monkeypatch, 
     u_ref = u.clone().requires_grad_(True)
     z_ref = D.relaxed_poisson_reference(u_ref, temp, noise.to(dtype))
     torch.testing.assert_close(z_stream, z_noise, rtol=0, atol=0)  # the same stream, bit for bit
-    ulps = ULPS[dtype]  # dropping entries moves them between torch's vector and scalar lanes
-    torch.testing.assert_close(z_dropping, z_noise, rtol=ulps, atol=ulps)
+    rounding = ROUNDING[dtype]  # dropping entries changes how their sums are rounded
+    torch.testing.assert_close(z_dropping, z_noise, rtol=rounding, atol=rounding)
     tol = TOL[dtype]
     torch.testing.assert_close(z_stream, z_ref, rtol=tol, atol=tol)
     grads = [torch.autograd.grad((weights * z).sum(), v)[0] for z, v in
@@ -51,7 +52,7 @@ def test_streamed_sampler_equals_explicit_noise_and_plain_autograd(monkeypatch, 
     scale = grads[3].abs().max()
     assert scale > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
-    torch.testing.assert_close(grads[2], grads[1], rtol=ulps, atol=ulps)
+    torch.testing.assert_close(grads[2], grads[1], rtol=rounding, atol=rounding)
     torch.testing.assert_close(grads[0] / scale, grads[3] / scale, rtol=tol, atol=tol)
 
 
@@ -60,8 +61,8 @@ def test_streamed_sampler_equals_explicit_noise_and_plain_autograd(monkeypatch, 
 def test_dropping_finished_entries_changes_no_bit(monkeypatch, dtype, temp: float):
     """`_sum_arrivals` drops entries whose later terms are exactly 0 and stops when none is
     left: on a sparse posterior (most rates tiny) it draws for far fewer entries, and its
-    sums equal those of the full loop (to the last bits: torch's CPU kernels may round an
-    entry differently in a vector lane and in the scalar tail, and dropping moves entries)."""
+    sums, taken in blocks of arrivals, equal those of the full one-at-a-time loop to
+    rounding."""
     n_exp, n = 40, 20000
     gen = _gen(21)
     u = torch.where(torch.rand(n, generator=gen) < 0.8, -8.0 + 3 * torch.rand(n, generator=gen),
@@ -71,16 +72,19 @@ def test_dropping_finished_entries_changes_no_bit(monkeypatch, dtype, temp: floa
     noise = D.exponential_noise(n_exp, torch.Size([n]), generator=gen).to(dtype)
     drawn = []
 
-    def draw(j, live):
-        drawn.append(n if live is None else live.numel())
-        return noise[j] if live is None else noise[j][live]
+    def draw(j, count, live):
+        drawn.extend([n if live is None else live.numel()] * count)
+        rows = noise[j:j + count]
+        return rows.clone() if live is None else rows[:, live]
 
     z, acc = D._sum_arrivals(draw, 1.0, n_exp, k, inv_temp, True)
     monkeypatch.setattr(D, "COMPACT_FRACTION", 2.0)
-    z_full, acc_full = D._sum_arrivals(lambda j, live: noise[j], 1.0, n_exp, k, inv_temp, True)
-    ulps = ULPS[dtype]
-    torch.testing.assert_close(z, z_full, rtol=ulps, atol=ulps)
-    torch.testing.assert_close(acc, acc_full, rtol=ulps, atol=ulps)
+    monkeypatch.setattr(D, "ARRIVAL_BLOCK", 1)  # one arrival at a time, every entry
+    z_full, acc_full = D._sum_arrivals(lambda j, count, live: noise[j:j + count].clone(), 1.0,
+                                       n_exp, k, inv_temp, True)
+    tol = ROUNDING[dtype]
+    torch.testing.assert_close(z, z_full, rtol=tol, atol=tol)
+    torch.testing.assert_close(acc, acc_full, rtol=tol, atol=tol)
     assert drawn[0] == n and sum(drawn) < 0.6 * n_exp * n, drawn  # working set per arrival
     assert drawn == sorted(drawn, reverse=True)
 

@@ -196,11 +196,21 @@ class WordStream:
 
     def __init__(self, generator=None):
         self._bits = np.random.SFC64(int(torch.randint(2**63 - 1, (), generator=generator)))
+        self._spare: np.int32 | None = None  # the second word of a draw not yet taken
 
     def take(self, count: int) -> Tensor:
-        """The next `count` words, int32 [count] (a draw gives two; an odd count drops one)."""
-        raw = self._bits.random_raw((count + 1) // 2)
-        return torch.from_numpy(raw.view(np.int32)[:count])
+        """The next `count` words, int32 [count]. A 64-bit draw gives two words; an odd
+        one left over starts the next take, so taking in parts does not change the words."""
+        head = None
+        if self._spare is not None and count:
+            head, self._spare = self._spare, None
+        need = count - (head is not None)
+        drawn = self._bits.random_raw((need + 1) // 2).view(np.int32)
+        if drawn.size > need:
+            self._spare, drawn = drawn[need], drawn[:need]
+        if head is not None:
+            drawn = np.concatenate([np.array([head], dtype=np.int32), drawn])
+        return torch.from_numpy(drawn)
 
 
 def log_uniform_(words: Tensor) -> Tensor:
@@ -248,13 +258,14 @@ class _RelaxedPoissonStream(torch.autograd.Function):
         if noise is None:
             stream = WordStream(generator)
 
-            def draw(j: int, live: Tensor | None) -> Tensor:  # log U: minus Exp(1)
-                return log_uniform_(stream.take(k.numel() if live is None else live.numel()))
+            def draw(j: int, count: int, live: Tensor | None) -> Tensor:  # log U: -Exp(1)
+                n = k.numel() if live is None else live.numel()
+                return log_uniform_(stream.take(count * n)).view(count, n)
             z, acc = _sum_arrivals(draw, -1.0, n_exp, k, inv_temp, need_grad)
         else:
-            def draw(j: int, live: Tensor | None) -> Tensor:  # Exp(1), a copy
-                row = noise[j].reshape(-1)
-                return row.clone() if live is None else row.index_select(0, live)
+            def draw(j: int, count: int, live: Tensor | None) -> Tensor:  # Exp(1), a copy
+                rows = noise[j:j + count].reshape(count, -1)
+                return rows.clone() if live is None else rows.index_select(1, live)
             z, acc = _sum_arrivals(draw, 1.0, n_exp, k, inv_temp, need_grad)
         if need_grad:
             ctx.save_for_backward(acc.view_as(u).mul_(k).mul_(exp_u / rate))
@@ -269,6 +280,9 @@ class _RelaxedPoissonStream(torch.autograd.Function):
 # Once at least this fraction of the entries still computed have finished (see
 # `_sum_arrivals`), the sampler drops them from its working set.
 COMPACT_FRACTION = 0.25
+# Values per block of arrivals in `_sum_arrivals` (1 MB of float32: about this machine's
+# L2 cache per core).
+ARRIVAL_BLOCK = 2**18
 
 
 def sigmoid_zero_below(dtype: torch.dtype) -> float:
@@ -281,64 +295,70 @@ def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
                   need_grad: bool) -> tuple[Tensor, Tensor | None]:
     """z = sum_j sigmoid(a_j) and acc = sum_j s_j (1 - s_j) S_j on CPU, flat [B K] each.
 
-    draw(j, live) gives arrival j's Exp(1) draws (sign 1) or log U (sign -1) for the
-    working set, in a new tensor: every entry of the flat [B K] when live is None, else
-    the entries `live` (indices into it).
+    draw(j, count, live) gives arrivals j .. j + count - 1 for the working set, a new
+    [count, n] tensor of Exp(1) draws (sign 1) or of log U (sign -1): every entry of the
+    flat [B K] when live is None, else the n entries `live` (indices into it). Arrivals
+    are taken a few at a time (about ARRIVAL_BLOCK values per block) so that each torch
+    call does a block's work: at these sizes the number of calls, not the arithmetic, is
+    much of the cost.
 
     An entry is finished once a_j = 1/tau - S_j k falls below `sigmoid_zero_below`: S_j
     only grows, so every later sigmoid(a) and s (1 - s) S of it is exactly 0 and adding
-    them changes nothing. So once a quarter of the working set has finished
-    it is dropped (most entries of a sparse posterior finish after an arrival or two: the
-    loop then runs, and draws, for the few active ones), and the loop ends when none is
-    left. Given the same draws per entry the result equals the sum over every arrival of
-    every entry (tested; to the last bit of rounding, as torch's CPU kernels may round an
-    entry differently in a vector lane and in the scalar tail). A freshly drawn stream
+    them changes nothing. So once a quarter of the working set has finished it is dropped
+    (most entries of a sparse posterior finish after an arrival or two: the loop then
+    runs, and draws, for the others), and the loop ends when none is left. Given the same
+    draws per entry the result equals the sum over every arrival of every entry to
+    rounding (tested: blocks add the same terms in another order). A freshly drawn stream
     draws for the working set only, which changes which numbers an entry gets but not
     their distribution: each arrival of an entry is still a fresh Exp(1) draw, and those
     it is not given would add exactly 0.
     """
-    # (This machine's caches make memory traffic the cost to watch: the first arrival
-    # initialises the state from its own buffers, and temporaries are reused in place.)
     k_live = k.reshape(-1)
     threshold = sigmoid_zero_below(k.dtype)
-    arrival = draw(0, None).to(k.dtype)  # S_1
-    if sign < 0:
-        arrival.neg_()
-    a = torch.addcmul(inv_temp, arrival, k_live, value=-1.0)
-    alive = a >= threshold
-    scratch, alive_scratch = torch.empty_like(a), torch.empty_like(alive)
-    z = a.sigmoid_()
-    acc = torch.addcmul(z, z, z, value=-1.0).mul_(arrival) if need_grad else None  # s (1 - s) S
-    z_out, acc_out = z, acc  # every entry's sums; z, acc: those of the working set
+    # signed arrival times A = sign * S: log U sums to -S without a negation pass
+    arrival = z = acc = None  # of the working set
+    z_out = acc_out = None  # of every entry, once the working set has shrunk
     live = None  # indices of the working set in the flat [B K]; None: every entry
-    for j in range(1, n_exp + 1):
-        n_alive = int(alive.sum())
-        if n_alive <= (1.0 - COMPACT_FRACTION) * alive.numel():
-            keep = alive.nonzero().squeeze(1)
-            if live is not None:  # write the working set back before shrinking it
-                z_out.index_copy_(0, live, z)
-                if need_grad:
-                    acc_out.index_copy_(0, live, acc)
-            live = keep if live is None else live.index_select(0, keep)
-            if n_alive == 0:
-                return z_out, acc_out
-            arrival, k_live, z = (t.index_select(0, keep) for t in (arrival, k_live, z))
-            if need_grad:
-                acc = acc.index_select(0, keep)
-        if j == n_exp:
-            break
-        arrival.add_(draw(j, live), alpha=sign)
-        a = torch.addcmul(inv_temp, arrival, k_live, value=-1.0, out=scratch[:arrival.numel()])
-        alive = torch.ge(a, threshold, out=alive_scratch[:a.numel()])
+    j = 0
+    while j < n_exp:
+        count = min(n_exp - j, max(1, ARRIVAL_BLOCK // k_live.numel()))
+        times = draw(j, count, live).to(k.dtype)
+        if arrival is not None:
+            times[0].add_(arrival)
+        times = torch.cumsum(times, 0, out=times)  # A_j .. A_{j+count-1}
+        a = torch.addcmul(inv_temp, times, k_live, value=-sign)  # 1/tau - S k
+        alive = a[-1] >= threshold
         sig = a.sigmoid_()
-        z.add_(sig)
+        z = sig.sum(0) if z is None else z.add_(sig.sum(0))
         if need_grad:
-            acc.addcmul_(sig.sub_(sig * sig), arrival)  # s (1 - s) S
-    if live is not None:
+            slope_times = sig.sub_(sig * sig).mul_(times)  # s (1 - s) A
+            acc = slope_times.sum(0) if acc is None else acc.add_(slope_times.sum(0))
+        arrival = times[-1]
+        j += count
+        n_alive = int(alive.sum())
+        if j == n_exp or n_alive > (1.0 - COMPACT_FRACTION) * alive.numel():
+            continue
+        if live is None:  # the working set's sums become every entry's
+            z_out, acc_out = z, acc
+        else:  # write the working set back before shrinking it
+            z_out.index_copy_(0, live, z)
+            if need_grad:
+                acc_out.index_copy_(0, live, acc)
+        if n_alive == 0:
+            live = None
+            break
+        keep = alive.nonzero().squeeze(1)
+        live = keep if live is None else live.index_select(0, keep)
+        arrival, k_live, z = (t.index_select(0, keep) for t in (arrival, k_live, z))
+        if need_grad:
+            acc = acc.index_select(0, keep)
+    if z_out is None:
+        z_out, acc_out = z, acc
+    elif live is not None:
         z_out.index_copy_(0, live, z)
         if need_grad:
             acc_out.index_copy_(0, live, acc)
-    return z_out, acc_out
+    return z_out, (acc_out.mul_(sign) if need_grad else None)
 
 
 def relaxed_poisson(u: Tensor, temp: float, noise: Tensor | None = None, n_exp: int | None = None,
