@@ -325,7 +325,8 @@ def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
         times = draw(j, count, live).to(k.dtype)
         if arrival is not None:
             times[0].add_(arrival)
-        times = torch.cumsum(times, 0, out=times)  # A_j .. A_{j+count-1}
+        for i in range(1, count):  # A_j .. A_{j+count-1}; row adds beat cumsum over dim 0
+            times[i].add_(times[i - 1])
         a = torch.addcmul(inv_temp, times, k_live, value=-sign)  # 1/tau - S k
         alive = a[-1] >= threshold
         sig = a.sigmoid_()
@@ -347,7 +348,7 @@ def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
         if n_alive == 0:
             live = None
             break
-        keep = alive.nonzero().squeeze(1)
+        keep = torch.from_numpy(np.flatnonzero(alive.numpy()))  # ~5x torch.nonzero here
         live = keep if live is None else live.index_select(0, keep)
         arrival, k_live, z = (t.index_select(0, keep) for t in (arrival, k_live, z))
         if need_grad:
