@@ -175,8 +175,8 @@ def exponential_noise(n_exp: int, shape: torch.Size, device=None, generator=None
 
 def vectorized_sampler(t: Tensor) -> bool:
     """Whether the relaxed Poisson sampler works on whole [n_exp, B, K] tensors (GPUs and
-    other accelerators: fewer kernel launches) rather than a few arrivals at a time in
-    [B, K] buffers (CPU: cache-resident, nothing of size n_exp materialised)."""
+    other accelerators: fewer kernel launches) rather than on cache-sized blocks of
+    arrivals for the entries not yet finished (CPU: `_sum_arrivals`)."""
     return t.device.type != "cpu"
 
 
@@ -227,10 +227,11 @@ class _RelaxedPoissonStream(torch.autograd.Function):
     """z = sum_j sigmoid((1 - S_j / r) / tau), r = exp(u) + eps, S_j unit-rate arrivals.
 
     The arrivals come from the given Exp(1) noise [n_exp, B, K] or, with noise None, from
-    n_exp fresh draws of the generator (the stream `exponential_noise` draws). Forward
-    accumulates the sample and its derivative dz/du together, so no [n_exp, B, K]
-    intermediate is kept: backward keeps one [B, K] tensor. The result and gradient equal
-    those of the plain autograd expression (tested).
+    n_exp fresh draws of the generator (on CPU only for entries whose later arrivals can
+    still add anything: `_sum_arrivals`). Forward accumulates the sample and its
+    derivative dz/du together, so no [n_exp, B, K] intermediate is kept: backward keeps
+    one [B, K] tensor. The result and gradient equal those of the plain autograd
+    expression (tested).
 
     With a_j = (1 - S_j / r) / tau = 1/tau - S_j k, k = 1 / (r tau):
     dz/du = sum_j s_j (1 - s_j) S_j * k e^u / r, s_j = sigmoid(a_j).
