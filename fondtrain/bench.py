@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,7 +51,6 @@ PRESETS = ("ipvae", "igvae", "igrelu")
 # The reference's vH16 processed.npy patch count is stated neither in its code nor its
 # README; the projection uses this many training patches unless --n_train is given.
 ASSUMED_N_TRAIN = 1_000_000
-TRAIN_TEMP = {"ipvae": 0.5, "igvae": 1.0, "igrelu": 1.0}  # mid-anneal; cost does not depend on it
 EVAL_TEMP = {"ipvae": 0.0, "igvae": 1.0, "igrelu": 1.0}
 
 
@@ -75,6 +74,13 @@ class BenchSettings:
     seed: int = 0
     compile: bool = False  # also time the cycle with model.enable_compile() (torch.compile)
     compile_mode: str | None = None  # e.g. "reduce-overhead": CUDA graphs on GPU
+    # Poisson training temperature of the cycles (Gaussian: 1). The reference's sampler
+    # costs the same at any; fondtrain's CPU sampler less where entries finish early
+    # (low rates, low temperature).
+    train_temp: float = 0.5
+    # a fondtrain run or checkpoint: time its trained parameters (and n_exp) instead of a
+    # fresh initialisation; sizes and preset come from it
+    checkpoint: str | None = None
     results: dict = field(default_factory=dict)
 
 
@@ -122,6 +128,44 @@ def matmul_limit(batch: int, input_dim: int, n_latents: int, n_steps: int, per_s
 
 
 # ----------------------------------------------------------------------------- fondtrain
+def train_temp(preset: str, s: BenchSettings) -> float:
+    return s.train_temp if preset == "ipvae" else 1.0
+
+
+def use_checkpoint(s: BenchSettings) -> BenchSettings:
+    """The settings with the preset and sizes of `s.checkpoint`'s model (no change without)."""
+    if not s.checkpoint:
+        return s
+    from fondtrain.train.checkpoint import load_model
+
+    model, _ = load_model(s.checkpoint)
+    c = model.config
+    return replace(s, presets=(c.preset,), input_dim=c.input_dim, n_latents=c.n_latents,
+                   t_train=c.t_train)
+
+
+def paired_models(preset: str, s: BenchSettings, device: torch.device):
+    """(fondtrain model, reference model or None, reference namespace or None) with the
+    same parameters: the reference's initialisation (n_exp = s.n_exp in both), or with a
+    checkpoint its trained parameters and per-step n_exp in both."""
+    ref_model = ref = None
+    if not s.checkpoint:
+        if s.reference_dir:
+            ref_model, ref = reference_setup(s, preset, device)
+        return fondtrain_model(preset, s, ref_model, device), ref_model, ref
+    from fondtrain.train.checkpoint import load_model
+
+    ours = load_model(s.checkpoint)[0].train().to(device)
+    if s.reference_dir:
+        ref_model, ref = reference_setup(s, preset, device)
+        ref_model.load_state_dict({**ref_model.state_dict(), **upstream.state_dict_to_upstream(ours)})
+        if ours.is_poisson:  # per step; a longer schedule repeats the last value
+            n_exp, theirs = ref_model.layer.n_exp, ours.n_exp.to(ref_model.layer.n_exp)
+            n_exp.fill_(int(theirs[-1]))
+            n_exp[: len(theirs)] = theirs[: len(n_exp)]
+    return ours, ref_model, ref
+
+
 def fondtrain_model(preset: str, s: BenchSettings, ref_model=None,
                     device: torch.device | None = None) -> IterativeVAE:
     cfg = ModelConfig(preset=preset, input_dim=s.input_dim, n_latents=s.n_latents,
@@ -141,7 +185,7 @@ def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings) -> C
     """One training cycle as train/loop.py runs it (one process, no accumulation)."""
     opt = torch.optim.Adamax(model.parameters(), lr=5e-3, betas=(0.9, 0.999), eps=1e-8,
                              weight_decay=3e-4)
-    temp = TRAIN_TEMP[model.config.preset]
+    temp = train_temp(model.config.preset, s)
     beta = model.config.beta_outer
 
     def run() -> None:
@@ -204,7 +248,7 @@ def reference_cycle(model, ref, x: torch.Tensor, s: BenchSettings) -> Callable[[
     preset = "ipvae" if model.cfg.type == "poisson" else "igvae"
     optim = ref.Adamax(model.parameters(), lr=5e-3, betas=(0.9, 0.999), eps=1e-8,
                        weight_decay=3e-4)
-    temp = TRAIN_TEMP[preset]
+    temp = train_temp(preset, s)
     beta = model.cfg.beta_outer
     scale = 256.0 / float(math.prod(model.cfg.input_sz))
     t_train = model.cfg.t_train
@@ -279,10 +323,7 @@ def bench_speed(s: BenchSettings, log=print) -> dict:
     x = _inputs(s, device)
     out: dict = {}
     for preset in s.presets:
-        ref_model = ref = None
-        if s.reference_dir:
-            ref_model, ref = reference_setup(s, preset, device)
-        ours = fondtrain_model(preset, s, ref_model, device)
+        ours, ref_model, ref = paired_models(preset, s, device)
         cases = {
             "limit_cycle": matmul_limit(s.batch_size, s.input_dim, s.n_latents, s.t_train, 9, device),
             "fondtrain_cycle": fondtrain_cycle(ours, x, s),
@@ -294,7 +335,7 @@ def bench_speed(s: BenchSettings, log=print) -> dict:
             # one compiled model per process in training; here presets follow each other,
             # so start each from an empty dynamo cache (no recompile limit across models)
             torch._dynamo.reset()
-            compiled = fondtrain_model(preset, s, ref_model, device)
+            compiled = paired_models(preset, s, device)[0]
             if compiled.enable_compile(s.compile_mode):
                 first = fondtrain_cycle(compiled, x, s)
                 start = time.perf_counter()
@@ -307,14 +348,13 @@ def bench_speed(s: BenchSettings, log=print) -> dict:
         log(f"[{preset}] training cycle ({len(cases)} candidates x {s.repeats} rounds)")
         cycle = interleaved(cases, s.repeats)
         # evaluation: fresh copies of the same starting parameters
-        ours_eval = fondtrain_model(preset, s, ref_model, device)
+        ours_eval, ref_eval, _ = paired_models(preset, s, device)
         cases = {
             "limit_eval": matmul_limit(s.batch_size, s.input_dim, s.n_latents, s.eval_steps, 3, device),
             "fondtrain_eval": fondtrain_eval_every_step(ours_eval, x, s.eval_steps),
             "fondtrain_eval_log_grid": fondtrain_eval_log_grid(ours_eval, x, s.eval_steps),
         }
-        if ref_model is not None:
-            ref_eval, _ = reference_setup(s, preset, device)
+        if ref_eval is not None:
             cases["reference_eval"] = reference_eval(ref_eval, x, s.eval_steps)
         log(f"[{preset}] {s.eval_steps} evaluation steps ({len(cases)} candidates x "
             f"{s.repeats} rounds)")
@@ -546,8 +586,12 @@ def run(s: BenchSettings, out: str | None = None, log=print) -> dict:
         from fondtrain.bench_reference import load_reference
 
         load_reference(s.reference_dir)  # fail early on a wrong path
+    if s.checkpoint:  # its sizes; figures about other sizes or processes do not apply
+        s = replace(use_checkpoint(s), scaling=False, processes=(), memory=False)
+    n_exp = "the checkpoint's" if s.checkpoint else s.n_exp
     log(f"fondtrain bench: B={s.batch_size} M={s.input_dim} K={s.n_latents} "
-        f"t_train={s.t_train} n_exp={s.n_exp}, eval {s.eval_steps} steps, {s.repeats} rounds, "
+        f"t_train={s.t_train} n_exp={n_exp}, Poisson training temperature {s.train_temp}, "
+        f"eval {s.eval_steps} steps, {s.repeats} rounds, "
         f"{torch.get_num_threads()} thread(s), device {_device()}, torch {torch.__version__}")
     results: dict = {"settings": {k: v for k, v in asdict(s).items() if k != "results"},
                      "threads": torch.get_num_threads(), "device": str(_device()),
@@ -572,8 +616,10 @@ def markdown(results: dict) -> str:
     """The figures of `run` as Markdown tables (for benchmarks/RESULTS.md)."""
     s = results["settings"]
     ms = lambda v: f"{1e3 * v:,.0f}"  # noqa: E731
+    n_exp = f"the checkpoint's ({s['checkpoint']})" if s.get("checkpoint") else s["n_exp"]
     lines = [f"B={s['batch_size']}, M={s['input_dim']}, K={s['n_latents']}, t_train={s['t_train']}, "
-             f"n_exp={s['n_exp']}; {results['threads']} thread(s), {results['device']}, "
+             f"n_exp={n_exp}, Poisson training temperature {s.get('train_temp', 0.5)}; "
+             f"{results['threads']} thread(s), {results['device']}, "
              f"torch {results['torch']}; medians of {s['repeats']} interleaved rounds.", "",
              "| preset | cycle ms | samples/s | matmul limit ms | x limit | reference cycle ms "
              "| ref x limit | speed-up | projected run h (ref) |",

@@ -70,7 +70,8 @@ class FondtrainCLI:
               eval_steps: int = 1000, repeats: int = 3, n_exp: int = 10, threads: int = 0,
               quick: bool = False, scaling: bool = True, processes: str = "1,2",
               memory: bool = True, n_train: int = 0, epochs: int = 300,
-              compile: bool = False, out: str | None = None) -> None:
+              compile: bool = False, train_temp: float = 0.5, checkpoint: str | None = None,
+              out: str | None = None) -> None:
         """Time training cycles and T-step evaluation (vH16 sizes) against the machine's
         matrix-product limit and, with --reference_dir, the reference implementation.
 
@@ -91,7 +92,12 @@ class FondtrainCLI:
             n_train: training samples per epoch for the projected run time (0: assumed 1e6).
             epochs: epochs of the projected run (vH16: 300).
             compile: also time cycles with the state update under torch.compile.
-            out: write every figure as JSON here.
+            train_temp: Poisson training temperature of the cycles (the schedule anneals it
+                from 1 to 0.01); fondtrain's CPU sampler is cheaper where entries finish early.
+            checkpoint: a fondtrain run or checkpoint: time its trained parameters and n_exp
+                (both implementations) at its sizes instead of a fresh initialisation
+                (skips the scaling, process and memory figures).
+            out: write every figure as JSON here (or Markdown tables: a path ending in .md).
         """
         from fondtrain import bench
 
@@ -104,7 +110,8 @@ class FondtrainCLI:
             n_latents=n_latents, t_train=t_train, eval_steps=eval_steps, repeats=repeats,
             n_exp=n_exp, reference_dir=reference_dir, threads=threads, scaling=scaling,
             processes=tuple(int(p) for p in as_tuple(processes)), memory=memory,
-            n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs, compile=compile)
+            n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs, compile=compile,
+            train_temp=train_temp, checkpoint=checkpoint)
         if quick:
             s.repeats, s.eval_steps = min(repeats, 2), min(eval_steps, 200)
             s.scaling, s.processes = False, ()

@@ -34,3 +34,32 @@ def test_memory_job_counts_saved_tensors():
     s = bench.BenchSettings(batch_size=8, input_dim=16, n_latents=12, t_train=3, n_exp=4)
     r = bench._memory_job("fondtrain", "ipvae", s)
     assert r["saved_mb"] > 0 and r["peak_mb"] >= 0
+
+
+def test_bench_times_a_checkpoint_at_its_sizes(tmp_path):
+    """--checkpoint: the trained model's preset, sizes and n_exp, as Markdown tables."""
+    from safetensors.torch import save_file
+
+    from fondtrain.config import ModelConfig, RunConfig, save_yaml
+    from fondtrain.model.vae import IterativeVAE
+
+    config = RunConfig(model=ModelConfig(preset="ipvae", input_dim=9, n_latents=5, t_train=2))
+    model = IterativeVAE(config.model)
+    model.set_n_exp([3.0, 0.2])  # n_exp = quantiles 9 and 2
+    ckpt = tmp_path / "run" / "ckpt" / "step-00000001"
+    ckpt.mkdir(parents=True)
+    save_yaml(config, tmp_path / "run" / "config.yaml")
+    save_file(model.state_dict(), str(ckpt / "model.safetensors"))
+    (ckpt / "COMPLETE").write_text("1\n")
+    s = bench.BenchSettings(batch_size=4, eval_steps=3, repeats=1, n_train=100, epochs=1,
+                            checkpoint=str(tmp_path / "run"), train_temp=0.05)
+    out = tmp_path / "bench.md"
+    lines: list[str] = []
+    results = bench.run(s, str(out), log=lines.append)
+    assert list(results["speed"]) == ["ipvae"]
+    assert results["settings"]["n_latents"] == 5 and results["settings"]["input_dim"] == 9
+    assert "scaling" not in results and "processes" not in results and "memory_mb" not in results
+    ours = bench.paired_models("ipvae", bench.use_checkpoint(s), bench._device())[0]
+    assert ours.n_exp.tolist() == model.n_exp.tolist() and ours.training
+    text = out.read_text()
+    assert "K=5" in text and "temperature 0.05" in text and "| ipvae |" in text
