@@ -550,6 +550,9 @@ def bench_processes(s: BenchSettings, log=print) -> dict:
 def _ddp_job(s: BenchSettings) -> dict:
     from accelerate import Accelerator
 
+    from fondtrain.train.backends import quiet_deepspeed_on_cpu
+
+    quiet_deepspeed_on_cpu()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     world = accelerator.num_processes
     if s.batch_size % world:

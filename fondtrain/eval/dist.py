@@ -19,6 +19,10 @@ class Ranks:
         from accelerate import PartialState
         from accelerate.utils import parse_flag_from_env
 
+        from fondtrain.train.backends import quiet_deepspeed_on_cpu
+
+        quiet_deepspeed_on_cpu()
+
         # Accelerate treats several CPU processes as one world only when told cpu=True
         # (Accelerator reads ACCELERATE_USE_CPU itself; PartialState does not).
         cpu = (str(device) == "cpu" if device is not None else False) or \

@@ -65,6 +65,7 @@ DEFAULT_DEEPSPEED_CONFIG: dict[str, Any] = {
 def make_backend(config: RunConfig):
     """An `accelerate.Accelerator` or a `DeepSpeedBackend`, by `config.train.backend`."""
     tc = config.train
+    quiet_deepspeed_on_cpu()
     if tc.backend == "deepspeed":
         return DeepSpeedBackend(config)
     from accelerate import Accelerator
@@ -72,6 +73,14 @@ def make_backend(config: RunConfig):
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     _check_mixed_precision(tc.mixed_precision, accelerator.device)
     return accelerator
+
+
+def quiet_deepspeed_on_cpu() -> None:
+    """Without CUDA, tell DeepSpeed (which Accelerate consults when it is installed) that
+    the accelerator is the CPU, instead of letting it warn on every run that it found no
+    GPU. A DS_ACCELERATOR the user set is kept."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def clip_and_step(accelerator, model, optimizer, max_norm: float):
