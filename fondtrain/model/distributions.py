@@ -269,7 +269,7 @@ class _RelaxedPoissonStream(torch.autograd.Function):
                 return rows.clone() if live is None else rows.index_select(1, live)
             z, acc = _sum_arrivals(draw, 1.0, n_exp, k, inv_temp, need_grad)
         if need_grad:
-            ctx.save_for_backward(acc.view_as(u).mul_(k).mul_(exp_u / rate))
+            ctx.save_for_backward(acc.view_as(u).mul_(k).mul_(exp_u).div_(rate))
         return z.view_as(u)
 
     @staticmethod
