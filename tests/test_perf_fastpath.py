@@ -89,6 +89,19 @@ def test_dropping_finished_entries_changes_no_bit(monkeypatch, dtype, temp: floa
     assert drawn == sorted(drawn, reverse=True)
 
 
+@pytest.mark.parametrize("use_noise", [False, True])
+def test_sampler_of_no_arrivals_is_zero(use_noise: bool):
+    """n_exp is 0 for a step whose largest rate is below ~1e-3 (the 0.999 quantile of its
+    Poisson): the sample and its gradient are then 0, as the plain expression says."""
+    assert D.n_exp_for_rate(1e-4) == 0
+    u = torch.full((B, K), -9.0, requires_grad=True)
+    noise = D.exponential_noise(0, u.shape, generator=_gen(0)) if use_noise else None
+    assert noise is None or noise.shape == (0, B, K)
+    z = D.relaxed_poisson(u, 0.5, noise, n_exp=0, generator=_gen(0))
+    z.sum().backward()
+    assert torch.equal(z, torch.zeros(B, K)) and torch.equal(u.grad, torch.zeros(B, K))
+
+
 def test_streamed_sampler_without_grad_and_needs_noise_or_length():
     u = torch.zeros(B, K)
     with torch.no_grad():

@@ -168,7 +168,7 @@ def exponential_noise(n_exp: int, shape: torch.Size, device=None, generator=None
     if device.type == "cpu":
         stream, numel = WordStream(generator), math.prod(shape)
         rows = [log_uniform_(stream.take(numel)).view(shape) for _ in range(n_exp)]
-        return torch.stack(rows).neg_()
+        return torch.stack(rows).neg_() if rows else torch.empty((0, *shape))
     noise = torch.empty((n_exp, *shape), device=device)
     return noise.uniform_(generator=generator).neg_().log1p_().neg_()
 
@@ -315,6 +315,8 @@ def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
     it is not given would add exactly 0.
     """
     k_live = k.reshape(-1)
+    if n_exp == 0:  # the n_exp of a step whose rates are all below ~1e-3
+        return torch.zeros_like(k_live), (torch.zeros_like(k_live) if need_grad else None)
     threshold = sigmoid_zero_below(k.dtype)
     # signed arrival times A = sign * S: log U sums to -S without a negation pass
     arrival = z = acc = None  # of the working set
