@@ -324,7 +324,7 @@ def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
     live = None  # indices of the working set in the flat [B K]; None: every entry
     j = 0
     while j < n_exp:
-        count = min(n_exp - j, max(1, ARRIVAL_BLOCK // k_live.numel()))
+        count = min(n_exp - j, max(1, ARRIVAL_BLOCK // max(1, k_live.numel())))
         times = draw(j, count, live).to(k.dtype)
         if arrival is not None:
             times[0].add_(arrival)
