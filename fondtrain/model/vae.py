@@ -225,8 +225,9 @@ class IterativeVAE(nn.Module):
         """g_rec = -a'(z) * (W^T ((x - W a(z)) / sigma_dec^2)), the gradient of the
         reconstruction loss w.r.t. z (SPEC 3.2). x [B, M], z [B, K] -> [B, K]."""
         inv_var = torch.exp(-2.0 * self.dec_log_sigma_effective())
-        error = (x - self.decode(z)) * inv_var
-        grad = -(error @ self.W)
+        # (W a(z) - x) carries the minus sign: bit for bit -(x - W a(z)), one pass less
+        error = (self.decode(z) - x) * inv_var
+        grad = error @ self.W
         deriv = self.activation_derivative(z)
         return grad if deriv is None else grad * deriv
 
