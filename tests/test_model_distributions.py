@@ -333,6 +333,38 @@ def test_exact_poisson_sampler_moments(rate: float):
     _check_moments(z, rate, rate, rate)
 
 
+@pytest.mark.parametrize("rate", [1e-4, 0.01, 0.0999, 0.3])
+def test_exact_poisson_frequencies_of_sparse_and_dense_posteriors(rate: float):
+    """Counts 0..3 as often as the Poisson pmf says (scipy), with another rate (0.05) in
+    every other entry: all rates <= QUIET_RATE take the sparse sampler, 0.3 torch.poisson."""
+    n = 400_000
+    gen = torch.Generator().manual_seed(int(rate * 1e4) + 3)
+    u = torch.full((n,), math.log(rate), dtype=torch.float64)
+    u[::2] = math.log(0.05)
+    z = D.exact_poisson(u, gen).numpy()
+    for values, r in ((z[1::2], rate), (z[::2], 0.05)):
+        m = values.size
+        for k in range(4):
+            p = sp_poisson.pmf(k, r)
+            observed = float(np.mean(values == k))
+            assert abs(observed - p) < 5 * math.sqrt(p * (1 - p) / m) + 1e-12, (r, k, observed, p)
+
+
+def test_sparse_poisson_is_seeded_and_draws_little():
+    u = torch.log(torch.rand(200, 500, generator=torch.Generator().manual_seed(0)) * 0.02)
+    a = D.exact_poisson(u, torch.Generator().manual_seed(1))
+    b = D.exact_poisson(u, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.dtype == torch.float32 and a.shape == u.shape
+    assert float(a.sum()) == pytest.approx(float(torch.exp(u).sum()), rel=0.1)
+    rng = np.random.Generator(np.random.SFC64(0))
+    picked = D._bernoulli_positions(100_000, 0.02, rng)
+    assert np.all(np.diff(picked) > 0) and 1_700 < picked.size < 2_300  # ~p n of them
+    hits = np.zeros(5)  # every position, the first and last included, with probability p
+    for _ in range(4000):
+        hits[D._bernoulli_positions(5, 0.3, rng)] += 1
+    np.testing.assert_allclose(hits / 4000, 0.3, atol=5 * math.sqrt(0.3 * 0.7 / 4000))
+
+
 def test_poisson_rate_has_float32_floor():
     r = D.poisson_rate(torch.tensor([-float("inf"), 0.0]))
     assert float(r[0]) == torch.finfo(torch.float32).eps

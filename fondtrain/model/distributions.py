@@ -392,9 +392,70 @@ def relaxed_poisson_reference(u: Tensor, temp: float, noise: Tensor) -> Tensor:
 
 
 def exact_poisson(u: Tensor, generator=None) -> Tensor:
-    """Exact Poisson count at tau = 0 (evaluation); no gradient. [B, K] -> [B, K]."""
+    """Exact Poisson count at tau = 0 (evaluation); no gradient. [B, K] -> [B, K].
+
+    torch.poisson, except on CPU when every rate is at most QUIET_RATE (a sparse
+    posterior, e.g. early in training): then `_sparse_poisson` draws for ~p of the
+    entries instead of all of them.
+    """
     with torch.no_grad():
-        return torch.poisson(poisson_rate(u), generator=generator)
+        rate = poisson_rate(u)
+        if rate.device.type == "cpu" and rate.numel() and float(rate.max()) <= QUIET_RATE:
+            return _sparse_poisson(rate, generator)
+        return torch.poisson(rate, generator=generator)
+
+
+# Largest rate for `_sparse_poisson`: its cost grows with it, torch.poisson's hardly.
+QUIET_RATE = 0.1
+
+
+def _sparse_poisson(rate: Tensor, generator=None) -> Tensor:
+    """Exact Poisson(rate) counts for small rates (CPU): count >= 1 has probability
+    q = 1 - e^{-r} <= p = 1 - e^{-max r}, so candidates are picked with probability p by
+    geometric skips (a Bernoulli(p) sequence: ~p n draws instead of n), a candidate is kept
+    with probability q / p (thinning: together exactly Bernoulli(q)), and a kept one gets
+    its count from Poisson(r) conditioned on >= 1, by inversion. In float64 from a numpy
+    stream seeded by `generator`: as exact as torch.poisson."""
+    flat = rate.reshape(-1)
+    counts = torch.zeros_like(flat)
+    rng = np.random.Generator(np.random.SFC64(int(torch.randint(2**63 - 1, (), generator=generator))))
+    p = -math.expm1(-float(flat.max()))
+    candidates = _bernoulli_positions(flat.numel(), p, rng)
+    r = flat.numpy()[candidates].astype(np.float64)
+    kept = rng.random(candidates.size) * p < -np.expm1(-r)  # probability q / p
+    if kept.any():
+        values = _zero_truncated_poisson(r[kept], rng)
+        counts[torch.from_numpy(candidates[kept])] = torch.from_numpy(values).to(counts.dtype)
+    return counts.view_as(rate)
+
+
+def _bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarray:
+    """The indices in [0, n) of the successes of n independent Bernoulli(p) trials, drawn
+    as geometric gaps (about p n draws)."""
+    found, start = [np.empty(0, dtype=np.int64)], 0
+    while start < n and p > 0:
+        batch = int(p * (n - start) + 6.0 * math.sqrt(p * (n - start)) + 16)
+        positions = start - 1 + np.cumsum(rng.geometric(p, size=batch))
+        found.append(positions[positions < n])
+        start = int(positions[-1]) + 1
+    return np.concatenate(found)
+
+
+def _zero_truncated_poisson(r: np.ndarray, rng: np.random.Generator, max_count: int = 60) -> np.ndarray:
+    """Poisson(r) conditioned on >= 1, by inversion: the smallest k >= 1 whose conditional
+    cdf reaches a uniform draw. r float64 [n], at most QUIET_RATE (P(count > 60) < 1e-100)."""
+    target = rng.random(r.size) * -np.expm1(-r)  # U (1 - e^{-r}): the cdf unnormalised
+    term = r * np.exp(-r)  # P(X = 1)
+    cdf = term.copy()
+    count = np.ones_like(r)
+    for k in range(2, max_count + 1):
+        more = target > cdf
+        if not more.any():
+            break
+        count += more
+        term = term * r / k
+        cdf = cdf + term
+    return count
 
 
 def poisson_kl(u: Tensor, u_prior: Tensor, form: str = "reference") -> Tensor:
