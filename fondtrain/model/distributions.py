@@ -63,10 +63,10 @@ class _PoissonStateStep(torch.autograd.Function):
     def forward(ctx, value: Tensor, grad: Tensor, log_lr: Tensor, c_du, c_u) -> Tensor:
         lr = torch.exp(log_lr)
         step_raw = grad * (-lr)
-        new_raw = value + poisson_clamp(step_raw, c_du)
+        new_raw = _poisson_clamp_fresh(torch.clamp(step_raw, min=POISSON_FLOOR), c_du).add_(value)
         ctx.save_for_backward(step_raw, new_raw, lr)
         ctx.c = (c_du, c_u)
-        return poisson_clamp(new_raw, c_u)
+        return _poisson_clamp_fresh(torch.clamp(new_raw, min=POISSON_FLOOR), c_u)
 
     @staticmethod
     def backward(ctx, grad_new: Tensor):
@@ -81,6 +81,13 @@ class _PoissonStateStep(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_log_lr = (grad_step * step_raw).sum().reshape(lr.shape)
         return grad_value, grad_grad, grad_log_lr, None, None
+
+
+def _poisson_clamp_fresh(floored: Tensor, c) -> Tensor:
+    """c - softplus(c - floored), reusing the buffers of `floored` (a tensor of the
+    caller's own, already max(v, -8)) and of the softplus: (-t) + c is c - t bit for bit,
+    without the two allocations of `poisson_clamp` (that one stays for autograd)."""
+    return F.softplus(floored.neg_().add_(c)).neg_().add_(c)
 
 
 def _upper_slope(v: Tensor, c) -> Tensor:
