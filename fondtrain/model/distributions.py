@@ -104,10 +104,11 @@ class _SymStateStep(torch.autograd.Function):
     def forward(ctx, value: Tensor, grad: Tensor, log_lr: Tensor, c_du, c_u) -> Tensor:
         lr = torch.exp(log_lr)
         step_raw = grad * (-lr)
-        tanh_step = torch.tanh(step_raw / c_du)
-        tanh_new = torch.tanh((value + c_du * tanh_step) / c_u)
+        tanh_step = (step_raw / c_du).tanh_()
+        # in place on fresh buffers; the same operations as (value + c_du tanh_step) / c_u
+        tanh_new = (tanh_step * c_du).add_(value).div_(c_u).tanh_()
         ctx.save_for_backward(step_raw, tanh_step, tanh_new, lr)
-        return c_u * tanh_new
+        return tanh_new * c_u
 
     @staticmethod
     def backward(ctx, grad_new: Tensor):
