@@ -193,17 +193,23 @@ _ONE = 0x3F800000  # the bit pattern of 1.0f
 _JUST_BELOW_ONE = 1.0 - 2.0**-24  # f - this is exact (Sterbenz) for f in [1, 2)
 
 
+def numpy_bits(generator=None) -> np.random.SFC64:
+    """A numpy SFC64 bit generator seeded with one 63-bit draw from `generator` (torch's
+    default generator when None): the CPU samplers' random numbers stay a function of the
+    torch generator's state, so seeds, checkpoints and resumed runs replay them."""
+    return np.random.SFC64(int(torch.randint(2**63 - 1, (), generator=generator)))
+
+
 class WordStream:
     """Random int32 words for the CPU samplers, taken in any amounts, in order.
 
-    A numpy SFC64 bit generator, seeded with one 63-bit draw from `generator` (torch's
-    default generator when None): raw words cost ~4x less than torch's CPU Mersenne
-    twister uniforms, and the stream is still a function of the torch generator's state,
-    so seeds, checkpoints and resumed runs replay it exactly. One stream per sample.
+    Raw words of `numpy_bits(generator)`: ~4x cheaper than torch's CPU Mersenne twister
+    uniforms, and still replayed exactly from the torch generator's state. One stream
+    per sample.
     """
 
     def __init__(self, generator=None):
-        self._bits = np.random.SFC64(int(torch.randint(2**63 - 1, (), generator=generator)))
+        self._bits = numpy_bits(generator)
         self._spare: np.int32 | None = None  # the second word of a draw not yet taken
 
     def take(self, count: int) -> Tensor:
@@ -260,11 +266,9 @@ class _RelaxedPoissonStream(torch.autograd.Function):
                 noise = exponential_noise(n_exp, u.shape, u.device, generator)
             arrivals = torch.cumsum(noise.to(u.dtype), dim=0)
             sig = torch.sigmoid(inv_temp - arrivals * k)
-            if need_grad:
-                dz_du = (sig * (1.0 - sig) * arrivals).sum(0)
-                ctx.save_for_backward(dz_du.mul_(k).mul_(exp_u / rate))
-            return sig.sum(0)
-        if noise is None:
+            z = sig.sum(0)
+            acc = (sig * (1.0 - sig) * arrivals).sum(0) if need_grad else None
+        elif noise is None:
             stream = WordStream(generator)
 
             def draw(j: int, count: int, live: Tensor | None) -> Tensor:  # log U: -Exp(1)
@@ -426,7 +430,7 @@ def _sparse_poisson(rate: Tensor, generator=None) -> Tensor:
     stream seeded by `generator`: as exact as torch.poisson."""
     flat = rate.reshape(-1)
     counts = torch.zeros_like(flat)
-    rng = np.random.Generator(np.random.SFC64(int(torch.randint(2**63 - 1, (), generator=generator))))
+    rng = np.random.Generator(numpy_bits(generator))
     p = -math.expm1(-float(flat.max()))
     candidates = _bernoulli_positions(flat.numel(), p, rng)
     r = flat.numpy()[candidates].astype(np.float64)
