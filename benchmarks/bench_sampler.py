@@ -81,7 +81,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if a.checkpoint:
-        from fondtrain.train.checkpoint import load_model
+        from fondtrain.run_files import load_model
 
         model = load_model(a.checkpoint)[0]
     else:

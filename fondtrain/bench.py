@@ -136,7 +136,7 @@ def use_checkpoint(s: BenchSettings) -> BenchSettings:
     """The settings with the preset and sizes of `s.checkpoint`'s model (no change without)."""
     if not s.checkpoint:
         return s
-    from fondtrain.train.checkpoint import load_model
+    from fondtrain.run_files import load_model
 
     model, _ = load_model(s.checkpoint)
     c = model.config
@@ -153,7 +153,7 @@ def paired_models(preset: str, s: BenchSettings, device: torch.device):
         if s.reference_dir:
             ref_model, ref = reference_setup(s, preset, device)
         return fondtrain_model(preset, s, ref_model, device), ref_model, ref
-    from fondtrain.train.checkpoint import load_model
+    from fondtrain.run_files import load_model
 
     ours = load_model(s.checkpoint)[0].train().to(device)
     if s.reference_dir:
@@ -550,7 +550,7 @@ def bench_processes(s: BenchSettings, log=print) -> dict:
 def _ddp_job(s: BenchSettings) -> dict:
     from accelerate import Accelerator
 
-    from fondtrain.train.backends import quiet_deepspeed_on_cpu
+    from fondtrain.runtime import quiet_deepspeed_on_cpu
 
     quiet_deepspeed_on_cpu()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

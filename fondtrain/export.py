@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from fondtrain import run_files
 from fondtrain.config import RunConfig, save_yaml
 from fondtrain.errors import UserError
-from fondtrain.train import checkpoint as ckpt
 
 FORMATS = ("safetensors", "upstream")
 
@@ -25,7 +25,7 @@ def export_model(source: str, out: str, format: str = "safetensors") -> Path:
     """
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}: choose safetensors or upstream.")
-    model, config = ckpt.load_model(source)
+    model, config = run_files.load_model(source)
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty: choose a new --out folder.")
@@ -33,7 +33,7 @@ def export_model(source: str, out: str, format: str = "safetensors") -> Path:
         staging = Path(tmp)
         if format == "safetensors":
             save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                      str(staging / ckpt.MODEL_FILE))
+                      str(staging / run_files.MODEL_FILE))
             save_yaml(config or RunConfig(model=model.config), staging / "config.yaml")
         else:
             from fondtrain.model.upstream import state_dict_to_upstream
@@ -61,11 +61,11 @@ def import_upstream(path: str, out: str) -> Path:
     config.train.name = run_dir.name
     staging = run_dir.parent / f".tmp-import-{run_dir.name}"
     shutil.rmtree(staging, ignore_errors=True)
-    step = ckpt.step_dir(staging / "ckpt", 0)
+    step = run_files.step_dir(staging / "ckpt", 0)
     step.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(step / ckpt.MODEL_FILE))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(step / run_files.MODEL_FILE))
     save_yaml(config, step / "config.yaml")
     save_yaml(config, staging / "config.yaml")
-    (step / ckpt.COMPLETE).write_text("0\n")
+    (step / run_files.COMPLETE).write_text("0\n")
     staging.rename(run_dir)
     return run_dir

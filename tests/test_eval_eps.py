@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fondtrain import run_files
 from fondtrain.eval.convergence import checkpoint_eps
-from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.loop import make_schedule, train
 from tests.train_helpers import tiny_config
 
@@ -14,8 +14,8 @@ def test_checkpoint_eps_follows_the_schedule(digits_shards, tmp_path):
     # 10 steps of a 100-epoch schedule: eps is still near 0
     config = tiny_config(digits_shards, tmp_path / "runs", "early", epochs=100, max_steps=10)
     result = train(config)
-    saved = ckpt.latest_checkpoint(result.run_dir / "ckpt")
-    state = ckpt.read_trainer_state(saved)
+    saved = run_files.latest_checkpoint(result.run_dir / "ckpt")
+    state = run_files.read_trainer_state(saved)
     expected = make_schedule(config, state["total_steps"]).eps(9)
     assert checkpoint_eps(saved) == pytest.approx(expected)
     assert 0.0 <= checkpoint_eps(saved) < 0.05

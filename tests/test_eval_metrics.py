@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from fondtrain import stats as Mx
 from fondtrain.config import ModelConfig
-from fondtrain.eval import metrics as Mx
 from fondtrain.eval.convergence import latent_responses, run_convergence
 from fondtrain.eval.data import EvalData, fit_to_model, resize_patches
-from fondtrain.eval.images import paired_grid
 from fondtrain.eval.tuning import oriented_stimuli
+from fondtrain.images import paired_grid
 from fondtrain.model.vae import IterativeVAE
 
 EPS32 = np.finfo(np.float32).eps

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fondtrain import run_files
 from fondtrain.config import RunConfig, TrainConfig
 from fondtrain.errors import UserError
-from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.backends import deepspeed_config
 from tests.train_helpers import REPO, subprocess_env
 
@@ -129,9 +129,9 @@ def test_two_process_deepspeed_trains_checkpoints_resumes_and_matches_ddp(digits
     assert engine_files == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
                             "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert (step10 / "random_states_0.pkl").is_file() and (step10 / "random_states_1.pkl").is_file()
-    weights = load_file(str(step10 / ckpt.MODEL_FILE))
+    weights = load_file(str(step10 / run_files.MODEL_FILE))
     torch.testing.assert_close(weights["W"], params("split10", 0)["W"], rtol=0, atol=0)
-    assert ckpt.read_trainer_state(step10)["world_size"] == 2
+    assert run_files.read_trainer_state(step10)["world_size"] == 2
 
     # one process cannot load 2-process ZeRO shards: one sentence, exit status 2
     single = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *ds1, *common,

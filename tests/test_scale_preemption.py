@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fondtrain.train import checkpoint as ckpt
+from fondtrain import run_files
 from tests.train_helpers import REPO, subprocess_env
 
 
@@ -96,15 +96,15 @@ def test_sigusr1_checkpoints_requeues_and_the_same_command_resumes(digits_shards
     assert "received SIGUSR1" in text and "stopped by signal" in text, text[-3000:]
     assert record.read_text().split("\n")[0] == "requeue 4242"
     ckpt_root = tmp_path / "runs" / "preempted" / "ckpt"
-    saved = ckpt.latest_checkpoint(ckpt_root)
-    step = ckpt.read_trainer_state(saved)["global_step"]
+    saved = run_files.latest_checkpoint(ckpt_root)
+    step = run_files.read_trainer_state(saved)["global_step"]
     assert 0 < step < 150, "stopped early, at the end of the batch it was in"
     assert not (tmp_path / "runs" / "preempted" / "dictionary.png").exists(), "no end-of-run work after a stop"
 
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"from {saved.name} (step {step})" in again.stdout
-    assert ckpt.read_trainer_state(ckpt.latest_checkpoint(ckpt_root))["global_step"] == 150
+    assert run_files.read_trainer_state(run_files.latest_checkpoint(ckpt_root))["global_step"] == 150
     assert record.read_text().count("requeue") == 1, "a run that finishes does not requeue"
 
 
@@ -133,6 +133,6 @@ def test_sigusr1_to_every_process_under_a_launcher_that_ignores_it(digits_shards
     text = output.join()
     assert text.count("received SIGUSR1") == 2, text[-4000:]
     assert record.read_text().splitlines() == ["requeue 5151"]
-    saved = ckpt.latest_checkpoint(tmp_path / "runs" / "tree" / "ckpt")
-    state = json.loads((saved / ckpt.TRAINER_STATE).read_text())
+    saved = run_files.latest_checkpoint(tmp_path / "runs" / "tree" / "ckpt")
+    state = json.loads((saved / run_files.TRAINER_STATE).read_text())
     assert state["world_size"] == 2 and 0 < state["global_step"] < 400

@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
+from fondtrain import run_files
 from fondtrain.errors import UserError
-from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.resume import adapt_position, check_backend, reseed_if_rng_missing
 from tests.train_helpers import REPO, subprocess_env
 
@@ -105,8 +105,8 @@ def test_resume_on_one_then_two_then_one_process(digits_shards, tmp_path, capsys
     assert f"global step 6 -> {at2}" in two.stdout
     assert "rank 1: step-00000006 has no RNG state" in two.stderr
     assert "rank 0:" not in two.stderr
-    middle = ckpt.latest_checkpoint(ckpt_root)
-    assert middle.name == "step-00000012" and ckpt.read_trainer_state(middle)["world_size"] == 2
+    middle = run_files.latest_checkpoint(ckpt_root)
+    assert middle.name == "step-00000012" and run_files.read_trainer_state(middle)["world_size"] == 2
 
     capsys.readouterr()
     last = train(parse_args(flags + ["--max_steps", "30"]))
@@ -114,8 +114,8 @@ def test_resume_on_one_then_two_then_one_process(digits_shards, tmp_path, capsys
     assert f"global step 12 -> {at1}" in printed.out
     assert "has no RNG state" not in printed.err
     assert last.step == 30
-    optimizer = torch.load(ckpt.latest_checkpoint(ckpt_root) / "optimizer.bin", weights_only=False)
+    optimizer = torch.load(run_files.latest_checkpoint(ckpt_root) / "optimizer.bin", weights_only=False)
     steps = {float(s["step"]) for s in optimizer["state"].values()}
     assert steps == {6 + (12 - at2) + (30 - at1)}, steps
-    state = json.loads((ckpt.latest_checkpoint(ckpt_root) / ckpt.TRAINER_STATE).read_text())
+    state = json.loads((run_files.latest_checkpoint(ckpt_root) / run_files.TRAINER_STATE).read_text())
     assert state["world_size"] == 1 and state["global_step"] == 30

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fondtrain.train import checkpoint as ckpt
+from fondtrain import run_files
 from fondtrain.train.loop import train
 from tests.train_helpers import image_tags, scalars, tiny_config
 
@@ -26,10 +26,10 @@ def test_run_writes_logs_checkpoints_and_dictionary(digits_shards, tmp_path):
     found = scalars(run / "tb")
     assert set(found) >= LOGGED_TAGS, LOGGED_TAGS - set(found)
     assert "dictionary" in image_tags(run / "tb")
-    complete = ckpt.list_checkpoints(run / "ckpt")
+    complete = run_files.list_checkpoints(run / "ckpt")
     assert len(complete) == 2, "keep_last=2 keeps the two newest"
     assert int(complete[-1].name.split("-")[1]) == result.step == 2 * 44
-    saved = load_file(str(complete[-1] / ckpt.MODEL_FILE))
+    saved = load_file(str(complete[-1] / run_files.MODEL_FILE))
     torch.testing.assert_close(saved["W"], result.model.W.detach())
     # the schedules reached the values SPEC 6 prescribes for the end of the first 10%
     beta = dict(found["sched/beta"])
@@ -101,7 +101,7 @@ def test_every_tbptt_window_takes_an_optimiser_step(digits_shards, tmp_path):
     config = tiny_config(digits_shards, tmp_path / "runs", "outer2", epochs=1)
     config.model.n_iters_outer = 2
     result = train(config)
-    saved = ckpt.latest_checkpoint(result.run_dir / "ckpt")
+    saved = run_files.latest_checkpoint(result.run_dir / "ckpt")
     optimizer_state = torch.load(saved / "optimizer.bin", weights_only=False)
     steps = {float(s["step"]) for s in optimizer_state["state"].values()}
     assert steps == {2.0 * result.step}

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fondtrain.train import checkpoint as ckpt
+from fondtrain import run_files
 from tests.train_helpers import REPO, subprocess_env, tiny_flags
 
 pytestmark = pytest.mark.slow
@@ -40,9 +40,9 @@ def test_signal_saves_checkpoint_and_restart_resumes(digits_shards, tmp_path, si
     assert proc.returncode == 0, err[-2000:]
     assert "stopped by signal" in out
     assert signal.Signals(signum).name in err
-    saved = ckpt.latest_checkpoint(runs / "sig" / "ckpt")
+    saved = run_files.latest_checkpoint(runs / "sig" / "ckpt")
     assert saved is not None
-    stopped_at = ckpt.read_trainer_state(saved)["global_step"]
+    stopped_at = run_files.read_trainer_state(saved)["global_step"]
     assert 0 < stopped_at < 200 * 44
     resumed = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *flags,
                               f"--max_steps={stopped_at + 3}"], cwd=tmp_path, env=subprocess_env(),

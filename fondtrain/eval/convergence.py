@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from fondtrain.eval import metrics as Mx
+from fondtrain import stats as Mx
 from fondtrain.eval.dist import Ranks
 from fondtrain.model.vae import IterativeVAE, State
 
@@ -36,7 +36,7 @@ def checkpoint_eps(checkpoint) -> float:
     from pathlib import Path
 
     from fondtrain.config import RunConfig, load_yaml
-    from fondtrain.train.checkpoint import TRAINER_STATE, read_trainer_state
+    from fondtrain.run_files import TRAINER_STATE, read_trainer_state
 
     folder = Path(checkpoint)
     if not (folder / TRAINER_STATE).is_file() or not (folder / "config.yaml").is_file():

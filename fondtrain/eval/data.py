@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from fondtrain.data.sources import SourceData
 from fondtrain.errors import UserError
-from fondtrain.eval.images import patch_side
+from fondtrain.images import patch_side
 
 
 @dataclass

@@ -19,7 +19,7 @@ class Ranks:
         from accelerate import PartialState
         from accelerate.utils import parse_flag_from_env
 
-        from fondtrain.train.backends import quiet_deepspeed_on_cpu
+        from fondtrain.runtime import quiet_deepspeed_on_cpu
 
         quiet_deepspeed_on_cpu()
 

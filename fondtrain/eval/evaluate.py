@@ -34,7 +34,7 @@ from fondtrain.eval import figures as Fg
 from fondtrain.eval.convergence import checkpoint_eps, eval_temperature, run_convergence
 from fondtrain.eval.data import fit_to_model, limit_rows, load_eval_data
 from fondtrain.eval.dist import Ranks
-from fondtrain.eval.metrics import safe_float
+from fondtrain.stats import safe_float
 
 METRICS_FILE = "metrics.json"
 SUMMARY_KEYS = ("mse", "r2_pooled", "r2_median", "r2_mean", "frac_zeros", "lifetime_sparseness",
@@ -147,7 +147,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
 
     Returns the metrics dict (what metrics.json holds) on the main process, None on others.
     """
-    from fondtrain.train.checkpoint import load_model, resolve_checkpoint
+    from fondtrain.run_files import load_model, resolve_checkpoint
 
     opts = options or EvalOptions()
     if run is None and checkpoint is None:

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fondtrain.eval.images import dictionary_grid, paired_grid, patch_side, tile_patches
+from fondtrain.images import dictionary_grid, paired_grid, patch_side, tile_patches
 
 DPI = 110
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fondtrain.eval import metrics as Mx
+from fondtrain import stats as Mx
 from fondtrain.eval.convergence import latent_responses
 from fondtrain.model.vae import IterativeVAE
 
@@ -142,7 +142,7 @@ def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, wi
                  device: torch.device | str = "cpu", seed: int = 0, eps: float = 1.0,
                  **stimulus_kwargs) -> TuningResult:
     """Flash oriented stimuli at the model and measure every unit's orientation tuning."""
-    from fondtrain.eval.images import patch_side
+    from fondtrain.images import patch_side
 
     side = patch_side(model.config.input_dim)
     stimuli, orientations = oriented_stimuli(side, kind, n_orientations, contrast=contrast,

@@ -52,6 +52,7 @@ import torch
 
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
+from fondtrain.runtime import quiet_deepspeed_on_cpu
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint tag inside a fondtrain checkpoint
 RNG_FILE = "random_states_{rank}.pkl"  # the file name Accelerate uses, one per rank
@@ -73,14 +74,6 @@ def make_backend(config: RunConfig):
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     _check_mixed_precision(tc.mixed_precision, accelerator.device)
     return accelerator
-
-
-def quiet_deepspeed_on_cpu() -> None:
-    """Without CUDA, tell DeepSpeed (which Accelerate consults when it is installed) that
-    the accelerator is the CPU, instead of letting it warn on every run that it found no
-    GPU. A DS_ACCELERATOR the user set is kept."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def clip_and_step(accelerator, model, optimizer, max_norm: float):
@@ -270,7 +263,7 @@ class DeepSpeedBackend:
         rank 0 also the full weights as model.safetensors."""
         from safetensors.torch import save_file
 
-        from fondtrain.train.checkpoint import MODEL_FILE
+        from fondtrain.run_files import MODEL_FILE
 
         out = Path(output_dir)
         self.engine.save_checkpoint(str(out), tag=DEEPSPEED_DIR, save_latest=False)

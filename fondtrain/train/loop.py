@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from fondtrain import run_files
 from fondtrain.config import RunConfig, save_yaml
 from fondtrain.errors import UserError
 from fondtrain.model.vae import IterativeVAE, agree_max_rates
@@ -131,12 +132,12 @@ def train(config: RunConfig) -> TrainResult:
     # ------------------------------------------------------------- resume or start
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0,
              "rate_sum": [0.0] * config.model.t_total, "rate_count": 0}
-    resume_from = ckpt.latest_checkpoint(ckpt_root)
+    resume_from = run_files.latest_checkpoint(ckpt_root)
     if resume_from is not None:
         check_backend(resume_from, tc.backend)
         accelerator.load_state(str(resume_from))
         # Another world size (or batch size) moves the data position and schedule clock.
-        saved, moved = adapt_position(ckpt.read_trainer_state(resume_from), train_loader.batches_per_epoch,
+        saved, moved = adapt_position(run_files.read_trainer_state(resume_from), train_loader.batches_per_epoch,
                                       accelerator.num_processes, tc.epochs)
         state.update(saved)
         say(f"resuming {run_dir} from {resume_from.name} (step {state['global_step']})")
@@ -271,8 +272,8 @@ def train(config: RunConfig) -> TrainResult:
         return TrainResult(run_dir, core, step, True, last_val)
 
     # ------------------------------------------------------------- the end
-    final = ckpt.step_dir(ckpt_root, step)
-    if not (final / ckpt.COMPLETE).is_file():  # not saved already by ckpt_every
+    final = run_files.step_dir(ckpt_root, step)
+    if not (final / run_files.COMPLETE).is_file():  # not saved already by ckpt_every
         final = save()
     last_val = validate(core, val_loader, config, accelerator, schedule.at(max(step - 1, 0)))
     if is_main:

@@ -1,7 +1,7 @@
 """Metrics the training loop logs: on the training batch (cheap, every log_every steps)
 and a quick validation pass (every eval_every steps and at the end).
 
-The formulas (R^2 three ways, sparseness) are fondtrain.eval.metrics', shared with
+The formulas (R^2 three ways, sparseness) are fondtrain.stats', shared with
 `fondtrain eval`.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fondtrain.eval.metrics import (
+from fondtrain.stats import (
     fraction_zeros,
     lifetime_sparseness,
     population_sparseness,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fondtrain.eval.images import dictionary_grid
+from fondtrain.images import dictionary_grid
 
 
 class RunLogger:

@@ -1,0 +1,98 @@
+"""What a run folder holds and how to read it (below train/ and eval/, which both use it).
+
+    runs/<name>/config.yaml           the resolved config
+    runs/<name>/ckpt/step-N/          one checkpoint: model.safetensors, optimiser and RNG
+                                      states, trainer_state.json, config.yaml, COMPLETE
+    runs/<name>/tb/                   TensorBoard
+
+A checkpoint counts only once its COMPLETE marker exists (it is written last, see
+`fondtrain.train.checkpoint`). Reading never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fondtrain.config import RunConfig, load_yaml
+from fondtrain.errors import UserError
+
+COMPLETE = "COMPLETE"
+TRAINER_STATE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
+PREFIX = "step-"
+
+
+def step_dir(ckpt_root: Path, step: int) -> Path:
+    return ckpt_root / f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
+    """Complete checkpoints under ckpt_root, oldest first."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir()
+             if p.is_dir() and p.name.startswith(PREFIX) and (p / COMPLETE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(ckpt_root)
+    return found[-1] if found else None
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory (newest complete checkpoint), a checkpoint directory, or a file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist: give a run directory, a checkpoint or a model file.")
+    if path.is_file():
+        return path
+    if (path / COMPLETE).is_file():
+        return path
+    newest = latest_checkpoint(path / "ckpt")
+    if newest is None:
+        raise UserError(
+            f"{path} has no complete checkpoint (looked in {path / 'ckpt'}): train first or "
+            "give a checkpoint directory."
+        )
+    return newest
+
+
+def load_model(path: str | Path):
+    """Load a trained model for evaluation or export.
+
+    path: a run directory, a checkpoint directory `ckpt/step-N`, a `model.safetensors`
+    (with `config.yaml` beside it or in the run directory), or a reference `.pt` file.
+    Returns (IterativeVAE in eval mode, RunConfig or None for reference checkpoints).
+    """
+    from safetensors.torch import load_file
+
+    from fondtrain.model.upstream import load_upstream_checkpoint
+    from fondtrain.model.vae import IterativeVAE
+
+    target = resolve_checkpoint(path)
+    if target.is_file() and target.suffix == ".pt":
+        return load_upstream_checkpoint(target).eval(), None
+    weights = target if target.is_file() else target / MODEL_FILE
+    if not weights.is_file():
+        raise UserError(f"{target} holds no {MODEL_FILE}: it is not a fondtrain checkpoint.")
+    config_path = next((p for p in (weights.parent / "config.yaml",
+                                    weights.parent.parent.parent / "config.yaml")
+                        if p.is_file()), None)
+    if config_path is None:
+        raise UserError(f"no config.yaml next to {weights}: keep the checkpoint's config with it.")
+    config = RunConfig.from_dict(load_yaml(config_path))
+    model = IterativeVAE(config.model)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"{weights} does not match its config.yaml ({err.__class__.__name__}).") from err
+    return model.eval(), config
