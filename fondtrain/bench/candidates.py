@@ -33,9 +33,9 @@ def inputs(s: BenchSettings, device: torch.device, batch: int | None = None) -> 
     return torch.randn(batch or s.batch_size, s.input_dim, generator=gen).to(device)
 
 
-def train_temp(model: IterativeVAE, s: BenchSettings) -> float:
+def train_temp(poisson: bool, s: BenchSettings) -> float:
     """The cycles' sampler temperature: Poisson `s.train_temp`, Gaussian 1 (SPEC 6)."""
-    return s.train_temp if model.is_poisson else 1.0
+    return s.train_temp if poisson else 1.0
 
 
 def fondtrain_model(preset: str, s: BenchSettings, ref_model=None,
@@ -112,7 +112,7 @@ def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings) -> C
     steps forward, backward, clipping, one Adamax step."""
     opt = torch.optim.Adamax(model.parameters(), lr=OPTIM.lr, betas=tuple(OPTIM.betas),
                              eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)
-    temp = train_temp(model, s)
+    temp = train_temp(model.is_poisson, s)
     beta = model.config.beta_outer
 
     def run() -> None:
@@ -163,7 +163,7 @@ def reference_cycle(model, ref, x: torch.Tensor, s: BenchSettings) -> Callable[[
     optim = ref.Adamax(model.parameters(), lr=OPTIM.lr, betas=tuple(OPTIM.betas),
                        eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)
     poisson = model.cfg.type == "poisson"
-    temp = s.train_temp if poisson else 1.0
+    temp = train_temp(poisson, s)
     beta = model.cfg.beta_outer
     scale = 256.0 / float(math.prod(model.cfg.input_sz))
     t_train = model.cfg.t_train

@@ -64,7 +64,7 @@ def ddp_job(s: BenchSettings) -> dict:
     model, opt = accelerator.prepare(model, opt)
     x = C.inputs(local, accelerator.device)
     core = accelerator.unwrap_model(model)
-    temp = C.train_temp(core, s)
+    temp = C.train_temp(core.is_poisson, s)
 
     def run() -> None:
         out = model(x, core.init_state(x.shape[0]), 0, core.config.t_train, temp,
