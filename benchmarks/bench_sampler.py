@@ -17,11 +17,10 @@ entries fondtrain's sampler still computes per arrival.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from fondtrain.bench import harness
 from fondtrain.config import ModelConfig
 from fondtrain.model import distributions as D
 from fondtrain.model.vae import IterativeVAE
@@ -59,14 +58,11 @@ def working_share(u: torch.Tensor, temp: float, n_exp: int) -> float:
     return sum(sizes) / (n_exp * u.numel())
 
 
-def timed(fn, u: torch.Tensor, rounds: int) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        leaf = u.clone().requires_grad_(True)
-        start = time.perf_counter()
-        fn(leaf).sum().backward()
-        times.append(time.perf_counter() - start)
-    return times
+def forward_backward(fn, u: torch.Tensor):
+    """A call of `fn` on a fresh leaf copy of u and the backward of its sum."""
+    def run() -> None:
+        fn(u.clone().requires_grad_(True)).sum().backward()
+    return run
 
 
 def main() -> None:
@@ -78,7 +74,7 @@ def main() -> None:
     p.add_argument("--n_exp", type=int, default=0, help="0: the model's n_exp at that step")
     p.add_argument("--rounds", type=int, default=15)
     a = p.parse_args()
-    torch.set_num_threads(1)
+    harness.set_threads(1)
     torch.manual_seed(0)
     if a.checkpoint:
         from fondtrain.run_files import load_model
@@ -95,15 +91,11 @@ def main() -> None:
     print("| temperature | reference ms | fondtrain ms | speed-up | working set |")
     print("|---:|---:|---:|---:|---:|")
     for temp in (float(t) for t in a.temps.split(",")):
-        cases = {"reference": lambda leaf, t=temp: reference_sample(leaf, t, n_exp),
-                 "fondtrain": lambda leaf, t=temp: D.relaxed_poisson(leaf, t, n_exp=n_exp)}
-        for fn in cases.values():
-            timed(fn, u, 1)
-        times: dict[str, list[float]] = {k: [] for k in cases}
-        for _ in range(a.rounds):
-            for name, fn in cases.items():
-                times[name] += timed(fn, u, 1)
-        ref, ours = (statistics.median(times[k]) for k in ("reference", "fondtrain"))
+        times = harness.interleaved({
+            "reference": forward_backward(lambda leaf, t=temp: reference_sample(leaf, t, n_exp), u),
+            "fondtrain": forward_backward(lambda leaf, t=temp: D.relaxed_poisson(leaf, t, n_exp=n_exp), u),
+        }, a.rounds)
+        ref, ours = times["reference"], times["fondtrain"]
         print(f"| {temp:g} | {1e3 * ref:.1f} | {1e3 * ours:.1f} | {ref / ours:.2f}x | "
               f"{working_share(u, temp, n_exp):.0%} |")
 

@@ -14,8 +14,9 @@ the RNG alike and the runs agree to float32 rounding over many optimiser steps. 
 `--sampler fondtrain` the fast streamed sampler draws the same distribution in another
 order, so the two runs see different noise and differ from the first step on.
 
-The reference checkout is the user's; nothing of it is shipped with fondtrain. Its
-`torchvision` import (used only by its data loaders) is stubbed when torchvision is absent.
+The reference checkout is the user's; nothing of it is shipped with fondtrain. It is read
+by fondtrain's one reference loader (`fondtrain.bench.reference`), which runs its model,
+sampler and optimiser definitions without its plotting and data-loading imports.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
@@ -31,27 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def _import_reference(reference_dir: Path):
-    if not (reference_dir / "main" / "model.py").is_file():
-        raise SystemExit(f"error: {reference_dir} is not an IterativeVAE checkout (no main/model.py).")
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("torchvision")
-        for name in ("transforms", "transforms.v2", "transforms.v2.functional", "datasets"):
-            module = types.ModuleType(f"torchvision.{name}")
-            sys.modules[f"torchvision.{name}"] = module
-        stub.transforms = sys.modules["torchvision.transforms"]
-        stub.datasets = sys.modules["torchvision.datasets"]
-        sys.modules["torchvision"] = stub
-    sys.path.insert(0, str(reference_dir))
-    # this order: the reference's modules star-import each other
-    from main.model import IPVAE  # noqa: I001
-    from main.config import ConfigPoisVAE
-    from base.optim import Adamax
-
-    return IPVAE, ConfigPoisVAE, Adamax
+from fondtrain.bench.reference import load_reference, reference_model  # noqa: E402
+from fondtrain.errors import UserError  # noqa: E402
 
 
 def _reference_sampler(u, temp, noise=None, n_exp=None, generator=None):
@@ -64,7 +45,7 @@ def _reference_sampler(u, temp, noise=None, n_exp=None, generator=None):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reference_dir", required=True, type=Path)
+    parser.add_argument("--reference_dir", required=True)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--n_latents", type=int, default=32)
     parser.add_argument("--t_train", type=int, default=4)
@@ -72,8 +53,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--sampler", choices=("reference", "fondtrain"), default="reference")
     args = parser.parse_args()
+    load_reference(args.reference_dir)  # a wrong path: one sentence before any work
 
-    IPVAE, ConfigPoisVAE, RefAdamax = _import_reference(args.reference_dir.resolve())
     from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from fondtrain.data.loader import ShardLoader
     from fondtrain.data.shards import ensure_shards
@@ -95,16 +76,13 @@ def main() -> None:
         train=TrainConfig(batch_size=args.batch_size, epochs=1, max_steps=steps, log_every=10**9,
                           runs_root=str(work / "runs"), name="parity", n_exp_refresh_every=25),
     )
-    side = int(round(loader.input_dim ** 0.5))
-    ref_config = ConfigPoisVAE(dataset="vH16-wht", t_train=args.t_train, n_latents=[args.n_latents],
-                               beta_outer=config.model.beta_outer, clamp_u=10.0, clamp_du=10.0,
-                               init_scale=1e-4, clamp_prior=-4, save=False)
-    ref_config.input_sz = (1, side, side)
-    reference = IPVAE(ref_config)
+    reference, ref = reference_model(
+        args.reference_dir, "ipvae", n_latents=args.n_latents, t_train=args.t_train,
+        input_side=int(round(loader.input_dim ** 0.5)), beta_outer=config.model.beta_outer)
     weights = reference.state_dict()
     weights.update(state_dict_to_upstream(IterativeVAE(config.model)))  # fondtrain's init
     reference.load_state_dict(weights)
-    optimizer = RefAdamax(reference.parameters(), lr=config.train.lr, betas=(0.9, 0.999),
+    optimizer = ref.Adamax(reference.parameters(), lr=config.train.lr, betas=(0.9, 0.999),
                           weight_decay=config.train.weight_decay)
     schedule = make_schedule(config, loader.batches_per_epoch)
 
@@ -146,4 +124,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None

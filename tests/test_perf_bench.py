@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 
 from fondtrain import bench
+from fondtrain.bench import candidates, harness, jobs
+from fondtrain.bench.settings import use_checkpoint
+from fondtrain.config import PRESETS
+from fondtrain.stats import log_grid
 
 
 def test_bench_reports_every_figure_on_tiny_sizes(tmp_path):
@@ -15,8 +19,8 @@ def test_bench_reports_every_figure_on_tiny_sizes(tmp_path):
     out = tmp_path / "bench.json"
     lines: list[str] = []
     results = bench.run(s, str(out), log=lines.append)
-    assert json.loads(out.read_text())["speed"].keys() == set(bench.PRESETS)
-    for preset in bench.PRESETS:
+    assert json.loads(out.read_text())["speed"].keys() == set(PRESETS)
+    for preset in PRESETS:
         row = results["speed"][preset]
         for key in ("fondtrain_cycle", "limit_cycle", "fondtrain_eval", "limit_eval",
                     "fondtrain_eval_log_grid", "fondtrain_samples_per_s", "projected_run_hours"):
@@ -26,13 +30,14 @@ def test_bench_reports_every_figure_on_tiny_sizes(tmp_path):
 
 
 def test_log_grid():
-    assert bench.log_grid(1000)[:8] == [1, 2, 3, 5, 7, 10, 20, 30]
-    assert bench.log_grid(1000)[-1] == 1000 and bench.log_grid(12) == [1, 2, 3, 5, 7, 10, 12]
+    """The steps the log-grid evaluation records (fondtrain.stats.log_grid, SPEC 7)."""
+    assert log_grid(1000)[:8] == [1, 2, 3, 5, 7, 10, 20, 30]
+    assert log_grid(1000)[-1] == 1000 and log_grid(12) == [1, 2, 3, 5, 7, 10, 12]
 
 
 def test_memory_job_counts_saved_tensors():
     s = bench.BenchSettings(batch_size=8, input_dim=16, n_latents=12, t_train=3, n_exp=4)
-    r = bench._memory_job("fondtrain", "ipvae", s)
+    r = jobs.memory_job("fondtrain", "ipvae", s)
     assert r["saved_mb"] > 0 and r["peak_mb"] >= 0
 
 
@@ -59,7 +64,7 @@ def test_bench_times_a_checkpoint_at_its_sizes(tmp_path):
     assert list(results["speed"]) == ["ipvae"]
     assert results["settings"]["n_latents"] == 5 and results["settings"]["input_dim"] == 9
     assert "scaling" not in results and "processes" not in results and "memory_mb" not in results
-    ours = bench.paired_models("ipvae", bench.use_checkpoint(s), bench._device())[0]
+    ours = candidates.paired_models("ipvae", use_checkpoint(s), harness.device())[0]
     assert ours.n_exp.tolist() == model.n_exp.tolist() and ours.training
     text = out.read_text()
     assert "K=5" in text and "temperature 0.05" in text and "| ipvae |" in text

@@ -1,4 +1,6 @@
-"""Load the reference implementation's model classes from a local checkout, for `fondtrain bench`.
+"""The one loader of the reference implementation: its model classes from a local checkout.
+
+Used by `fondtrain bench --reference_dir` and `benchmarks/reference_parity.py`.
 
 The reference (hadivafaii/IterativeVAE) imports its whole toolbox at every level
 (`from utils.plotting import *` pulls matplotlib, seaborn, pandas, h5py, rich, IPython,
@@ -16,7 +18,8 @@ user's checkout (`--reference_dir`), in one namespace that holds torch, numpy an
 Nothing of the reference is copied into fondtrain; the statements run as written. A
 config object with the attributes the layers read replaces `ConfigPoisVAE` /
 `ConfigGausVAE` (their module imports the dataset code). `reference_model` builds IPVAE
-or IGVAE (`latent_act='relu'` for iGrelu-VAE) as the reference's vH16 scripts do.
+or IGVAE (`latent_act='relu'` for iGrelu-VAE) as the reference's vH16 scripts do. A path
+that is not such a checkout gets one sentence (UserError) before anything runs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fondtrain.config import ModelConfig
 from fondtrain.errors import UserError
 
 # (file, names to run; None = every statement that is not an import)
@@ -49,8 +53,10 @@ _SOURCES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("base/optim.py", ("Adamax",)),
 )
 
+# The reference's model type and latent activation of each fondtrain preset.
 PRESET_TYPES = {"ipvae": ("poisson", None), "igvae": ("gaussian", None),
                 "igrelu": ("gaussian", "relu")}
+HINT = "give --reference_dir a checkout of hadivafaii/IterativeVAE"
 
 
 def _namespace() -> dict[str, Any]:
@@ -73,7 +79,10 @@ def _namespace() -> dict[str, Any]:
 
 
 def _run_file(path: Path, names: tuple[str, ...] | None, ns: dict[str, Any]) -> None:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path} is not readable Python ({type(exc).__name__}): {HINT}.") from None
     found = set()
     for node in tree.body:
         if isinstance(node, ast.Import | ast.ImportFrom):
@@ -91,18 +100,20 @@ def _run_file(path: Path, names: tuple[str, ...] | None, ns: dict[str, Any]) -> 
                 raise
             ns.setdefault("_skipped", []).append(f"{path.name}:{node.lineno} ({exc})")
     if names is not None and found != set(names):
-        raise UserError(f"{path} lacks {sorted(set(names) - found)}: is --reference_dir a "
-                        "checkout of hadivafaii/IterativeVAE?")
+        missing = ", ".join(sorted(set(names) - found))
+        raise UserError(f"{path} does not define {missing}: {HINT}.")
 
 
 @functools.lru_cache(maxsize=4)
 def load_reference(reference_dir: str) -> SimpleNamespace:
     """The reference's classes (IPVAE, IGVAE, Adamax, ...) from a local checkout."""
     root = Path(reference_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--reference_dir {root} is not a folder: {HINT}.")
     missing = [f for f, _ in _SOURCES if not (root / f).is_file()]
     if missing:
         raise UserError(f"--reference_dir {root} is not a checkout of the reference "
-                        f"implementation (hadivafaii/IterativeVAE): missing {', '.join(missing)}.")
+                        f"implementation (no {', '.join(missing)}): {HINT}.")
     ns = _namespace()
     for rel, names in _SOURCES:
         _run_file(root / rel, names, ns)
@@ -111,18 +122,24 @@ def load_reference(reference_dir: str) -> SimpleNamespace:
 
 def reference_config(preset: str, n_latents: int = 512, t_train: int = 16, input_side: int = 16,
                      seed: int = 0, **overrides: Any) -> SimpleNamespace:
-    """The attributes the reference layers read, set as its vH16 scripts set them
-    (README: t_train 16, n_latents 512, beta_outer 24 / 8; clamps 10 Poisson, (7,2)/(7,3)
-    Gaussian are its flag defaults in the published runs; init_scale 1e-4)."""
+    """The attributes the reference layers read, set as its vH16 scripts set them.
+
+    beta_outer, the clamps, init_scale and the inner constants are fondtrain's preset
+    values (`ModelConfig`), which equal the reference's published vH16 settings (its
+    README and flag defaults); the reference takes a Poisson clamp as a float.
+    """
     kind, act = PRESET_TYPES[preset]
     poisson = kind == "poisson"
+    ours = ModelConfig(preset=preset, n_latents=n_latents, t_train=t_train, seed=seed)
+    clamp_u, clamp_du = (c[0] if poisson else c for c in (ours.clamp_u, ours.clamp_du))
     cfg = SimpleNamespace(
-        type=kind, latent_act=act, len=1 if poisson else 2,
-        t_train=t_train, n_iters_outer=1, n_iters_inner=1, beta_inner=1.0,
-        beta_outer=24.0 if poisson else 8.0, n_latents=[n_latents], inf_type="grad",
-        dec_type="lin", fit_prior=True, stochastic=True, init_dist="normal", init_scale=1e-4,
-        clamp_u=10.0 if poisson else (7.0, 2.0), clamp_du=10.0 if poisson else (7.0, 3.0),
+        type=kind, latent_act=act, len=ours.n_components,
+        t_train=t_train, n_iters_outer=ours.n_iters_outer, n_iters_inner=ours.n_iters_inner,
+        beta_inner=ours.beta_inner, beta_outer=ours.beta_outer, n_latents=[n_latents],
+        inf_type="grad", dec_type="lin", fit_prior=True, stochastic=True, init_dist="normal",
+        init_scale=ours.init_scale, clamp_u=clamp_u, clamp_du=clamp_du,
         input_sz=(1, input_side, input_side), shape=(-1, 1, input_side, input_side),
+        # the reference's own evaluation temperature (SPEC 7, as eval_temperature)
         seed=seed, track_stats=False, validation_temp=0.0 if poisson else 1.0,
         prior_log_dist="uniform", clamp_prior=-4.0,
     )

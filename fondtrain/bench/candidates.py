@@ -1,0 +1,215 @@
+"""The things the benchmark times, each built as a no-argument callable: the matrix-product
+limit, fondtrain's training cycle and evaluation, and the reference's (from the user's
+checkout), with the models they run on.
+
+Both implementations start from the same parameters (the reference's initialisation
+copied into fondtrain's model, or a checkpoint's trained parameters copied into the
+reference's) and use the trainer's optimiser settings (`TrainConfig`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from fondtrain.bench import harness
+from fondtrain.bench.settings import BenchSettings
+from fondtrain.config import ModelConfig, TrainConfig
+from fondtrain.eval.convergence import eval_temperature
+from fondtrain.model import upstream
+from fondtrain.model.vae import IterativeVAE
+from fondtrain.stats import log_grid, r2_per_sample
+
+OPTIM = TrainConfig()  # lr, betas, weight decay and clipping norm of a training run
+ADAMAX_EPS = 1e-8  # as train/loop.py builds its Adamax
+
+
+# ----------------------------------------------------------------------------- inputs, models
+def inputs(s: BenchSettings, device: torch.device, batch: int | None = None) -> torch.Tensor:
+    """[batch, input_dim] standard normal inputs (whitened patches have unit variance)."""
+    gen = torch.Generator().manual_seed(s.seed + 1)
+    return torch.randn(batch or s.batch_size, s.input_dim, generator=gen).to(device)
+
+
+def train_temp(poisson: bool, s: BenchSettings) -> float:
+    """The cycles' sampler temperature: Poisson `s.train_temp`, Gaussian 1 (SPEC 6)."""
+    return s.train_temp if poisson else 1.0
+
+
+def fondtrain_model(preset: str, s: BenchSettings, ref_model=None,
+                    device: torch.device | None = None) -> IterativeVAE:
+    """A fresh model of `s`'s sizes (with `ref_model`: its very parameters), n_exp = s.n_exp."""
+    cfg = ModelConfig(preset=preset, input_dim=s.input_dim, n_latents=s.n_latents,
+                      t_train=s.t_train, seed=s.seed)
+    model = IterativeVAE(cfg)
+    if ref_model is not None:
+        ours = upstream.state_dict_from_upstream(ref_model.state_dict())
+        ours.pop("n_exp", None)
+        model.load_state_dict(ours, strict=False)
+    if model.is_poisson:
+        model.n_exp.fill_(s.n_exp)
+        model._n_exp_host = None
+    return model.to(device or harness.device())
+
+
+def reference_setup(s: BenchSettings, preset: str, device: torch.device):
+    """(reference model on `device`, reference namespace) of `s`'s sizes, n_exp = s.n_exp."""
+    from fondtrain.bench.reference import reference_model
+
+    model, ref = reference_model(s.reference_dir, preset, n_latents=s.n_latents,
+                                 t_train=s.t_train, seed=s.seed,
+                                 input_side=int(round(math.sqrt(s.input_dim))))
+    if model.cfg.type == "poisson":
+        model.layer.n_exp.fill_(s.n_exp)
+    return model.to(device), ref
+
+
+def paired_models(preset: str, s: BenchSettings, device: torch.device):
+    """(fondtrain model, reference model or None, reference namespace or None) with the
+    same parameters: the reference's initialisation (n_exp = s.n_exp in both), or with a
+    checkpoint its trained parameters and per-step n_exp in both."""
+    ref_model = ref = None
+    if not s.checkpoint:
+        if s.reference_dir:
+            ref_model, ref = reference_setup(s, preset, device)
+        return fondtrain_model(preset, s, ref_model, device), ref_model, ref
+    from fondtrain.run_files import load_model
+
+    ours = load_model(s.checkpoint)[0].train().to(device)
+    if s.reference_dir:
+        ref_model, ref = reference_setup(s, preset, device)
+        ref_model.load_state_dict({**ref_model.state_dict(), **upstream.state_dict_to_upstream(ours)})
+        if ours.is_poisson:  # per step; a longer schedule repeats the last value
+            n_exp, theirs = ref_model.layer.n_exp, ours.n_exp.to(ref_model.layer.n_exp)
+            n_exp.fill_(int(theirs[-1]))
+            n_exp[: len(theirs)] = theirs[: len(n_exp)]
+    return ours, ref_model, ref
+
+
+# ----------------------------------------------------------------------------- the limit
+def matmul_limit(batch: int, input_dim: int, n_latents: int, n_steps: int, per_step: int,
+                 device: torch.device) -> Callable[[], None]:
+    """The matrix products of n_steps steps alone: per_step products of [B, K] x [K, M] size,
+    in the three shapes a step uses (z W^T, e W, and the weight gradient e^T z)."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(input_dim, n_latents, generator=gen).to(device)
+    z = torch.randn(batch, n_latents, generator=gen).to(device)
+    e = torch.randn(batch, input_dim, generator=gen).to(device)
+    shapes = (lambda: z @ w.T, lambda: e @ w, lambda: e.T @ z)
+
+    def run() -> None:
+        for _ in range(n_steps):
+            for i in range(per_step):
+                shapes[i % 3]()
+    return run
+
+
+# ----------------------------------------------------------------------------- fondtrain
+def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings) -> Callable[[], None]:
+    """One training cycle as train/loop.py runs it (one process, no accumulation): t_train
+    steps forward, backward, clipping, one Adamax step."""
+    opt = torch.optim.Adamax(model.parameters(), lr=OPTIM.lr, betas=tuple(OPTIM.betas),
+                             eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)
+    temp = train_temp(model.is_poisson, s)
+    beta = model.config.beta_outer
+
+    def run() -> None:
+        state = model.init_state(x.shape[0])
+        out = model(x, state, 0, model.config.t_train, temp, beta, 1.0)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return run
+
+
+def eval_every_step(model: IterativeVAE, x: torch.Tensor, n_steps: int) -> Callable[[], torch.Tensor]:
+    """n_steps inference steps at evaluation temperature reporting R^2 and the squared
+    error on every step (what the reference's `xtract_ftr` loop computes): device sums
+    [n_steps, 2], read once at the end."""
+    temp = eval_temperature(model)
+
+    @torch.no_grad()
+    def run() -> torch.Tensor:
+        state = model.init_state(x.shape[0])
+        sums = torch.zeros(n_steps, 2, device=x.device)
+        for t in range(n_steps):
+            out = model.step(x, state, temp, 0.0, 1.0, t)
+            state = out.state
+            sums[t, 0] = r2_per_sample(x, out.x_hat).sum()
+            sums[t, 1] = (x - out.x_hat).pow(2).sum()
+        return sums.cpu()
+    return run
+
+
+def eval_log_grid(model: IterativeVAE, x: torch.Tensor, n_steps: int) -> Callable[[], torch.Tensor]:
+    """n_steps inference steps with outputs only on the log grid of SPEC 7 (`model.infer`)."""
+    temp = eval_temperature(model)
+    grid = log_grid(n_steps)
+
+    def run() -> torch.Tensor:
+        traces = model.infer(x, n_steps, temp, record_steps=grid, same_stream=False)
+        return (x - traces["x_hat"]).pow(2).sum(-1).cpu()
+    return run
+
+
+# ----------------------------------------------------------------------------- reference
+def reference_cycle(model, ref, x: torch.Tensor, s: BenchSettings) -> Callable[[], None]:
+    """The reference's `Trainer.iteration` for one batch (stationary feeder, no warm-up):
+    `_fun` per step with its host reads (loss.item(), rate.max().item()), then backward,
+    clip (.item()), its NVAE Adamax step and `detach_inference_state`."""
+    optim = ref.Adamax(model.parameters(), lr=OPTIM.lr, betas=tuple(OPTIM.betas),
+                       eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)
+    poisson = model.cfg.type == "poisson"
+    temp = train_temp(poisson, s)
+    beta = model.cfg.beta_outer
+    scale = 256.0 / float(math.prod(model.cfg.input_sz))
+    t_train = model.cfg.t_train
+
+    def run() -> None:
+        model.train()
+        model.update_temp(temp)
+        model.update_eps(1.0)
+        optim.zero_grad()
+        loss_seq, counter = 0, 0
+        stats = []
+        for t in range(t_train):
+            model.update_time(t)
+            output = model(x)
+            loss = torch.mean(output["loss_recon"] + torch.sum(output["loss_kl"], dim=-1) * beta)
+            loss = loss * scale
+            loss_seq += loss
+            counter += 1
+            with torch.no_grad():
+                stats.append(loss.item())
+                if poisson:
+                    stats.append(output["posterior"].rate.max().item())
+        (loss_seq / counter).backward()
+        stats.append(torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip).item())
+        optim.step()
+        optim.zero_grad()
+        model.detach_inference_state()
+    return run
+
+
+def reference_eval(model, x: torch.Tensor, n_steps: int, save_freq: int = 100):
+    """The reference's `Trainer.xtract_ftr` loop for one batch: per step `xtract_ftr` with
+    u, du, samples, r2 and mse, their sums to numpy, u and samples every save_freq steps."""
+    extras = ["u", "du", "samples", "r2", "mse"]
+
+    @torch.no_grad()
+    def run():
+        model.eval()
+        kept, sums = [], []
+        for t in range(n_steps):
+            model.update_time(t)
+            output = model.xtract_ftr(x, return_extras=extras)
+            norms = torch.linalg.norm(output["du"], dim=-1)
+            sums.append((norms.sum().cpu().numpy(), output["r2"].sum().cpu().numpy(),
+                         output["mse"].sum().cpu().numpy()))
+            if t == 0 or (t + 1) % save_freq == 0:
+                kept.append((output["u"].cpu().numpy(), output["samples"].cpu().numpy()))
+        return sums
+    return run

@@ -1,0 +1,92 @@
+"""`fondtrain bench --quick` style runs write their tables (tiny sizes, a real memory
+worker process), and the reference loader answers a wrong `--reference_dir` with one
+sentence before any work starts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fondtrain import bench
+from fondtrain.bench.reference import load_reference
+from fondtrain.cli import main
+from fondtrain.errors import UserError
+
+
+def _one_sentence(message: str) -> bool:
+    return ("\n" not in message and message.endswith(".")
+            and re.search(r"[.!?]\s+[A-Z]", message) is None and len(message) > 15)
+
+
+def test_bench_quick_writes_every_table(tmp_path):
+    out = tmp_path / "speed.md"
+    main(["bench", "--quick", "--presets", "ipvae,igrelu", "--batch_size", "4", "--n_latents", "6",
+          "--t_train", "2", "--eval_steps", "3", "--repeats", "1", "--n_exp", "3",
+          "--out", str(out)])
+    text = out.read_text()
+    for header in ("| preset | cycle ms |", "| preset | every step |",
+                   "| preset | peak MB | saved for backward MB |"):
+        assert header in text, header
+    for preset in ("ipvae", "igrelu"):
+        assert len(re.findall(rf"^\| {preset} \|", text, re.M)) == 3, preset  # one row per table
+    assert "K=6" in text and "t_train=2" in text and "medians of 1 interleaved" in text
+    # --quick: no scaling or process figures
+    assert "| ipvae, vary |" not in text and "| processes x threads |" not in text
+
+
+def test_bench_scaling_times_every_variant():
+    """The scaling case at tiny sizes (batch 4, M 9, K 6, t_train 2 besides the varied one):
+    every variant timed, one table row each."""
+    from fondtrain.bench import cases, report
+
+    s = bench.BenchSettings(presets=("igvae",), batch_size=4, input_dim=9, n_latents=6,
+                            t_train=2, eval_steps=2, repeats=1, processes=(), memory=False)
+    rows = cases.scaling(s, log=lambda _: None)
+    assert [(r["vary"], r["value"]) for r in rows] == [
+        ("n_latents", 256), ("n_latents", 512), ("n_latents", 1024),
+        ("batch_size", 100), ("batch_size", 400), ("t_train", 8), ("t_train", 32)]
+    assert all(r["cycle_s"] > 0 and r["over_limit"] > 0 for r in rows)
+    assert report._scaling_table(rows).count("\n") == len(rows) + 1
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "file", "incomplete", "not_python"])
+def test_reference_loader_refuses_a_path_that_is_not_a_checkout(tmp_path, make):
+    root = tmp_path / "ref"
+    if make == "empty":
+        root.mkdir()
+    elif make == "file":
+        root.write_text("not a folder\n")
+    elif make in ("incomplete", "not_python"):
+        from fondtrain.bench.reference import _SOURCES
+
+        for rel, _ in _SOURCES:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text("x = 1\n" if make == "incomplete" else "def (:\n")
+    with pytest.raises(UserError) as info:
+        load_reference(str(root))
+    message = str(info.value)
+    assert _one_sentence(message), message
+    assert "hadivafaii/IterativeVAE" in message
+
+
+def test_bench_refuses_a_wrong_reference_dir_before_timing(tmp_path):
+    lines: list[str] = []
+    s = bench.BenchSettings(reference_dir=str(tmp_path / "nowhere"), batch_size=4, n_latents=6,
+                            t_train=2, eval_steps=2, repeats=1, processes=(), memory=False,
+                            scaling=False)
+    with pytest.raises(UserError):
+        bench.run(s, str(tmp_path / "out.md"), log=lines.append)
+    assert lines == [] and not (tmp_path / "out.md").exists()
+
+
+def test_population_option_is_refused_until_it_exists(tmp_path):
+    """The place issue 15 fills: asking for population cycles today gets one sentence and
+    no timing."""
+    lines: list[str] = []
+    s = bench.BenchSettings(population=(1, 4), batch_size=4, n_latents=6, t_train=2,
+                            eval_steps=2, repeats=1, processes=(), memory=False, scaling=False)
+    with pytest.raises(UserError) as info:
+        bench.run(s, str(tmp_path / "out.md"), log=lines.append)
+    assert _one_sentence(str(info.value))
+    assert not (tmp_path / "out.md").exists()
