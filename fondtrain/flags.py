@@ -188,7 +188,7 @@ def convert(name: str, kind: Any, value: Any, choices: tuple[str, ...] = ()) -> 
     if value is None or (optional and isinstance(value, str) and value.strip().lower() == "none"):
         if optional:
             return None
-        raise UserError(f"--{name} needs a {type_name(kind)} value, not none.")
+        raise UserError(f"--{name} needs a value of type {type_name(kind)}, not none.")
     if typing.get_origin(base) is tuple:
         return _convert_tuple(name, base, value)
     try:
