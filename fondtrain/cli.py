@@ -1,12 +1,10 @@
 """`fondtrain` command line: each public method of FondtrainCLI is a command.
 
 Adding a command is adding a method: annotate its parameters (the annotations are the
-flags' types) and give it a docstring whose first line is the summary and whose `Args:`
-section describes every parameter; `fondtrain --help` and `fondtrain COMMAND --help` are
-made from them. Parameters without a default are positional words; the others are
-`--flags` (or, in order, positional words too). Flags are parsed by fondtrain/flags.py
-before the command runs: unknown, misspelt or abbreviated names and bad values stop with
-one sentence. Keep this file a thin dispatcher: a command calls the module that does the
+flags' types) and give it a docstring whose first paragraph is the summary and whose
+`Args:` section describes every parameter; `fondtrain --help` and `fondtrain COMMAND
+--help` are made from them and fondtrain/commandline.py checks every flag before the
+command runs. Keep this file a thin dispatcher: a command calls the module that does the
 work.
 
 A `UserError` from any command prints `error: <sentence>` on stderr and exits with status
@@ -15,18 +13,15 @@ A `UserError` from any command prints `error: <sentence>` on stderr and exits wi
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 import sys
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fondtrain import __version__
+from fondtrain.commandline import dispatch, own_flags
 from fondtrain.errors import UserError
-from fondtrain.flags import BOOLEAN_NOTE, Option, convert, format_options, parse_args, parse_flags, wants_help
+from fondtrain.flags import parse_args
 
 
 def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -48,12 +43,6 @@ def train_command(argv: list[str], prog: str = "fondtrain train") -> Path:
     from fondtrain.train.loop import train
 
     return train(config).run_dir
-
-
-def own_flags(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a command that receives its raw argv and parses it itself (train)."""
-    method.own_flags = True
-    return method
 
 
 class FondtrainCLI:
@@ -247,131 +236,10 @@ class FondtrainCLI:
         compare(list(runs), out)
 
 
-# ------------------------------------------------------------------ dispatch
-
-def commands() -> dict[str, Callable[..., Any]]:
-    """Command name -> the FondtrainCLI method (unbound), in definition order."""
-    return {name: fn for name, fn in vars(FondtrainCLI).items()
-            if callable(fn) and not name.startswith("_")}
-
-
-def _docstring(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
-    """(the text before `Args:`, parameter -> its one-line description)."""
-    doc = inspect.getdoc(fn) or ""
-    text, _, args = doc.partition("\nArgs:\n")
-    described: dict[str, str] = {}
-    name = None
-    for line in args.splitlines():
-        head, sep, rest = line.strip().partition(":")
-        if sep and line.startswith("    ") and not line.startswith("     ") and head.isidentifier():
-            name = head
-            described[name] = rest.strip()
-        elif name and line.strip():
-            described[name] += " " + line.strip()
-    return text.strip(), described
-
-
-def command_options(fn: Callable[..., Any]) -> list[Option]:
-    """The flags of a command, from its signature (real types) and its docstring's Args."""
-    hints = typing.get_type_hints(fn)
-    _, described = _docstring(fn)
-    out = []
-    for p in list(inspect.signature(fn).parameters.values())[1:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        default = None if p.default is p.empty else p.default
-        out.append(Option(p.name, hints[p.name], default, described.get(p.name, "")))
-    return out
-
-
-def _usage(name: str, fn: Callable[..., Any]) -> str:
-    """`usage: fondtrain NAME RUN OUT [--FLAG VALUE ...]`: the positional words a command takes."""
-    words = []
-    for i, p in enumerate(list(inspect.signature(fn).parameters.values())[1:]):
-        if p.kind is p.VAR_POSITIONAL:
-            words.append(f"{p.name.upper()}...")
-        elif p.default is p.empty:
-            words.append(p.name.upper())
-        elif i == 0:  # an optional first parameter reads as a positional word (eval RUN)
-            words.append(f"[{p.name.upper()}]")
-    return " ".join(["usage: fondtrain", name.replace("_", "-"), *words, "[--FLAG VALUE ...]"])
-
-
-def command_help(name: str, fn: Callable[..., Any]) -> str:
-    text, described = _docstring(fn)
-    positional = [p for p in list(inspect.signature(fn).parameters.values())[1:]
-                  if p.kind is p.VAR_POSITIONAL]
-    extra = "".join(f"\n  {p.name.upper()}...  {described.get(p.name, '')}" for p in positional)
-    return f"{_usage(name, fn)}\n\n{text}\n\n{BOOLEAN_NOTE}{extra}\n{format_options(command_options(fn))}"
-
-
-def overview() -> str:
-    lines = [f"usage: fondtrain COMMAND [ARGS] [--FLAG VALUE ...]   (fondtrain {__version__})", "",
-             "commands:"]
-    for name, fn in commands().items():
-        summary = " ".join((inspect.getdoc(fn) or "").split("\n\n")[0].split())
-        lines.append(f"  {name.replace('_', '-'):<18}{summary}")
-    lines += ["", "`fondtrain COMMAND --help` lists a command's flags; `fondtrain --version` "
-              "prints the version."]
-    return "\n".join(lines)
-
-
-def _bind(name: str, fn: Callable[..., Any], words: list[str], values: dict[str, Any]):
-    """Positional words and flag values -> (args, kwargs) for fn, converted to their types."""
-    hints = typing.get_type_hints(fn)
-    args: list[Any] = []
-    kwargs = dict(values)
-    words = list(words)
-    for p in list(inspect.signature(fn).parameters.values())[1:]:
-        if p.kind is p.VAR_POSITIONAL:
-            args.extend(convert(p.name, hints[p.name], w) for w in words)
-            words = []
-        elif p.name in kwargs or p.kind is p.KEYWORD_ONLY:
-            if p.default is p.empty and p.name not in kwargs:
-                raise UserError(f"fondtrain {name} needs --{p.name}: `fondtrain {name} --help` "
-                                "explains it.")
-        elif words:
-            kwargs[p.name] = convert(p.name, hints[p.name], words.pop(0))
-        elif p.default is p.empty:
-            raise UserError(f"fondtrain {name} needs {p.name.upper()}: `fondtrain {name} --help` "
-                            "explains it.")
-    if words:
-        raise UserError(f"fondtrain {name} got an extra argument {words[0]!r}: "
-                        f"`fondtrain {name} --help` lists its arguments.")
-    return args, kwargs
-
-
-def dispatch(argv: list[str]) -> Any:
-    """Run the command argv[0] with the rest of argv; help and version print and return None."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(overview())
-        return None
-    if argv[0] == "--version":
-        print(f"fondtrain {__version__}")
-        return None
-    table = commands()
-    name = argv[0].replace("-", "_")
-    if name not in table:
-        close = difflib.get_close_matches(name, table, n=1)
-        guess = f" (did you mean {close[0].replace('_', '-')}?)" if close else ""
-        raise UserError(f"unknown command {argv[0]!r}{guess}: `fondtrain --help` lists the commands.")
-    fn = table[name]
-    method = getattr(FondtrainCLI(), name)
-    if getattr(fn, "own_flags", False):
-        return method(*argv[1:])
-    if wants_help(argv[1:]):
-        print(command_help(name, fn))
-        return None
-    command = f"fondtrain {argv[0]}"
-    parsed = parse_flags(argv[1:], command_options(fn), command)
-    args, kwargs = _bind(argv[0], fn, parsed.positionals, parsed.values)
-    return method(*args, **kwargs)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`fondtrain = "fondtrain.cli:main"`): prints what the command returns."""
     try:
-        result = run_or_exit(dispatch, sys.argv[1:] if argv is None else list(argv))
+        result = run_or_exit(dispatch, FondtrainCLI, sys.argv[1:] if argv is None else list(argv))
         if result is not None:
             print(result)
         sys.stdout.flush()

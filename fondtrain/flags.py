@@ -1,28 +1,22 @@
-"""Command-line flags: one typed table and one parser for every `fondtrain` command.
+"""The training flags: one typed table generated from the config dataclasses.
 
-`fondtrain train` and launch/train.py read the same table, generated from the config
-dataclasses (ModelConfig, DataConfig, TrainConfig): every field is a flag with the
-reference's name (`--t_train 16 --n_iters_outer 1 --beta_outer 24 --n_latents 512`), its
-real type (typing.get_type_hints), its allowed values where it has fixed choices, and a
-one-line description from DESCRIPTIONS. `--config file.yaml` is read first, flags
-override it; `--seed` seeds every section. The other commands' flags come from their
-method signatures (cli.py) and go through the same parser.
-
-Parsing rules: exact names only (no abbreviations; `-` and `_` are the same letter),
-`--flag value` or `--flag=value`, booleans as `--flag`, `--noflag` or `--flag
-true|false|yes|no|1|0` (any case), `none` for an optional value, tuples as `0.9,0.999`.
-Every bad flag or value raises UserError with one sentence, before any work starts.
+`fondtrain train` and launch/train.py read this table (through cli.train_command): every
+field of ModelConfig, DataConfig and TrainConfig is a flag with the reference's name
+(`--t_train 16 --n_iters_outer 1 --beta_outer 24 --n_latents 512`), its real type
+(typing.get_type_hints), its allowed values where it has fixed choices (field_choices) and
+a one-line description (DESCRIPTIONS). `--config file.yaml` is read first and flags
+override it; `--seed` seeds every section. YAML values are converted and checked the same
+way as flags. The parsing rules are fondtrain/commandline.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
-from dataclasses import dataclass
 from typing import Any
 
+from fondtrain.commandline import BOOLEAN_NOTE, Option, convert, format_options, parse_flags, unknown_option, wants_help
 from fondtrain.config import (
     BACKENDS,
     MIXED_PRECISIONS,
@@ -39,8 +33,6 @@ from fondtrain.errors import UserError
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # Other names users type for a field (the reference's and the README's).
 ALIASES = {"model": "preset", "data_path": "path"}
-TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
-HELP_FLAGS = ("-h", "--help")
 
 # One line per config field, keyed by field name (a field shared by several sections,
 # like seed, has one entry). tests/test_cli_flags.py checks that every field has one.
@@ -109,206 +101,6 @@ def field_choices() -> dict[str, tuple[str, ...]]:
 
     return {"preset": PRESETS, "poisson_kl": POISSON_KL_FORMS, "backend": BACKENDS,
             "mixed_precision": MIXED_PRECISIONS, "feeder": tuple(FEEDERS), "dataset": tuple(SOURCES)}
-
-
-@dataclass(frozen=True)
-class Option:
-    """One flag: `--name VALUE` of type `kind` (a real type such as int or tuple[float, ...]).
-
-    `fields` lists the (section, field) pairs a training flag sets (seed sets three).
-    """
-
-    name: str
-    kind: Any
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-    aliases: tuple[str, ...] = ()
-    fields: tuple[tuple[str, str], ...] = ()
-    group: str = ""
-
-
-# ------------------------------------------------------------------ types and values
-
-def split_optional(kind: Any) -> tuple[Any, bool]:
-    """(the type without None, whether None is allowed) for `X | None` / Optional[X]."""
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        if len(args) != 1:
-            raise TypeError(f"flag type {kind} must be one type or that type | None")
-        return args[0], True
-    return kind, False
-
-
-def type_name(kind: Any) -> str:
-    """How a type reads in the help: int, float, str, bool, float,float, float,... ."""
-    base, optional = split_optional(kind)
-    if typing.get_origin(base) is tuple:
-        args = typing.get_args(base)
-        name = f"{args[0].__name__},..." if args[-1] is Ellipsis else ",".join(a.__name__ for a in args)
-    else:
-        name = getattr(base, "__name__", str(base))
-    return f"{name} | none" if optional else name
-
-
-def _scalar(text: Any, kind: Any) -> Any:
-    """One value of type kind (bool, int, float, str) from a string or a YAML value; ValueError if not."""
-    if kind is bool:
-        if isinstance(text, bool):
-            return text
-        word = str(text).strip().lower()
-        if word in TRUE_WORDS:
-            return True
-        if word in FALSE_WORDS:
-            return False
-        raise ValueError(text)
-    if kind is int:
-        if isinstance(text, bool):
-            raise ValueError(text)
-        if isinstance(text, int):
-            return text
-        if isinstance(text, str) and text.strip().lstrip("+-").replace("_", "").isdigit():
-            return int(text)
-        as_float = float(text)  # 1e5 is a fine count, 2.5 is not
-        if not as_float.is_integer():
-            raise ValueError(text)
-        return int(as_float)
-    if kind is float:
-        if isinstance(text, bool):
-            raise ValueError(text)
-        return float(text)
-    if kind is str:
-        return str(text)
-    raise TypeError(f"flags cannot hold values of type {kind}")
-
-
-def convert(name: str, kind: Any, value: Any, choices: tuple[str, ...] = ()) -> Any:
-    """`value` (a string from the command line, or a YAML value) as type `kind`; UserError if not."""
-    base, optional = split_optional(kind)
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() == "none"):
-        if optional:
-            return None
-        raise UserError(f"--{name} needs a value of type {type_name(kind)}, not none.")
-    if typing.get_origin(base) is tuple:
-        return _convert_tuple(name, base, value)
-    try:
-        out = _scalar(value, base)
-    except (TypeError, ValueError):
-        hint = " (true/false, yes/no or 1/0)" if base is bool else ""
-        raise UserError(f"--{name} got {value!r}, which is not a valid {type_name(kind)}{hint}.") from None
-    if choices and out not in choices:
-        close = difflib.get_close_matches(str(out), choices, n=1)
-        guess = f" (did you mean {close[0]}?)" if close else ""
-        raise UserError(f"--{name} {out!r} is not one of {', '.join(choices)}{guess}.")
-    return out
-
-
-def _convert_tuple(name: str, kind: Any, value: Any) -> tuple:
-    args = typing.get_args(kind)
-    if isinstance(value, str):
-        items = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-    else:
-        items = list(value) if isinstance(value, list | tuple) else [value]
-    fixed = args[-1] is not Ellipsis
-    if fixed and len(items) != len(args):
-        example = ",".join(["x"] * len(args))
-        raise UserError(f"--{name} needs {len(args)} numbers separated by a comma ({example}), "
-                        f"got {value!r}.")
-    kinds = args if fixed else [args[0]] * len(items)
-    try:
-        return tuple(_scalar(v, k) for v, k in zip(items, kinds, strict=True))
-    except (TypeError, ValueError):
-        raise UserError(f"--{name} got {value!r}, which is not a valid {type_name(kind)}.") from None
-
-
-# ------------------------------------------------------------------ the parser
-
-class Parsed(typing.NamedTuple):
-    positionals: list[str]
-    values: dict[str, Any]  # option name -> converted value (only the flags given)
-
-
-def wants_help(argv: list[str]) -> bool:
-    """-h or --help among the flags (before a `--`)."""
-    head = argv[:argv.index("--")] if "--" in argv else argv
-    return any(a in HELP_FLAGS for a in head)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def unknown_option(flag: str, names: list[str], command: str) -> UserError:
-    close = difflib.get_close_matches(flag.lstrip("-").replace("-", "_"), names, n=1, cutoff=0.6)
-    guess = f" (did you mean --{close[0]}?)" if close else ""
-    return UserError(f"unknown option {flag}{guess}: `{command} --help` lists the options.")
-
-
-def parse_flags(argv: list[str], options: list[Option], command: str) -> Parsed:
-    """Split argv into positional words and typed flag values; exact flag names only."""
-    lookup = {o.name: o for o in options} | {a: o for o in options for a in o.aliases}
-    positionals: list[str] = []
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        i += 1
-        if word == "--":
-            positionals.extend(argv[i:])
-            break
-        if not word.startswith("-") or _is_number(word):
-            positionals.append(word)
-            continue
-        raw_name, has_value, value = word.lstrip("-").partition("=")
-        name = raw_name.replace("-", "_")
-        option = lookup.get(name) if word.startswith("--") else None
-        if option is None and name.startswith("no") and not has_value and word.startswith("--"):
-            negated = lookup.get(name[2:])
-            if negated is not None and split_optional(negated.kind)[0] is bool:
-                values[negated.name] = False
-                continue
-        if option is None:
-            raise unknown_option(word.partition("=")[0], sorted(lookup), command)
-        if not has_value:
-            following = argv[i] if i < len(argv) else None
-            if split_optional(option.kind)[0] is bool:
-                takes = following is not None and following.lower() in TRUE_WORDS + FALSE_WORDS
-                value = argv[i] if takes else "true"
-                i += takes
-            elif following is None or (following.startswith("--") and following != "--"):
-                raise UserError(f"--{name} needs a value ({type_name(option.kind)}).")
-            else:
-                value = following
-                i += 1
-        values[option.name] = convert(name, option.kind, value, option.choices)
-    return Parsed(positionals, values)
-
-
-def format_options(options: list[Option]) -> str:
-    """The flag table: per option its names, type or choices, default and description."""
-    lines: list[str] = []
-    group = None
-    for o in options:
-        if o.group != group:
-            group = o.group
-            lines.append(f"\n{group}:" if group else "")
-        names = ", ".join(f"--{n}" for n in (o.name, *o.aliases))
-        kind = "{" + "|".join(o.choices) + "}" if o.choices else type_name(o.kind)
-        default = o.default
-        if isinstance(default, tuple):
-            default = ",".join(str(v) for v in default)
-        shown = "none" if default is None else repr(default) if default == "" else default
-        lines.append(f"  {names}  {kind}  (default: {shown})")
-        lines.append(f"      {o.help}")
-    return "\n".join(lines)
-
-
-BOOLEAN_NOTE = ("Booleans: --flag, --noflag or --flag true|false|yes|no|1|0; `none` clears an "
-                "optional value; names are exact (no abbreviations).")
 
 
 # ------------------------------------------------------------------ training flags

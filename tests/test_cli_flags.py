@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from fondtrain import __version__
-from fondtrain.cli import _bind, command_options, commands, main
+from fondtrain.cli import FondtrainCLI, main
+from fondtrain.commandline import bind_arguments, command_options, commands, parse_flags
 from fondtrain.errors import UserError
-from fondtrain.flags import DESCRIPTIONS, SECTIONS, parse_args, parse_flags, resolve_config, train_options
+from fondtrain.flags import DESCRIPTIONS, SECTIONS, parse_args, resolve_config, train_options
 from tests.train_helpers import REPO, subprocess_env
 
 LAUNCH = [sys.executable, str(REPO / "launch" / "train.py")]
@@ -41,7 +42,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     (["train", "-h"], ["--feeder  {stationary|jitter|rotate}", "--clamp_u  float,... | none"]),
     (["eval", "--help"], ["usage: fondtrain eval [RUN]", "--probe  bool  (default: True)"]),
     (["shard", "-h"], ["--n_train  int | none", "--overwrite  bool"]),
-    (["--help"], [f"  {name.replace('_', '-')} " for name in commands()]),
+    (["--help"], [f"  {name.replace('_', '-')} " for name in commands(FondtrainCLI)]),
 ])
 def test_help_goes_to_stdout_and_exits_0(tmp_path, argv, expected):
     proc = run(FONDTRAIN + argv, tmp_path)
@@ -56,7 +57,7 @@ def test_version(tmp_path):
     assert proc.returncode == 0 and proc.stdout == f"fondtrain {__version__}\n"
 
 
-@pytest.mark.parametrize("name", sorted(commands()))
+@pytest.mark.parametrize("name", sorted(commands(FondtrainCLI)))
 def test_every_command_has_help_describing_every_flag(name, capsys):
     if name == "train":
         with pytest.raises(SystemExit) as info:
@@ -65,7 +66,7 @@ def test_every_command_has_help_describing_every_flag(name, capsys):
         options = train_options()
     else:
         main([name.replace("_", "-"), "--help"])
-        options = command_options(commands()[name])
+        options = command_options(commands(FondtrainCLI)[name])
     out, err = capsys.readouterr()
     assert err == "" and out.startswith(f"usage: fondtrain {name.replace('_', '-')}")
     for o in options:
@@ -149,13 +150,13 @@ def test_yaml_values_are_typed_and_checked(tmp_path):
 # ------------------------------------------------------------------ other commands
 
 def _eval_kwargs(argv: list[str]) -> dict:
-    fn = commands()["eval"]
+    fn = commands(FondtrainCLI)["eval"]
     parsed = parse_flags(argv, command_options(fn), "fondtrain eval")
-    return _bind("eval", fn, parsed.positionals, parsed.values)[1]
+    return bind_arguments("eval", fn, parsed.positionals, parsed.values)[1]
 
 
 @pytest.mark.parametrize("argv,probe", [(["--probe", "false"], False), (["--probe", "False"], False),
-                                        (["--probe=no"], False), (["--noprobe"], False),
+                                        (["--probe=no"], False), (["--noprobe"], False), (["--no-probe"], False),
                                         (["--probe", "0"], False), (["--probe", "YES"], True),
                                         (["--probe"], True), ([], True)])
 def test_eval_booleans(argv, probe):
@@ -176,15 +177,15 @@ def test_eval_flag_types():
 
 
 def test_positional_words_and_varargs():
-    fn = commands()["compare"]
+    fn = commands(FondtrainCLI)["compare"]
     parsed = parse_flags(["a", "b", "--out", "c.csv", "d"], command_options(fn), "fondtrain compare")
-    assert _bind("compare", fn, parsed.positionals, parsed.values) == (["a", "b", "d"], {"out": "c.csv"})
-    fn = commands()["export"]
+    assert bind_arguments("compare", fn, parsed.positionals, parsed.values) == (["a", "b", "d"], {"out": "c.csv"})
+    fn = commands(FondtrainCLI)["export"]
     with pytest.raises(UserError, match="fondtrain export needs OUT"):
-        _bind("export", fn, ["run"], {})
+        bind_arguments("export", fn, ["run"], {})
     with pytest.raises(UserError, match="extra argument 'x'"):
-        _bind("export", fn, ["run", "out", "safetensors", "x"], {})
-    assert _bind("export", fn, ["run"], {"out": "o"}) == ([], {"run": "run", "out": "o"})
+        bind_arguments("export", fn, ["run", "out", "safetensors", "x"], {})
+    assert bind_arguments("export", fn, ["run"], {"out": "o"}) == ([], {"run": "run", "out": "o"})
 
 
 def test_unknown_command_names_the_closest(capsys):
