@@ -125,7 +125,7 @@ class FondtrainCLI:
         """
         from fondtrain import bench
 
-        def as_tuple(value) -> tuple:  # fire turns "a,b" into a tuple, "a" into a str
+        def as_tuple(value) -> tuple:  # "a,b" -> ("a", "b")
             items = value if isinstance(value, list | tuple) else str(value).split(",")
             return tuple(str(v).strip() for v in items if str(v).strip())
 

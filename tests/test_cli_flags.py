@@ -193,7 +193,7 @@ def test_unknown_command_names_the_closest(capsys):
         main(["trian", "--epochs", "1"])
     assert info.value.code == 2
     assert "unknown command 'trian' (did you mean train?)" in capsys.readouterr().err
-    main(["import-upstream", "--help"])  # fire's spelling with a hyphen still works
+    main(["import-upstream", "--help"])  # the hyphenated spelling works too
     assert capsys.readouterr().out.startswith("usage: fondtrain import-upstream PATH OUT")
 
 
