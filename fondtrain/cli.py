@@ -1,18 +1,27 @@
-"""`fondtrain` command line (python-fire): each method of FondtrainCLI is a command.
+"""`fondtrain` command line: each public method of FondtrainCLI is a command.
 
-Keep this file a thin dispatcher: a command parses nothing itself and calls the module
-that does the work. A `UserError` from any command prints `error: <sentence>` on stderr
-and exits with status 2, without a traceback; anything else is a bug and keeps its
-traceback.
+Adding a command is adding a method: annotate its parameters (the annotations are the
+flags' types) and give it a docstring whose first paragraph is the summary and whose
+`Args:` section describes every parameter; `fondtrain --help` and `fondtrain COMMAND
+--help` are made from them and fondtrain/commandline.py checks every flag before the
+command runs. Keep this file a thin dispatcher: a command calls the module that does the
+work.
+
+A `UserError` from any command prints `error: <sentence>` on stderr and exits with status
+2, without a traceback; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from fondtrain.commandline import dispatch, own_flags
 from fondtrain.errors import UserError
+from fondtrain.flags import parse_args
 
 
 def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -23,6 +32,17 @@ def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         message = " ".join(str(exc).split())  # always one line
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def train_command(argv: list[str], prog: str = "fondtrain train") -> Path:
+    """Parse training flags (the one flag table of fondtrain/flags.py) and train; the run folder.
+
+    The single entry of `fondtrain train` and launch/train.py (one process or many).
+    """
+    config = parse_args(argv, prog)
+    from fondtrain.train.loop import train
+
+    return train(config).run_dir
 
 
 class FondtrainCLI:
@@ -56,7 +76,11 @@ class FondtrainCLI:
         return str(folder)
 
     def verify(self, path: str) -> str:
-        """Check a shard folder: manifest, files, sizes, sha256 checksums and sample counts."""
+        """Check a shard folder: manifest, files, sizes, sha256 checksums and sample counts.
+
+        Args:
+            path: the shard folder (e.g. shards/natural16).
+        """
         from fondtrain.data.shards import verify_shards
 
         manifest = verify_shards(path)
@@ -101,7 +125,7 @@ class FondtrainCLI:
         """
         from fondtrain import bench
 
-        def as_tuple(value) -> tuple:  # fire turns "a,b" into a tuple, "a" into a str
+        def as_tuple(value) -> tuple:  # "a,b" -> ("a", "b")
             items = value if isinstance(value, list | tuple) else str(value).split(",")
             return tuple(str(v).strip() for v in items if str(v).strip())
 
@@ -118,28 +142,36 @@ class FondtrainCLI:
         bench.run(s, out)
 
 
-    def train(self, config: str | None = None, **flags: Any) -> str:
+    @own_flags
+    def train(self, *argv: str) -> str:
         """Train (or resume) a run in one process; `accelerate launch launch/train.py` for many.
 
-        Every option is a flag with the reference's names, e.g. `fondtrain train --dataset
-        natural16 --model ipvae --t_train 16 --n_latents 512 --beta_outer 24 --epochs 10`;
-        --config reads a YAML file with model/data/train sections first. Re-running the
-        same command resumes its run (runs/<name>) from the newest complete checkpoint.
-        `python launch/train.py --help` lists every option with its default.
+        Every config field is a flag with the reference's names, e.g. `fondtrain train
+        --dataset natural16 --model ipvae --t_train 16 --n_latents 512 --beta_outer 24
+        --epochs 10`; --config reads a YAML file with model/data/train sections first.
+        Re-running the same command resumes its run (runs/<name>).
         """
-        from fondtrain.train.flags import resolve_config
-        from fondtrain.train.loop import train
-
-        return str(train(resolve_config(config, flags)).run_dir)
+        return str(train_command(list(argv)))
 
     def export(self, run: str, out: str, format: str = "safetensors") -> str:
-        """Export a run's (or checkpoint's) model: safetensors + config.yaml, or upstream .pt."""
+        """Export a run's (or checkpoint's) model: safetensors + config.yaml, or upstream .pt.
+
+        Args:
+            run: a run folder or one of its checkpoints.
+            out: the folder to write.
+            format: safetensors (model.safetensors + config.yaml) or upstream (the reference's .pt).
+        """
         from fondtrain.export import export_model
 
         return str(export_model(run, out, format))
 
     def import_upstream(self, path: str, out: str) -> str:
-        """Turn a reference IterativeVAE checkpoint (.pt) into a fondtrain run directory."""
+        """Turn a reference IterativeVAE checkpoint (.pt) into a fondtrain run directory.
+
+        Args:
+            path: the reference checkpoint (.pt).
+            out: the run folder to create.
+        """
         from fondtrain.export import import_upstream
 
         return str(import_upstream(path, out))
@@ -151,8 +183,7 @@ class FondtrainCLI:
              probe_steps: int | None = None, probe_max_samples: int = 10_000,
              tuning: bool = True, tuning_steps: int | None = None, n_orientations: int = 16,
              shards_root: str | None = None, out: str | None = None, figures: bool = True,
-             tensorboard: bool = True, device: str | None = None, seed: int = 0,
-             **unknown: Any) -> None:
+             tensorboard: bool = True, device: str | None = None, seed: int = 0) -> None:
         """Evaluate a run: convergence over N_STEPS inference steps, figures, probes, tuning.
 
         Writes RUN/eval/metrics.json, RUN/eval/figures/*.png and TensorBoard RUN/tb/eval
@@ -185,17 +216,6 @@ class FondtrainCLI:
         """
         from fondtrain.eval.evaluate import EvalOptions, evaluate
 
-        # **unknown catches misspelt flags before a long evaluation starts (fire would
-        # only complain after it); it also receives --help
-        if unknown:
-            import inspect
-
-            if set(unknown) <= {"help", "h"}:
-                print("usage: fondtrain eval RUN [--flags]\n\n" + inspect.getdoc(self.eval))
-                return
-            flags = [p for p in inspect.signature(self.eval).parameters if p != "unknown"]
-            raise UserError(f"unknown eval option(s) {', '.join(sorted(unknown))}: the options "
-                            f"are {', '.join('--' + f for f in flags)}.")
         opts = EvalOptions(
             n_steps=n_steps, temp=temp, dataset=dataset, path=path, shards_root=shards_root,
             n_val=n_val, batch_size=batch_size, window=window, probe=probe,
@@ -205,18 +225,26 @@ class FondtrainCLI:
         evaluate(run, checkpoint, opts)  # prints a summary and where it wrote the results
 
     def compare(self, *runs: str, out: str = "compare.md") -> None:
-        """Put several runs' eval metrics side by side: a table (printed and written to
-        OUT: .md, or .csv / .json) and their convergence curves (OUT with .png)."""
+        """Put several runs' eval metrics side by side: a table and their convergence curves.
+
+        Args:
+            runs: run folders or metrics.json files.
+            out: the table (.md, .csv or .json; printed too); the curves go to OUT with .png.
+        """
         from fondtrain.eval.evaluate import compare
 
         compare(list(runs), out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point (`fondtrain = "fondtrain.cli:main"`)."""
-    import fire
-
-    run_or_exit(fire.Fire, FondtrainCLI(), command=argv, name="fondtrain")
+    """Console entry point (`fondtrain = "fondtrain.cli:main"`): prints what the command returns."""
+    try:
+        result = run_or_exit(dispatch, FondtrainCLI, sys.argv[1:] if argv is None else list(argv))
+        if result is not None:
+            print(result)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `fondtrain train --help | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
     torchrun --nproc_per_node 8 launch/train.py --backend deepspeed \
         --deepspeed_config launch/deepspeed/zero1.json --dataset vh16 ...     # DeepSpeed ZeRO
 
-Every config field is a flag (see --help); --config file.yaml is read first. Cluster use
-(SLURM, multi-node, pre-emption, mixed precision): docs/cluster.md.
+The flags are those of `fondtrain train` (see --help): this script calls the same entry,
+fondtrain.cli.train_command. Cluster use (SLURM, multi-node, pre-emption, mixed
+precision): docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fondtrain.errors import UserError  # noqa: E402
-from fondtrain.train.flags import parse_args  # noqa: E402
+from fondtrain.cli import run_or_exit, train_command  # noqa: E402
 
 
 def _drop_local_rank(argv: list[str]) -> list[str]:
@@ -35,14 +35,9 @@ def _drop_local_rank(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(_drop_local_rank(sys.argv[1:] if argv is None else argv))
-        from fondtrain.train.loop import train
-
-        train(config)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """Train with the given flags; a bad flag prints `error: ...` and exits 2."""
+    run_or_exit(train_command, _drop_local_rank(sys.argv[1:] if argv is None else argv),
+                prog="launch/train.py")
     return 0
 
 

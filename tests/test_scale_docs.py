@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from fondtrain.train.flags import build_parser
+from fondtrain.flags import train_options
 from tests.train_helpers import REPO
 
 DOC = REPO / "docs" / "cluster.md"
@@ -26,7 +26,7 @@ def test_files_named_in_the_cluster_guide_exist():
 
 
 def test_training_flags_in_the_cluster_guide_parse():
-    known = {opt for action in build_parser()._actions for opt in action.option_strings}
+    known = {f"--{name}" for o in train_options() for name in (o.name, *o.aliases)}
     used = set()
     for line in _code_lines():
         if "launch/train.py" not in line and ".sbatch" not in line:

@@ -9,11 +9,11 @@ import pytest
 
 from fondtrain.config import TrainConfig
 from fondtrain.errors import UserError
-from fondtrain.train.flags import resolve_config
+from fondtrain.flags import resolve_config
 from tests.train_helpers import REPO, subprocess_env
 
 BAD_FLAGS = [
-    (["--model", "vae"], "unknown model preset"),
+    (["--model", "vae"], "--model 'vae' is not one of ipvae, igvae, igrelu"),
     (["--n_latents", "0"], "n_latents must be a whole number of at least 1"),
     (["--batch_size", "ten"], "--batch_size got 'ten'"),
     (["--beta_outer", "-1"], "beta_outer must be zero or positive"),
