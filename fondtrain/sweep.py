@@ -107,7 +107,7 @@ def member_name(settings: dict[str, Any]) -> str:
     Python's shortest round-trip form: 0.005, 1e-05)."""
     parts = []
     for setting, value in settings.items():
-        text = _format_value(value)
+        text = format_value(value)
         if not _SAFE_NAME.match(text):
             raise UserError(f"sweep value {value!r} of {setting} cannot be part of a member name: "
                             "use letters, digits, '.', '+' or '-'.")
@@ -160,7 +160,7 @@ def _grid_rows(grid: dict) -> list[dict[str, Any]]:
         values = grid[name] if isinstance(grid[name], list | tuple) else [grid[name]]
         if not values:
             raise UserError(f"the sweep gives no values for {name}: list at least one, e.g. {name}=1,2.")
-        lists.append([_coerce(name, v) for v in values])
+        lists.append([coerce_value(name, v) for v in values])
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*lists)]
 
 
@@ -171,7 +171,7 @@ def _list_rows(items: list | tuple) -> list[dict[str, Any]]:
             raise UserError(f"each listed sweep member is a mapping of settings, not {item!r}.")
         for name in item:
             _check_setting(name)
-        rows.append({name: _coerce(name, value) for name, value in item.items()})
+        rows.append({name: coerce_value(name, value) for name, value in item.items()})
     return rows
 
 
@@ -188,8 +188,8 @@ def _check_setting(name: Any) -> None:
     raise UserError(f"unknown sweep setting {name!r}: a sweep varies {', '.join(PER_MEMBER)}.")
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """A sweep value as its setting's type (strings from --sweep are parsed here)."""
+def coerce_value(name: str, value: Any) -> Any:
+    """A sweep value as its setting's type (strings from --sweep or members.tsv are parsed)."""
     if name in _STR_SETTINGS:
         if not isinstance(value, str):
             raise UserError(f"{name} takes a word, not {value!r}.")
@@ -211,7 +211,8 @@ def _coerce(name: str, value: Any) -> Any:
     return float(value)
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A setting's value as text, exactly (member names and members.tsv)."""
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
     return str(value)
