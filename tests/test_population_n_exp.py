@@ -10,6 +10,7 @@ from fondtrain.model.population_n_exp import (
     arrival_mask,
     masked_overhead,
     member_n_exp_table,
+    refresh_member_tables,
     relaxed_poisson_population,
     step_lengths,
 )
@@ -69,6 +70,10 @@ def test_member_tables_step_lengths_and_overhead():
                                  n_exp_for_rate(torch.finfo(torch.float32).eps, 1e-3)]
     assert table[1].tolist() == [n_exp_for_rate(r, 1e-2) for r in (3.0, 0.1, 8.0)]
     assert step_lengths(table) == [max(int(a), int(b)) for a, b in zip(table[0], table[1], strict=True)]
+    # a member still in its warm-up keeps its table
+    old = torch.full((2, 3), 10, dtype=torch.int32)
+    refreshed = refresh_member_tables(old, rates, [1e-3, 1e-2], torch.tensor([False, True]))
+    assert refreshed[0].tolist() == [10, 10, 10] and torch.equal(refreshed[1], table[1])
     fixed = torch.tensor([[2, 4], [4, 4]])
     assert masked_overhead(fixed) == 2 * (4 + 4) / 14
     assert masked_overhead(torch.tensor([[3, 3], [3, 3]])) == 1.0

@@ -4,7 +4,7 @@ one batched relaxed Poisson sampler for all of them.
 Members with different rates need different sampler lengths: a beta sweep moves a
 member's largest posterior rate, and with it n_exp_for_rate, by a few arrivals. Each
 member keeps its own table n_exp[i, t] [P, t_total], refreshed from its own rate
-profile (`member_n_exp_table`; the trainer's refresh rule of 6.7 per member, with the
+profile (`member_n_exp_table`, `refresh_member_tables`: the refresh rule of 6.7 per member, with the
 member's own warm-up). The batched sampler of step t runs the longest of them,
 
     n_max[t] = max_i n_exp[i, t]                                   (`step_lengths`, host ints)
@@ -50,6 +50,15 @@ def member_n_exp_table(max_rates: Tensor, p: float | Sequence[float]) -> Tensor:
     probs = [float(p)] * rates.shape[0] if isinstance(p, int | float) else [float(v) for v in p]
     table = [[n_exp_for_rate(max(float(r), FLOAT32_EPS), probs[i]) for r in row] for i, row in enumerate(rates)]
     return torch.tensor(table, dtype=torch.int32)
+
+
+def refresh_member_tables(n_exp: Tensor, max_rates: Tensor, p: float | Sequence[float],
+                          refresh: Tensor) -> Tensor:
+    """The tables after a refresh (SPEC 6.7 per member): members with refresh[i] (past
+    their own warm-up, [P] bool) take `member_n_exp_table` of their averaged largest rates
+    [P, t_total] (agreed across the ranks that hold them); the others keep their row."""
+    fresh = member_n_exp_table(max_rates, p).to(n_exp.device)
+    return torch.where(refresh.to(n_exp.device).view(-1, 1), fresh, n_exp)
 
 
 def step_lengths(n_exp: Tensor) -> list[int]:
