@@ -128,7 +128,7 @@ class FondtrainCLI:
         `python launch/train.py --help` lists every option with its default.
         """
         from fondtrain.train.flags import resolve_config
-        from fondtrain.train.loop import train
+        from fondtrain.train.trainer import train
 
         return str(train(resolve_config(config, flags)).run_dir)
 

@@ -37,7 +37,7 @@ def _drop_local_rank(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(_drop_local_rank(sys.argv[1:] if argv is None else argv))
-        from fondtrain.train.loop import train
+        from fondtrain.train.trainer import train
 
         train(config)
     except UserError as err:
