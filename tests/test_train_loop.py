@@ -70,6 +70,25 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(digits_shards, tmp_pat
     assert not (first.run_dir / "ckpt" / "step-00000030").exists()
 
 
+def test_a_run_does_not_depend_on_what_ran_before_in_the_process(digits_shards, tmp_path):
+    """The process-wide state earlier tests may leave behind (torch's thread count, the
+    global torch / numpy / python generators) does not change a run: a new run seeds its
+    own streams and a resumed one restores them (the resume test above relies on it)."""
+    import random
+
+    first = train(tiny_config(digits_shards, tmp_path / "runs", "clean", epochs=1, max_steps=12))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        torch.manual_seed(99), np.random.seed(99), random.seed(99)
+        torch.rand(1000), np.random.rand(1000), random.random()
+        second = train(tiny_config(digits_shards, tmp_path / "runs", "disturbed", epochs=1, max_steps=12))
+    finally:
+        torch.set_num_threads(threads)
+    for name, value in first.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
 def test_tensorboard_continues_across_a_resume(digits_shards, tmp_path):
     """No step lost or duplicated: a run stopped at its checkpoint step 20 and resumed logs
     exactly the steps (scalars, validation, dictionary images) of an uninterrupted one."""
@@ -113,11 +132,33 @@ def test_start_banner_and_end_line_say_what_runs(digits_shards, tmp_path, capsys
     run = tmp_path / "runs" / "told"
     assert f"new run {run}" in out
     assert "1 process(es) x batch 32; 44 steps per epoch; 132 steps in 3 epoch(s); stopping at step 10" in out
-    assert "stopped at 10 of 132 scheduled steps; use --epochs for a short run" in out
+    assert "done: 10 steps (stopped at 10 of 132 scheduled steps; use --epochs for a short run)" in out
     assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == ["5/10", "10/10"]
     train(tiny_config(digits_shards, tmp_path / "runs", "told", epochs=3, max_steps=15))
     out = capsys.readouterr().out
     assert f"resuming {run} from step-00000010 (step 10)" in out and "new run" not in out
+
+
+def test_a_signal_while_the_back_end_starts_is_kept(digits_shards, tmp_path, monkeypatch):
+    """The stop handler is installed before the back end: a SIGTERM during its start-up
+    (e.g. a rendezvous) checkpoints and stops the run after its first step."""
+    import os
+    import signal
+
+    from fondtrain.train import trainer
+
+    real = trainer.make_backend
+
+    def signalled_during_start(config):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(config)
+
+    monkeypatch.setattr(trainer, "make_backend", signalled_during_start)
+    before = signal.getsignal(signal.SIGTERM)
+    result = train(tiny_config(digits_shards, tmp_path / "runs", "early-signal", epochs=1))
+    assert result.stopped and result.step == 1
+    assert run_files.latest_checkpoint(result.run_dir / "ckpt").name == "step-00000001"
+    assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is back"
 
 
 def test_finished_run_restarts_as_a_no_op(digits_shards, tmp_path):

@@ -125,8 +125,9 @@ class RunLog:
             for key, value in values.items():
                 flat[f"{section}.{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
         self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in val.items()}, run_name="hparams")
-        ended = f"done: {step:,} steps" if step >= total_steps else \
-            f"stopped at {step:,} of {total_steps:,} scheduled steps; use --epochs for a short run"
+        ended = f"done: {step} steps" + ("" if step >= total_steps else
+                                         f" (stopped at {step:,} of {total_steps:,} scheduled steps; "
+                                         "use --epochs for a short run)")
         self.say("\n".join([
             ended,
             f"validation R^2 pooled {val.get('val/r2_pooled', math.nan):.3f}, "
