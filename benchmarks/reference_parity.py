@@ -5,7 +5,7 @@
 
 Both start from the same parameters, see the same batches (fondtrain's loader) and draw
 their sampler noise from the same torch RNG stream in the same order. fondtrain runs its
-real trainer (`fondtrain.train.loop.train`); the reference runs its own model and Adamax
+real trainer (`fondtrain.train.trainer.train`); the reference runs its own model and Adamax
 under a replica of its Trainer.iteration (warm-up, clip, step, detach, n_exp refresh)
 fed with fondtrain's schedule values (tests/test_schedules.py shows they equal the
 reference's). `--sampler reference` (the default) swaps in the reference's sampler
@@ -61,7 +61,9 @@ def main() -> None:
     from fondtrain.model import distributions as D
     from fondtrain.model.upstream import state_dict_from_upstream, state_dict_to_upstream
     from fondtrain.model.vae import IterativeVAE
-    from fondtrain.train.loop import make_schedule, train
+    from fondtrain.schedules import schedule_for
+    from fondtrain.seeding import stream_seed
+    from fondtrain.train.trainer import train
 
     if args.sampler == "reference":
         D.relaxed_poisson = _reference_sampler
@@ -84,9 +86,9 @@ def main() -> None:
     reference.load_state_dict(weights)
     optimizer = ref.Adamax(reference.parameters(), lr=config.train.lr, betas=(0.9, 0.999),
                           weight_decay=config.train.weight_decay)
-    schedule = make_schedule(config, loader.batches_per_epoch)
+    schedule = schedule_for(config, loader.batches_per_epoch)
 
-    torch.manual_seed(config.train.seed * 1000 + 1)  # the trainer's per-rank noise seed
+    torch.manual_seed(stream_seed(config.train.seed, "sampler", 0))  # the trainer's rank-0 noise seed
     rate_sum, reference_losses = np.zeros(args.t_train), []
     for step, batch in enumerate(loader.epoch(0)):
         if step >= steps:

@@ -40,7 +40,7 @@ def train_command(argv: list[str], prog: str = "fondtrain train") -> Path:
     The single entry of `fondtrain train` and launch/train.py (one process or many).
     """
     config = parse_args(argv, prog)
-    from fondtrain.train.loop import train
+    from fondtrain.train.trainer import train
 
     return train(config).run_dir
 

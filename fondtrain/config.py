@@ -156,6 +156,9 @@ class TrainConfig:
     max_steps: int = 0
     runs_root: str = "runs"
     name: str = ""
+    # Also checkpoint when this many minutes have passed since the last checkpoint (0: off),
+    # so that a long run with ckpt_every 0 still keeps its work.
+    ckpt_minutes: float = 15.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -167,6 +170,10 @@ class TrainConfig:
             _require_count(name, getattr(self, name), minimum=1)
         for name in ("max_steps", "eval_every", "ckpt_every"):
             _require_count(name, getattr(self, name), minimum=0)
+        if isinstance(self.ckpt_minutes, bool) or not isinstance(self.ckpt_minutes, int | float) \
+                or not self.ckpt_minutes >= 0:
+            raise UserError(f"ckpt_minutes must be zero (off) or a positive number of minutes, "
+                            f"got {self.ckpt_minutes!r}.")
         if not self.lr > 0 or self.lr_min < 0 or self.grad_clip <= 0 or self.weight_decay < 0:
             raise UserError("lr and grad_clip must be positive and lr_min, weight_decay not negative.")
         for name in ("warmup_portion", "kl_const_portion", "kl_anneal_portion", "temp_anneal_portion"):

@@ -86,6 +86,7 @@ DESCRIPTIONS = {
     "eval_every": "steps between validations (0: never)",
     "ckpt_every": "steps between checkpoints (0: at the end and on a signal only)",
     "keep_last": "complete checkpoints kept (older ones are deleted)",
+    "ckpt_minutes": "minutes of training between checkpoints, on top of ckpt_every (0: off)",
     "max_steps": "stop after this many steps (0: the whole schedule)",
     "runs_root": "folder of the run folders",
     "name": "run name (default: made from the data set, preset, K, t_train, beta and seed); a run "

@@ -96,3 +96,26 @@ def load_model(path: str | Path):
     except (RuntimeError, KeyError) as err:
         raise UserError(f"{weights} does not match its config.yaml ({err.__class__.__name__}).") from err
     return model.eval(), config
+
+
+def checkpoint_eps(checkpoint: str | Path) -> float:
+    """The soft-clamp opening eps a fondtrain checkpoint's run had reached (the value of
+    its last trained step); 1 for anything else (finished runs reach 1 after the first
+    ~10% of their schedule; reference checkpoints are finished runs).
+
+    Recorded in trainer_state.json; for checkpoints written before it was, recomputed from
+    the run's schedules and config.yaml.
+    """
+    from fondtrain.schedules import schedule_for
+
+    folder = Path(checkpoint)
+    if not (folder / TRAINER_STATE).is_file():
+        return 1.0
+    state = read_trainer_state(folder)
+    if "eps" in state:
+        return float(state["eps"])
+    if not (folder / "config.yaml").is_file():
+        return 1.0
+    config = RunConfig.from_dict(load_yaml(folder / "config.yaml"))
+    schedule = schedule_for(config, int(state["total_steps"]))
+    return schedule.eps(max(int(state["global_step"]) - 1, 0))

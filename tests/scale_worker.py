@@ -24,7 +24,7 @@ def main(plan_path: str) -> int:
     import torch
 
     from fondtrain.flags import parse_args
-    from fondtrain.train.loop import train
+    from fondtrain.train.trainer import train
 
     plan = json.loads(Path(plan_path).read_text())
     out = Path(plan["out"])

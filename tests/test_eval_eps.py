@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fondtrain import run_files
-from fondtrain.eval.convergence import checkpoint_eps
-from fondtrain.train.loop import make_schedule, train
+from fondtrain.schedules import schedule_for
+from fondtrain.train.trainer import train
 from tests.train_helpers import tiny_config
 
 
@@ -16,10 +16,25 @@ def test_checkpoint_eps_follows_the_schedule(digits_shards, tmp_path):
     result = train(config)
     saved = run_files.latest_checkpoint(result.run_dir / "ckpt")
     state = run_files.read_trainer_state(saved)
-    expected = make_schedule(config, state["total_steps"]).eps(9)
-    assert checkpoint_eps(saved) == pytest.approx(expected)
-    assert 0.0 <= checkpoint_eps(saved) < 0.05
+    expected = schedule_for(config, state["total_steps"]).eps(9)
+    assert run_files.checkpoint_eps(saved) == pytest.approx(expected)
+    assert 0.0 <= run_files.checkpoint_eps(saved) < 0.05
 
 
 def test_checkpoint_eps_is_one_without_trainer_state(tmp_path):
-    assert checkpoint_eps(tmp_path) == 1.0
+    assert run_files.checkpoint_eps(tmp_path) == 1.0
+
+
+def test_checkpoint_records_its_eps_and_older_ones_are_recomputed(digits_shards, tmp_path):
+    """The eps reached is in trainer_state.json; a checkpoint written before it was gets
+    the same value from its schedule (fondtrain.schedules, no trainer import)."""
+    import json
+
+    config = tiny_config(digits_shards, tmp_path / "runs", "recorded", epochs=100, max_steps=12)
+    saved = run_files.latest_checkpoint(train(config).run_dir / "ckpt")
+    state = run_files.read_trainer_state(saved)
+    assert state["eps"] == schedule_for(config, state["total_steps"]).eps(11) > 0
+    recorded = run_files.checkpoint_eps(saved)
+    del state["eps"]
+    (saved / run_files.TRAINER_STATE).write_text(json.dumps(state))
+    assert run_files.checkpoint_eps(saved) == pytest.approx(recorded, rel=1e-12)

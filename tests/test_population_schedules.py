@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fondtrain.train.population_schedules import PopulationSchedule
-from fondtrain.train.schedules import Schedule
+from fondtrain.schedules import Schedule
 
 MEMBERS = [
     dict(),  # the defaults

@@ -15,8 +15,9 @@ import torch
 
 from fondtrain.config import ModelConfig
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.train import loop
+from fondtrain.train import step as train_step
 from fondtrain.train.backends import clip_and_step
+from fondtrain.train.trainer import train
 from tests.train_helpers import tiny_config
 
 
@@ -35,7 +36,7 @@ def _run(digits_shards, tmp_path, monkeypatch, batch_size: int, grad_accum: int)
         recorded.append([p.grad.detach().clone() for p in model.parameters()])
         return clip_and_step(accelerator, model, optimizer, max_norm)
 
-    monkeypatch.setattr(loop, "clip_and_step", recording)
+    monkeypatch.setattr(train_step, "clip_and_step", recording)
     monkeypatch.setattr(IterativeVAE, "draw_noise", _per_sample_noise)
     config = tiny_config(digits_shards, tmp_path / "runs", f"accum-{grad_accum}", batch_size=batch_size,
                          grad_accum=grad_accum, max_steps=3, warmup_portion=0.0, grad_clip=50.0)
@@ -43,7 +44,7 @@ def _run(digits_shards, tmp_path, monkeypatch, batch_size: int, grad_accum: int)
     config.model = ModelConfig(preset="igvae", input_dim=64, n_latents=16, t_train=3, n_iters_outer=2,
                                beta_outer=1.0)
     initial_w = IterativeVAE(config.model).W.detach().clone()
-    result = loop.train(config)
+    result = train(config)
     params = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
     assert not torch.allclose(params["W"], initial_w), "the run moved the parameters"
     return recorded, params

@@ -56,7 +56,7 @@ def test_autocast_bf16_keeps_the_state_update_in_float32(preset):
 def test_bf16_training_tracks_float32(digits_shards, tmp_path, fresh_accelerate_state):
     from accelerate.state import AcceleratorState
 
-    from fondtrain.train.loop import train
+    from fondtrain.train.trainer import train
 
     losses = {}
     for precision in ("no", "bf16"):
@@ -74,7 +74,7 @@ def test_bf16_training_tracks_float32(digits_shards, tmp_path, fresh_accelerate_
 
 
 def test_fp16_on_the_cpu_is_refused(digits_shards, tmp_path, fresh_accelerate_state):
-    from fondtrain.train.loop import train
+    from fondtrain.train.trainer import train
 
     with pytest.raises(UserError, match="fp16 mixed precision needs a GPU"):
         train(tiny_config(digits_shards, tmp_path / "runs", "fp16", mixed_precision="fp16", max_steps=1))

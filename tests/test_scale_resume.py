@@ -80,7 +80,7 @@ def test_resume_on_one_then_two_then_one_process(digits_shards, tmp_path, capsys
     Adamax state survives both changes: its step count is the sum of all steps taken."""
     from fondtrain.data.loader import ShardLoader
     from fondtrain.flags import parse_args
-    from fondtrain.train.loop import train
+    from fondtrain.train.trainer import train
 
     runs = tmp_path / "runs"
     flags = ["--dataset", "digits", "--shards_root", str(digits_shards), "--runs_root", str(runs),

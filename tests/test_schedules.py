@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fondtrain.train.schedules import Schedule
+from fondtrain.schedules import Schedule
 from tests.golden import DATA
 
 

@@ -23,7 +23,7 @@ from fondtrain.model.vae import IterativeVAE
 from fondtrain.stats import log_grid, r2_per_sample
 
 OPTIM = TrainConfig()  # lr, betas, weight decay and clipping norm of a training run
-ADAMAX_EPS = 1e-8  # as train/loop.py builds its Adamax
+ADAMAX_EPS = 1e-8  # as train/trainer.py builds its Adamax
 
 
 # ----------------------------------------------------------------------------- inputs, models
@@ -108,7 +108,7 @@ def matmul_limit(batch: int, input_dim: int, n_latents: int, n_steps: int, per_s
 
 # ----------------------------------------------------------------------------- fondtrain
 def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings) -> Callable[[], None]:
-    """One training cycle as train/loop.py runs it (one process, no accumulation): t_train
+    """One training cycle as train/trainer.py runs it (one process, no accumulation): t_train
     steps forward, backward, clipping, one Adamax step."""
     opt = torch.optim.Adamax(model.parameters(), lr=OPTIM.lr, betas=tuple(OPTIM.betas),
                              eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)

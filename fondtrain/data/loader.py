@@ -55,12 +55,7 @@ import webdataset as wds
 
 from fondtrain.data.shards import load_manifest, read_split, split_entries
 from fondtrain.errors import UserError
-
-
-def epoch_seed(seed: int, epoch: int, *more: int) -> int:
-    """A 63-bit integer seed derived from (seed, epoch, *more) via numpy SeedSequence."""
-    state = np.random.SeedSequence([int(seed), int(epoch), *map(int, more)]).generate_state(2)
-    return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
+from fondtrain.seeding import stream_seed
 
 
 def rank_pieces(
@@ -191,7 +186,7 @@ class _ShuffleBatch:
     def __call__(self, src: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
-        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, self.rank, worker, 1))
+        rng = np.random.default_rng(stream_seed(self.seed, "data_window", self.epoch, self.rank, worker))
         pending: list[dict[str, np.ndarray]] = []
         n_pending = 0
         for chunk in src:
@@ -353,7 +348,7 @@ class ShardLoader:
     def _epoch_in_memory(self, epoch: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
         n = self.n_samples
         if self.shuffle:
-            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, "data_order", epoch))
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
@@ -375,7 +370,7 @@ class ShardLoader:
     def pieces(self, epoch: int) -> list[tuple[str, int, int]]:
         """This rank's part of epoch `epoch`: [(shard file, first row, end row)] in order."""
         if self.shuffle:
-            rng = np.random.default_rng(epoch_seed(self.seed, epoch))
+            rng = np.random.default_rng(stream_seed(self.seed, "data_order", epoch))
             order = [int(k) for k in rng.permutation(len(self._files))]
             offset = int(rng.integers(self.n_samples))
         else:

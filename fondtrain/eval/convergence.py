@@ -27,26 +27,7 @@ from torch import Tensor
 from fondtrain import stats as Mx
 from fondtrain.eval.dist import Ranks
 from fondtrain.model.vae import IterativeVAE, State
-
-
-def checkpoint_eps(checkpoint) -> float:
-    """The soft-clamp opening eps the run had reached at a fondtrain checkpoint (from its
-    trainer_state.json and config.yaml); 1 for anything else (finished runs reach 1 after
-    the first ~10% of their schedule; reference checkpoints are finished runs)."""
-    from pathlib import Path
-
-    from fondtrain.config import RunConfig, load_yaml
-    from fondtrain.run_files import TRAINER_STATE, read_trainer_state
-
-    folder = Path(checkpoint)
-    if not (folder / TRAINER_STATE).is_file() or not (folder / "config.yaml").is_file():
-        return 1.0
-    from fondtrain.train.loop import make_schedule
-
-    state = read_trainer_state(folder)
-    config = RunConfig.from_dict(load_yaml(folder / "config.yaml"))
-    schedule = make_schedule(config, int(state["total_steps"]))
-    return schedule.eps(max(int(state["global_step"]) - 1, 0))
+from fondtrain.seeding import stream_seed
 
 
 def eval_temperature(model: IterativeVAE) -> float:
@@ -60,7 +41,7 @@ def advance(model: IterativeVAE, x: Tensor, state: State, temp: float, t: int,
 
     Same dynamics as `model.step`: n_iters_inner updates against the prior = `state`,
     each from a sample of the current state; eps: the soft clamps' opening (1 = fully
-    open, as at the end of training; `checkpoint_eps` gives a checkpoint's own).
+    open, as at the end of training; `fondtrain.run_files.checkpoint_eps` gives a checkpoint's own).
     """
     prior = state
     for _ in range(model.config.n_iters_inner):
@@ -158,7 +139,7 @@ class ConvergenceSums:
 
 def rank_seed(seed: int, rank: int) -> int:
     """Seed of a rank's sampling generator (different noise on every rank)."""
-    return seed * 1000 + rank
+    return stream_seed(seed, "eval_sampler", rank)
 
 
 @dataclass

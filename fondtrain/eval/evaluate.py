@@ -31,9 +31,10 @@ import torch
 
 from fondtrain.errors import UserError
 from fondtrain.eval import figures as Fg
-from fondtrain.eval.convergence import checkpoint_eps, eval_temperature, run_convergence
+from fondtrain.eval.convergence import eval_temperature, run_convergence
 from fondtrain.eval.data import fit_to_model, limit_rows, load_eval_data
 from fondtrain.eval.dist import Ranks
+from fondtrain.run_files import checkpoint_eps
 from fondtrain.stats import safe_float
 
 METRICS_FILE = "metrics.json"

@@ -19,6 +19,7 @@ from fondtrain.eval.convergence import latent_responses
 from fondtrain.eval.data import EvalData, fit_to_model, limit_rows
 from fondtrain.eval.dist import Ranks
 from fondtrain.model.vae import IterativeVAE
+from fondtrain.seeding import stream_seed
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -46,7 +47,7 @@ def features(model: IterativeVAE, x: np.ndarray, n_steps: int, window: int, rank
     """Latent responses [N, K] of all rows of x, each rank doing its part (gathered)."""
     local = torch.from_numpy(np.ascontiguousarray(x[ranks.part(len(x))], dtype=np.float32))
     feats = latent_responses(model, local, n_steps, window, batch_size=batch_size,
-                             device=ranks.device, seed=seed * 1000 + ranks.rank, eps=eps)
+                             device=ranks.device, seed=stream_seed(seed, "probe", ranks.rank), eps=eps)
     return ranks.gather_rows(feats.to(ranks.device)).cpu()
 
 

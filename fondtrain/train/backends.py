@@ -1,6 +1,6 @@
 """Training back ends: Accelerate (DDP), or a DeepSpeed ZeRO engine driven directly.
 
-The trainer (loop.py) is written against the handful of `accelerate.Accelerator` methods it
+The trainer (trainer.py, step.py) is written against the handful of `accelerate.Accelerator` methods it
 needs: `prepare`, `unwrap_model`, `backward`, `no_sync`, `gather`, `reduce`,
 `wait_for_everyone`, `save_state` / `load_state` and the rank properties. `make_backend`
 returns a real `Accelerator` for `--backend accelerate` and a `DeepSpeedBackend` — the same

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from fondtrain.seeding import stream_seed
 from fondtrain.train.backends import DEEPSPEED_DIR, rng_file
 
 
@@ -53,7 +54,7 @@ def reseed_if_rng_missing(checkpoint: Path, rank: int, seed: int, step: int) -> 
     """Reseed this rank's torch RNG when the checkpoint has no RNG state for it."""
     if rng_file(checkpoint, rank).is_file():
         return None
-    torch.manual_seed(seed * 1000 + rank + 1 + 7919 * (step + 1))
+    torch.manual_seed(stream_seed(seed, "sampler", rank, step))
     return (f"rank {rank}: {checkpoint.name} has no RNG state for this rank (it was written by fewer "
             "processes); reseeded its sampler noise")
 

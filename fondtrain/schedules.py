@@ -6,12 +6,17 @@ steps several times per batch at the same schedule values. The values equal the
 reference trainer's (tests/data/schedules.npz) step for step, including its quirk that the
 cosine decay starts from the learning rate of the *last* warm-up step
 (lr * (n_warm - 1) / n_warm rather than lr).
+
+Pure maths below train/ and eval/: the trainer drives a run with them, and evaluation
+recomputes the soft-clamp opening an older checkpoint had reached.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from fondtrain.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -112,3 +117,15 @@ def _linspace_at(start: float, end: float, count: int, index: int) -> float:
     if count == 1:
         return start
     return start + (end - start) * index / (count - 1)
+
+
+def schedule_for(config: RunConfig, total_steps: int) -> Schedule:
+    """The schedules of a run described by `config` over `total_steps` global steps."""
+    t, m = config.train, config.model
+    return Schedule(
+        total_steps=total_steps, lr=t.lr, lr_min=t.lr_min, warmup_portion=t.warmup_portion,
+        grad_clip=t.grad_clip, beta_outer=m.beta_outer, beta_min=t.beta_min,
+        kl_const_portion=t.kl_const_portion, kl_anneal_portion=t.kl_anneal_portion,
+        anneal_temperature=m.posterior == "poisson", temp_start=t.temp_start,
+        temp_stop=t.temp_stop, temp_anneal_portion=t.temp_anneal_portion,
+    )

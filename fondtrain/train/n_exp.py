@@ -1,0 +1,58 @@
+"""n_exp bookkeeping (Poisson presets, SPEC 4 and 6): the relaxed sampler's length at each
+step t follows the largest rate seen at t.
+
+Every rank sums, over the batches of the current epoch, the largest rate of each step t of
+its own batches; every `refresh_every` steps after warm-up the ranks agree (the max over
+ranks of their averages) and set the model's n_exp table from it. The sums are per rank,
+so a checkpoint keeps every rank's row and an exact resume gives each rank its own back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fondtrain.model.vae import IterativeVAE, agree_max_rates
+
+
+class NExpTracker:
+    """Running sums of the per-step largest rates of this rank's batches, [t_total]."""
+
+    def __init__(self, t_total: int, refresh_every: int, device: torch.device):
+        self.refresh_every = refresh_every
+        self.rate_sum = torch.zeros(t_total, device=device)
+        self.count = 0
+
+    def observe(self, max_rates: torch.Tensor | None) -> None:
+        """Add one batch's largest rate at each step t ([t_total]; None for Gaussians)."""
+        if max_rates is not None:
+            self.rate_sum += max_rates
+            self.count += 1
+
+    def reset(self) -> None:
+        """A new epoch starts new averages."""
+        self.rate_sum.zero_()
+        self.count = 0
+
+    def refresh(self, model: IterativeVAE, step: int, warming_up: bool, accelerator) -> None:
+        """After the batch that made the global step `step`: set n_exp from the epoch's
+        averages, agreed across ranks, every refresh_every steps once warm-up is over
+        (from the first batch of a run on, as the reference does)."""
+        if self.count and not warming_up and (step - 1) % self.refresh_every == 0:
+            gather = accelerator.gather if accelerator.num_processes > 1 else None
+            model.set_n_exp(agree_max_rates(self.rate_sum / self.count, gather))
+
+    def state_dict(self, accelerator) -> dict[str, Any]:
+        """Every rank's sums (a collective: call it on every rank): rate_sum [world][t_total]."""
+        rows = accelerator.gather(self.rate_sum[None]) if accelerator.num_processes > 1 else self.rate_sum[None]
+        return {"rate_sum": rows.tolist(), "rate_count": self.count}
+
+    def load_state_dict(self, saved: dict[str, Any], rank: int, world_size: int) -> None:
+        """This rank's own row when the checkpoint holds one per rank of this world size;
+        else (written by another number of processes) the elementwise max of the saved
+        rows on every rank, so that the n_exp table agreed next is the one saved."""
+        rows = torch.tensor(saved["rate_sum"], dtype=self.rate_sum.dtype).reshape(-1, self.rate_sum.numel())
+        row = rows[rank] if rows.shape[0] == world_size else rows.amax(0)
+        self.rate_sum.copy_(row.to(self.rate_sum.device))
+        self.count = int(saved["rate_count"])

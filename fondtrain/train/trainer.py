@@ -1,0 +1,215 @@
+"""The trainer: TBPTT over inference steps, driven by Accelerate or DeepSpeed (SPEC 6).
+
+`train` reads top to bottom: set up (back end, data, model, optimiser, resume), then for
+each batch: schedule values, `tbptt_step`, n_exp tracking, logging, validation,
+checkpoints and stop signals. One code path serves one CPU, many GPUs and many nodes.
+
+Conventions: `batch_size` is per process; the effective batch is batch_size x processes x
+grad_accum (micro-batches of one batch share each optimiser step). A global step is one
+batch; the schedules are functions of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fondtrain import run_files
+from fondtrain.config import RunConfig, save_yaml
+from fondtrain.errors import UserError
+from fondtrain.model.vae import IterativeVAE
+from fondtrain.schedules import schedule_for
+from fondtrain.seeding import stream_seed
+from fondtrain.train import checkpoint as ckpt
+from fondtrain.train.backends import make_backend
+from fondtrain.train.metrics import validate
+from fondtrain.train.n_exp import NExpTracker
+from fondtrain.train.resume import adapt_position, check_backend, reseed_if_rng_missing
+from fondtrain.train.run_log import RunLog
+from fondtrain.train.signals import StopRequest, requeue_slurm_job
+from fondtrain.train.state import RunState
+from fondtrain.train.step import make_inputs, tbptt_step
+
+STOP_CHECK_EVERY = 5
+
+
+@dataclass
+class TrainResult:
+    """What `train` leaves: the run directory, the trained model (this rank's copy), the
+    global step reached, whether a stop signal ended it early, and the last validation."""
+
+    run_dir: Path
+    model: IterativeVAE
+    step: int
+    stopped: bool
+    validation: dict[str, float]
+
+
+def train(config: RunConfig) -> TrainResult:
+    """Train (or resume) the run `runs/<name>` described by `config`."""
+    stop = StopRequest()  # before the back end starts: a SIGTERM during rendezvous is kept
+    log = None
+    try:
+        accelerator = make_backend(config)  # an Accelerator, or DeepSpeed behind the same calls
+        tc, rank, world = config.train, accelerator.process_index, accelerator.num_processes
+        tc.name = tc.name or run_name(config)
+        run_dir = Path(tc.runs_root) / tc.name
+        ckpt_root = run_dir / "ckpt"
+        train_loader, val_loader = prepare_data(config, accelerator)
+        config.model = dataclasses.replace(config.model, input_dim=train_loader.input_dim)
+        model, optimizer = build_model(config, accelerator)
+        core: IterativeVAE = accelerator.unwrap_model(model)
+        steps_per_epoch = train_loader.batches_per_epoch
+        total_steps = tc.epochs * steps_per_epoch
+        schedule = schedule_for(config, total_steps)
+        last_step = min(total_steps, tc.max_steps) if tc.max_steps > 0 else total_steps
+        n_exp = NExpTracker(config.model.t_total, tc.n_exp_refresh_every, accelerator.device)
+        state = RunState(world_size=world, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+        resumed_from, notes = resume_or_start(accelerator, config, ckpt_root, state, n_exp)
+        if accelerator.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(config, run_dir / "config.yaml")
+        log = RunLog(run_dir, accelerator.is_main_process, tc.name, state.global_step, last_step,
+                     tc.log_every, tc.batch_size * tc.grad_accum * world)
+        log.banner(resumed_from, state.global_step, world, config, steps_per_epoch, total_steps)
+        for note in notes:
+            log.say(f"note: {note}")
+        saved_at, stopped, validation, validated_at = time.monotonic(), False, {}, -1
+        while state.global_step < last_step and not stopped:
+            if state.batch_in_epoch >= steps_per_epoch:
+                state.next_epoch()
+                n_exp.reset()
+            for batch in train_loader.epoch(state.epoch, skip_batches=state.batch_in_epoch):
+                values = schedule.at(state.global_step)
+                x = batch["x"].to(accelerator.device, non_blocking=True)
+                inputs = make_inputs(config, x, stream_seed(config.data.seed, "feeder", rank, state.global_step))
+                result = tbptt_step(model, core, optimizer, accelerator, inputs, values, config)
+                state.advance(values.eps)
+                step = state.global_step
+                n_exp.observe(result.max_rates)
+                if core.is_poisson:
+                    n_exp.refresh(core, step, values.warming_up, accelerator)
+                log.train_step(step, result, core, values, accelerator)
+                if tc.eval_every and step % tc.eval_every == 0:
+                    validation, validated_at = validate(core, val_loader, config, accelerator, values), step
+                    log.validation(validation, core, step)
+                stopped, save_now = agree_stop_and_save(accelerator, step, stop, tc, saved_at)
+                if save_now:
+                    save(accelerator, ckpt_root, state, n_exp, config)
+                    saved_at = time.monotonic()
+                if stopped or step >= last_step:
+                    break
+        if stopped:
+            log.say(f"stopped by signal at step {state.global_step}; checkpoint saved in {ckpt_root}")
+            if accelerator.is_main_process and stop.signum == signal.SIGUSR1:
+                requeue_slurm_job()
+        else:
+            final = run_files.step_dir(ckpt_root, state.global_step)
+            if not (final / run_files.COMPLETE).is_file():  # not saved already by ckpt_every
+                final = save(accelerator, ckpt_root, state, n_exp, config)
+            validated = validated_at == state.global_step
+            if not validated:  # else the loop has just validated this very model
+                validation = validate(core, val_loader, config, accelerator, schedule.at(max(state.global_step - 1, 0)))
+            log.finish(config, final, core, validation, state.global_step, total_steps, logged=validated)
+            accelerator.wait_for_everyone()
+    finally:
+        stop.restore()
+        if log is not None:
+            log.close()
+    return TrainResult(run_dir, core, state.global_step, stopped, validation)
+
+
+def run_name(config: RunConfig) -> str:
+    """Deterministic default run name, so that re-running a command resumes its run."""
+    m = config.model
+    return (f"{config.data.dataset}-{m.preset}-k{m.n_latents}-t{m.t_train}"
+            f"-b{m.beta_outer:g}-s{config.train.seed}")
+
+
+def prepare_data(config: RunConfig, accelerator):
+    """Build the shards on the main process if missing (the others wait), then loaders."""
+    from fondtrain.data.loader import ShardLoader
+    from fondtrain.data.shards import ensure_shards
+
+    d, t = config.data, config.train
+    if accelerator.is_main_process:
+        ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed)
+    accelerator.wait_for_everyone()
+    shard_dir = Path(d.shards_root) / d.dataset
+    common = dict(rank=accelerator.process_index, world_size=accelerator.num_processes,
+                  seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
+                  pin_memory=accelerator.device.type == "cuda")  # so non_blocking copies overlap
+    train_loader = ShardLoader(shard_dir, "train", batch_size=t.batch_size * t.grad_accum, **common)
+    val_loader = ShardLoader(shard_dir, "val", batch_size=t.batch_size, shuffle=False, **common)
+    if train_loader.batches_per_epoch < 1:
+        raise UserError(f"the {d.dataset} training split has fewer samples than one batch "
+                        f"per process: lower --batch_size (now {t.batch_size}).")
+    return train_loader, val_loader
+
+
+def build_model(config: RunConfig, accelerator):
+    """The model (initial weights from config.model.seed) and its Adamax, prepared."""
+    tc = config.train
+    model = IterativeVAE(config.model)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
+                                   eps=1e-8, weight_decay=tc.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if tc.compile:
+        accelerator.unwrap_model(model).enable_compile()
+    return model, optimizer
+
+
+def resume_or_start(accelerator, config: RunConfig, ckpt_root: Path, state: RunState,
+                    n_exp: NExpTracker) -> tuple[Path | None, list[str]]:
+    """Continue from the newest complete checkpoint (weights, optimiser, RNG states, the
+    position and the n_exp sums into `state` / `n_exp`), or seed a new run's sampler noise.
+    Returns (the checkpoint or None, notes to print)."""
+    tc, rank, world = config.train, accelerator.process_index, accelerator.num_processes
+    checkpoint = run_files.latest_checkpoint(ckpt_root)
+    if checkpoint is None:
+        torch.manual_seed(stream_seed(tc.seed, "sampler", rank))  # every rank its own noise
+        return None, []
+    check_backend(checkpoint, tc.backend)
+    accelerator.load_state(str(checkpoint))
+    # Another world size (or batch size) moves the data position and schedule clock.
+    saved, moved = adapt_position(run_files.read_trainer_state(checkpoint), state.steps_per_epoch,
+                                  world, tc.epochs)
+    loaded = RunState.from_json(saved)
+    state.global_step, state.epoch, state.batch_in_epoch = loaded.global_step, loaded.epoch, loaded.batch_in_epoch
+    state.eps = loaded.eps
+    if loaded.rate_sum:
+        n_exp.load_state_dict({"rate_sum": loaded.rate_sum, "rate_count": loaded.rate_count}, rank, world)
+    reseeded = reseed_if_rng_missing(checkpoint, rank, tc.seed, state.global_step)
+    if reseeded:
+        print(f"fondtrain: {reseeded}", file=sys.stderr, flush=True)
+    return checkpoint, [moved] if moved else []
+
+
+def agree_stop_and_save(accelerator, step: int, stop: StopRequest, tc, saved_at: float) -> tuple[bool, bool]:
+    """(stop now, checkpoint now), the same on every rank. A signal reaches the ranks at
+    different moments and their clocks differ, so with several ranks they agree by one tiny
+    all-reduce every STOP_CHECK_EVERY batches (it syncs the host; SLURM's USR1@120 leaves
+    minutes, a few batches are seconds). Checkpoints: every ckpt_every steps, and when
+    ckpt_minutes have passed since the last one."""
+    timed = tc.ckpt_minutes > 0 and time.monotonic() - saved_at >= 60.0 * tc.ckpt_minutes
+    stop_now = stop.requested
+    if accelerator.num_processes > 1:
+        if step % STOP_CHECK_EVERY:
+            stop_now = timed = False
+        else:
+            flags = torch.tensor([float(stop_now), float(timed)], device=accelerator.device)
+            stop_now, timed = (bool(v > 0) for v in accelerator.reduce(flags, "sum").tolist())
+    return stop_now, stop_now or timed or bool(tc.ckpt_every and step % tc.ckpt_every == 0)
+
+
+def save(accelerator, ckpt_root: Path, state: RunState, n_exp: NExpTracker, config: RunConfig) -> Path:
+    """Checkpoint the run at its current step (every rank calls this)."""
+    trainer_state = dataclasses.replace(state, **n_exp.state_dict(accelerator)).to_json()
+    return ckpt.save_checkpoint(accelerator, ckpt_root, state.global_step, trainer_state, config,
+                                config.train.keep_last)
