@@ -1,10 +1,10 @@
 """One-way layers: every import of every fondtrain module, function-local ones included.
 
-    base (config, errors, seeding, stats, images, runtime, schedules)
+    base (config, errors, seeding, stats, images, runtime, schedules, sweep, members_table)
     data/          model/            (unaware of each other)
     run_files      (reading runs and checkpoints, below train/ and eval/)
     train/         eval/             (unaware of each other)
-    cli, flags, export, bench        (on top)
+    cli, commandline, flags, export, bench   (on top)
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 from tests.train_helpers import REPO
 
 PACKAGE = REPO / "fondtrain"
-BASE = {"config", "errors", "seeding", "stats", "images", "runtime", "schedules"}
-TOP = ("cli", "flags", "export", "bench")  # fondtrain.bench* too
+BASE = {"config", "errors", "seeding", "stats", "images", "runtime", "schedules", "sweep", "members_table"}
+TOP = ("cli", "commandline", "flags", "export", "bench")  # fondtrain.bench* too
 
 
 def layer(module: str) -> str:

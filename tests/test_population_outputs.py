@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -79,7 +80,11 @@ def test_each_member_is_its_own_tensorboard_run(tmp_path):
         assert hparams["beta_outer"].number_value == 8.0 * (i + 1)
         assert acc.Scalars("hparam/val/r2_pooled")[0].value == pytest.approx(0.5 + i / 10)
 
-    # a resumed run (checkpoint at step 2) drops what the interrupted run wrote after it
+    # a resumed run (checkpoint at step 2) drops what the interrupted run wrote after it.
+    # TensorBoard reads event files in name order, and a name holds the creation second
+    # and a per-process counter (lexicographic: '10' < '9'); a real resume is a new process
+    # seconds later, so wait a second as it would.
+    time.sleep(1.1)
     logs = MemberLogs(tmp_path, names, start_step=2)
     logs.scalars({"train/loss": torch.tensor([-1.0, -2.0, -3.0])}, 3)
     logs.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fondtrain.train.population_schedules import PopulationSchedule
 from fondtrain.schedules import Schedule
+from fondtrain.train.population_schedules import PopulationSchedule
 
 MEMBERS = [
     dict(),  # the defaults
