@@ -80,7 +80,7 @@ def test_eval_step_outputs(golden: Golden):
             close(x_hat, golden["eval/recon_loc"][t])
             close(model.activation(z), golden["eval/gen_act_z"][t])
             close(model.kl(new, prior, temp), golden["eval/kl"][t], rtol=1e-4)
-            from fondtrain.model.distributions import gaussian_nll
+            from fondtrain.model.gaussian import gaussian_nll
 
             recon = gaussian_nll(x, x_hat, model.dec_log_sigma_effective())
             close(recon, golden["eval/recon_nll"][t], rtol=1e-5, atol=1e-3)

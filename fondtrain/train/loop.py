@@ -27,7 +27,8 @@ import torch
 from fondtrain import run_files
 from fondtrain.config import RunConfig, save_yaml
 from fondtrain.errors import UserError
-from fondtrain.model.vae import IterativeVAE, agree_max_rates
+from fondtrain.model.n_exp import agree_max_rates
+from fondtrain.model.vae import IterativeVAE
 from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.backends import clip_and_step, make_backend
 from fondtrain.train.metrics import batch_metrics, validate
