@@ -126,7 +126,7 @@ def test_resize_to_model_and_paired_grid():
 
 
 def test_convergence_table_matches_direct_computation():
-    """Reporting every step with the same seed reproduces `model.infer`'s trajectory, so
+    """Reporting every step with the same seed reproduces `inference.run`'s trajectory, so
     the accumulated table must equal metrics computed directly on the stored traces."""
     torch.manual_seed(0)
     model = IterativeVAE(ModelConfig(preset="ipvae", input_dim=16, n_latents=12, t_train=4,
