@@ -22,14 +22,15 @@ import torch
 
 from fondtrain.bench import harness
 from fondtrain.config import ModelConfig
-from fondtrain.model import distributions as D
+from fondtrain.model import inference
+from fondtrain.model import poisson as D
 from fondtrain.model.vae import IterativeVAE
 
 
 def posterior(model: IterativeVAE, batch: int, steps: int, seed: int) -> torch.Tensor:
     x = torch.randn(batch, model.config.input_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        traces = model.infer(x, steps, temp=0.0, record_steps=[steps])
+        traces = inference.run(model, x, steps, temp=0.0, record=[steps])
     return traces["state"][-1, 0]
 
 

@@ -36,7 +36,7 @@ from fondtrain.errors import UserError  # noqa: E402
 
 
 def _reference_sampler(u, temp, noise=None, n_exp=None, generator=None):
-    from fondtrain.model import distributions as D
+    from fondtrain.model import poisson as D
 
     if noise is None:
         noise = torch.empty((n_exp, *u.shape), device=u.device).exponential_(generator=generator)
@@ -58,7 +58,7 @@ def main() -> None:
     from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from fondtrain.data.loader import ShardLoader
     from fondtrain.data.shards import ensure_shards
-    from fondtrain.model import distributions as D
+    from fondtrain.model import poisson as D
     from fondtrain.model.upstream import state_dict_from_upstream, state_dict_to_upstream
     from fondtrain.model.vae import IterativeVAE
     from fondtrain.schedules import schedule_for

@@ -12,6 +12,7 @@ from fondtrain.eval.convergence import latent_responses, rank_seed, run_converge
 from fondtrain.eval.data import EvalData, fit_to_model, resize_patches
 from fondtrain.eval.tuning import oriented_stimuli
 from fondtrain.images import paired_grid
+from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE
 
 EPS32 = np.finfo(np.float32).eps
@@ -125,7 +126,7 @@ def test_resize_to_model_and_paired_grid():
 
 
 def test_convergence_table_matches_direct_computation():
-    """Reporting every step with the same seed reproduces `model.infer`'s trajectory, so
+    """Reporting every step with the same seed reproduces `inference.run`'s trajectory, so
     the accumulated table must equal metrics computed directly on the stored traces."""
     torch.manual_seed(0)
     model = IterativeVAE(ModelConfig(preset="ipvae", input_dim=16, n_latents=12, t_train=4,
@@ -135,7 +136,7 @@ def test_convergence_table_matches_direct_computation():
     res = run_convergence(model, x, n_steps, temp=0.0, beta=2.0, batch_size=30,
                           steps=list(range(1, n_steps + 1)), seed=0)
     gen = torch.Generator().manual_seed(rank_seed(0, 0))  # run_convergence's generator on rank 0
-    traces = model.infer(x, n_steps, 0.0, beta=2.0, generator=gen)
+    traces = inference.run(model, x, n_steps, 0.0, beta=2.0, generator=gen)
     table = res.table
     assert res.n_samples == 30
     for t in range(n_steps):

@@ -2,7 +2,7 @@
 
 import torch
 
-from fondtrain.model.vae import agree_max_rates
+from fondtrain.model.n_exp import agree_max_rates
 
 
 def test_agree_max_rates_takes_the_max_over_ranks():

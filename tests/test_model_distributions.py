@@ -13,7 +13,11 @@ import pytest
 import torch
 from scipy.stats import poisson as sp_poisson
 
-from fondtrain.model import distributions as D
+from fondtrain.model import clamps
+from fondtrain.model import gaussian as G
+from fondtrain.model import poisson as P
+from fondtrain.model import random_streams as streams
+from fondtrain.model.n_exp import n_exp_for_rate
 
 RATES = [0.05, 0.5, 2.0, 8.0, 20.0]
 
@@ -34,8 +38,8 @@ def test_poisson_kl_exact_and_reference_against_pmf_sums():
     log_rates = np.log(np.array([0.01, 0.05, 0.3, 1.0, 2.5, 8.0, 20.0]))
     u, u0 = np.meshgrid(log_rates, log_rates, indexing="ij")
     u_t, u0_t = torch.from_numpy(u), torch.from_numpy(u0)
-    exact = D.poisson_kl(u_t, u0_t, "exact").numpy()
-    reference = D.poisson_kl(u_t, u0_t, "reference").numpy()
+    exact = P.poisson_kl(u_t, u0_t, "exact").numpy()
+    reference = P.poisson_kl(u_t, u0_t, "reference").numpy()
     expected = np.vectorize(_poisson_kl_by_sum)(np.exp(u), np.exp(u0))
     np.testing.assert_allclose(exact, expected, rtol=1e-9, atol=1e-13)
     # The reference form is the posterior rate times f(delta): exp(delta) * exact.
@@ -48,7 +52,7 @@ def test_poisson_kl_exact_and_reference_against_pmf_sums():
 
 def test_poisson_kl_unknown_form_raises():
     with pytest.raises(ValueError):
-        D.poisson_kl(torch.zeros(2), torch.zeros(2), "textbook")
+        P.poisson_kl(torch.zeros(2), torch.zeros(2), "textbook")
 
 
 # ----------------------------------------------------------------------------- Gaussian
@@ -60,7 +64,7 @@ def test_gaussian_kl_matches_torch_distributions(temp: float):
     q = torch.distributions.Normal(mu, temp * torch.exp(xi))
     p = torch.distributions.Normal(mu0, temp * torch.exp(xi0))
     expected = torch.distributions.kl_divergence(q, p)
-    torch.testing.assert_close(D.gaussian_kl(mu, xi, mu0, xi0, temp), expected,
+    torch.testing.assert_close(G.gaussian_kl(mu, xi, mu0, xi0, temp), expected,
                                rtol=1e-12, atol=1e-12)
 
 
@@ -69,7 +73,7 @@ def test_gaussian_nll_matches_normal_log_prob():
     x, loc = torch.randn(2, 5, 16, generator=gen, dtype=torch.float64)
     log_sigma = 0.8 * torch.randn(16, generator=gen, dtype=torch.float64)
     expected = -torch.distributions.Normal(loc, torch.exp(log_sigma)).log_prob(x).sum(-1)
-    actual = D.gaussian_nll(x, loc, log_sigma)
+    actual = G.gaussian_nll(x, loc, log_sigma)
     assert actual.shape == (5,)
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
 
@@ -78,7 +82,7 @@ def test_gaussian_sample_is_reparameterised():
     gen = torch.Generator().manual_seed(3)
     mu, xi, noise = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
     for temp in (1.0, 0.3):
-        z = D.gaussian_sample(mu, xi, temp, noise)
+        z = G.gaussian_sample(mu, xi, temp, noise)
         expected = mu.numpy() + temp * np.exp(xi.numpy()) * noise.numpy()
         np.testing.assert_allclose(z.numpy(), expected, rtol=1e-14)
 
@@ -91,7 +95,7 @@ def _softplus64(v: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("c", [2.0, 3.0, 10.0])
 def test_softclamp_upper(c: float):
     x = torch.linspace(-60.0, 200.0, 5001, dtype=torch.float64)
-    y = D.softclamp_upper(x, c)
+    y = clamps.softclamp_upper(x, c)
     # torch's softplus is linear beyond 20 (as in the reference): error <= e^-20 there.
     np.testing.assert_allclose(y.numpy(), c - _softplus64(c - x.numpy()), rtol=0, atol=3e-9)
     assert torch.all(y <= c)
@@ -103,7 +107,7 @@ def test_softclamp_upper(c: float):
     assert torch.all(torch.diff(y) >= 0)
     assert torch.all(torch.diff(y[x < c + 20]) > 0)
     # value at the ceiling is c - log 2
-    assert float(D.softclamp_upper(torch.tensor(c, dtype=torch.float64), c)) == pytest.approx(
+    assert float(clamps.softclamp_upper(torch.tensor(c, dtype=torch.float64), c)) == pytest.approx(
         c - math.log(2.0), abs=1e-14)
 
 
@@ -111,13 +115,13 @@ def test_softclamp_upper(c: float):
 def test_softclamp_sym(c: float):
     x = torch.cat([torch.linspace(-100.0, 100.0, 4001, dtype=torch.float64),
                    torch.zeros(1, dtype=torch.float64)]).sort().values.requires_grad_(True)
-    y = D.softclamp_sym(x, c)
+    y = clamps.softclamp_sym(x, c)
     (slope,) = torch.autograd.grad(y.sum(), x)
     x, y = x.detach(), y.detach()
     np.testing.assert_allclose(y.numpy(), c * np.tanh(x.numpy() / c), rtol=1e-14, atol=1e-14)
     assert torch.all(y.abs() <= c)
     assert torch.all(y.abs() <= x.abs())
-    torch.testing.assert_close(y, -D.softclamp_sym(-x, c))  # odd
+    torch.testing.assert_close(y, -clamps.softclamp_sym(-x, c))  # odd
     assert torch.all(torch.diff(y) >= 0) and torch.all(slope[x.abs() < 10 * c] > 0)
     zero = x == 0
     assert zero.sum() >= 1 and float(y[zero]) == 0.0 and float(slope[zero]) == 1.0
@@ -130,7 +134,7 @@ def test_softclamp_sym(c: float):
 @pytest.mark.parametrize("c", [2.0, 10.0])
 def test_poisson_clamp_floor_and_ceiling(c: float):
     x = torch.linspace(-50.0, 50.0, 2001, dtype=torch.float64, requires_grad=True)
-    y = D.poisson_clamp(x, c)
+    y = clamps.poisson_clamp(x, c)
     (slope,) = torch.autograd.grad(y.sum(), x)
     x, y = x.detach(), y.detach()
     floor = -8.0 - math.log1p(math.exp(-(c + 8.0)))  # c - softplus(c + 8)
@@ -149,19 +153,19 @@ def test_poisson_clamp_floor_and_ceiling(c: float):
 def test_clamp_ceiling_schedule():
     for posterior, c_init in (("poisson", 2.0), ("gaussian", 1.0)):
         for c_final in (10.0, 7.0, 3.0, 2.0):
-            assert D.clamp_ceiling(0.0, c_final, posterior) == c_init
-            assert D.clamp_ceiling(1.0, c_final, posterior) == c_final
+            assert clamps.clamp_ceiling(0.0, c_final, posterior) == c_init
+            assert clamps.clamp_ceiling(1.0, c_final, posterior) == c_final
             for eps in (0.1, 0.25, 0.5, 0.9):
-                assert D.clamp_ceiling(eps, c_final, posterior) == pytest.approx(
+                assert clamps.clamp_ceiling(eps, c_final, posterior) == pytest.approx(
                     (1 - eps) * c_init + eps * c_final, abs=1e-12)
         eps_t = torch.tensor([0.0, 0.5, 1.0])
-        torch.testing.assert_close(D.clamp_ceiling(eps_t, 10.0, posterior),
+        torch.testing.assert_close(clamps.clamp_ceiling(eps_t, 10.0, posterior),
                                    torch.tensor([c_init, (c_init + 10) / 2, 10.0]))
 
 
 def test_effective_dec_log_sigma():
     raw = torch.tensor([-100.0, -3.0, 0.0, 1.0, 100.0], dtype=torch.float64)
-    np.testing.assert_allclose(D.effective_dec_log_sigma(raw).numpy(),
+    np.testing.assert_allclose(clamps.effective_dec_log_sigma(raw).numpy(),
                                3.45 * np.tanh(raw.numpy() / 3.45), rtol=1e-14)
 
 
@@ -175,7 +179,7 @@ def _poisson_sf_by_sum(n: int, r: float) -> float:
 
 @pytest.mark.parametrize("rate", RATES + [3.0, 50.0])
 def test_n_exp_is_the_quantile(rate: float):
-    n = D.n_exp_for_rate(rate, 1e-3)
+    n = n_exp_for_rate(rate, 1e-3)
     assert isinstance(n, int)
     assert _poisson_sf_by_sum(n, rate) < 1e-3  # truncation is negligible ...
     assert _poisson_sf_by_sum(n - 1, rate) >= 1e-3  # ... and n is the smallest such length
@@ -185,7 +189,7 @@ def test_n_exp_is_the_quantile(rate: float):
 
 def test_n_exp_rejects_non_positive_rate():
     with pytest.raises(ValueError):
-        D.n_exp_for_rate(0.0)
+        n_exp_for_rate(0.0)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
@@ -193,12 +197,12 @@ def test_n_exp_rejects_non_positive_rate():
 def test_relaxed_poisson_equals_plain_autograd_expression(temp: float, dtype, tol: float):
     gen = torch.Generator().manual_seed(4)
     u = torch.linspace(-7.0, 3.0, 60, dtype=dtype).reshape(4, 15)
-    noise = D.exponential_noise(40, u.shape, generator=gen).to(dtype)
+    noise = P.exponential_noise(40, u.shape, generator=gen).to(dtype)
     weights = torch.randn(u.shape, generator=gen, dtype=dtype)
     u_fast = u.clone().requires_grad_(True)
     u_ref = u.clone().requires_grad_(True)
-    z_fast = D.relaxed_poisson(u_fast, temp, noise)
-    z_ref = D.relaxed_poisson_reference(u_ref, temp, noise)
+    z_fast = P.relaxed_poisson(u_fast, temp, noise)
+    z_ref = P.relaxed_poisson_reference(u_ref, temp, noise)
     (g_fast,) = torch.autograd.grad((weights * z_fast).sum(), u_fast)
     (g_ref,) = torch.autograd.grad((weights * z_ref).sum(), u_ref)
     assert z_fast.shape == u.shape and z_fast.dtype == dtype
@@ -212,11 +216,11 @@ def test_relaxed_poisson_reference_is_the_spec_formula():
     """z = sum_j sigmoid((1 - s_j) / tau), s_j cumulative sums of Exp(r) draws."""
     gen = torch.Generator().manual_seed(5)
     u = torch.randn(3, 4, generator=gen, dtype=torch.float64)
-    noise = D.exponential_noise(12, u.shape, generator=gen).double()
+    noise = P.exponential_noise(12, u.shape, generator=gen).double()
     rate = np.exp(u.numpy()) + np.finfo(np.float32).eps
     s = np.cumsum(noise.numpy() / rate, axis=0)
     expected = (1.0 / (1.0 + np.exp(-(1.0 - s) / 0.2))).sum(0)
-    np.testing.assert_allclose(D.relaxed_poisson(u, 0.2, noise).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(P.relaxed_poisson(u, 0.2, noise).numpy(), expected, rtol=1e-12)
 
 
 def test_log_uniform_maps_words_to_cell_midpoints():
@@ -224,7 +228,7 @@ def test_log_uniform_maps_words_to_cell_midpoints():
     m = np.array([0, 1, 2**22, 2**23 - 2, 2**23 - 1, 12345], dtype=np.int64)
     high = np.array([0, 1, 255, 256, 511, 77], dtype=np.int64) << 23  # must be ignored
     words = torch.from_numpy(((m | high) & 0xFFFFFFFF).astype(np.uint32).view(np.int32).copy())
-    log_u = D.log_uniform_(words.clone())
+    log_u = streams.log_uniform_(words.clone())
     expected = (m + 0.5) * 2.0**-23  # float64, exact
     np.testing.assert_allclose(log_u.numpy(), np.log(expected), rtol=2.5e-7, atol=0)
 
@@ -232,7 +236,7 @@ def test_log_uniform_maps_words_to_cell_midpoints():
 def test_cpu_arrival_stream_is_standard_exponential():
     """-log U of the CPU stream against the Exp(1) distribution: Kolmogorov-Smirnov
     distance of 2 M draws below the 0.1% critical value, consecutive draws uncorrelated."""
-    draws = D.exponential_noise(20, torch.Size([200, 500]), generator=torch.Generator().manual_seed(3))
+    draws = P.exponential_noise(20, torch.Size([200, 500]), generator=torch.Generator().manual_seed(3))
     x = np.sort(draws.double().flatten().numpy())
     n = x.size
     cdf = -np.expm1(-x)
@@ -248,24 +252,24 @@ def test_cpu_arrival_stream_follows_the_torch_generator():
     """The stream is a function of the torch generator's state: the same seed replays it,
     another seed changes it, and None uses (and advances) torch's default generator."""
     shape = torch.Size([4, 6])
-    a = D.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
-    b = D.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
-    c = D.exponential_noise(11, shape, generator=torch.Generator().manual_seed(6))
+    a = P.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
+    b = P.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
+    c = P.exponential_noise(11, shape, generator=torch.Generator().manual_seed(6))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, c)
     torch.manual_seed(5)
-    d = D.exponential_noise(11, shape)
-    e = D.exponential_noise(11, shape)
+    d = P.exponential_noise(11, shape)
+    e = P.exponential_noise(11, shape)
     torch.testing.assert_close(d, a, rtol=0, atol=0)
     assert not torch.equal(d, e)
     # a longer draw starts with the same arrivals
-    longer = D.exponential_noise(15, shape, generator=torch.Generator().manual_seed(5))
+    longer = P.exponential_noise(15, shape, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(longer[:11], a, rtol=0, atol=0)
 
 
 def test_exponential_noise_is_standard_and_seeded():
-    a = D.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
-    b = D.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
+    a = P.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
+    b = P.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
     assert a.shape == (7, 50, 200)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     n = a.numel()
@@ -294,12 +298,12 @@ def test_relaxed_poisson_low_temperature_moments(rate: float):
     + O(r e^{-1/tau}); the O(tau) variance deficit is included in the target.
     """
     temp = 0.01
-    n_exp = D.n_exp_for_rate(rate, 1e-3)
+    n_exp = n_exp_for_rate(rate, 1e-3)
     gen = torch.Generator().manual_seed(int(rate * 100))
     u = torch.full((200, 600), math.log(rate))
-    noise = D.exponential_noise(n_exp, u.shape, generator=gen)
-    for z in (D.relaxed_poisson(u, temp, noise),  # given noise, and drawn by the sampler
-              D.relaxed_poisson(u, temp, n_exp=n_exp, generator=gen)):
+    noise = P.exponential_noise(n_exp, u.shape, generator=gen)
+    for z in (P.relaxed_poisson(u, temp, noise),  # given noise, and drawn by the sampler
+              P.relaxed_poisson(u, temp, n_exp=n_exp, generator=gen)):
         assert float(z.min()) >= 0 and float(z.max()) <= n_exp
         _check_moments(z, rate, rate * (1 - temp), rate)
 
@@ -312,10 +316,10 @@ def test_streamed_sampler_mean_and_gradient_are_unbiased(rate: float, temp: floa
     (untruncated: n_exp at the 1e-9 quantile), and the pathwise gradient is unbiased,
     E dz/du = d E z / du = E z since r = e^u (the float32 floor on r is negligible here).
     """
-    n_exp = D.n_exp_for_rate(rate, 1e-9)
+    n_exp = n_exp_for_rate(rate, 1e-9)
     gen = torch.Generator().manual_seed(int(rate * 1000 + temp * 10))
     u = torch.full((400, 500), math.log(rate), dtype=torch.float64, requires_grad=True)
-    z = D.relaxed_poisson(u, temp, n_exp=n_exp, generator=gen)
+    z = P.relaxed_poisson(u, temp, n_exp=n_exp, generator=gen)
     (grad,) = torch.autograd.grad(z.sum(), u)
     expected = rate * temp * math.log1p(math.exp(1.0 / temp))
     for sample in (z.detach(), grad):
@@ -327,7 +331,7 @@ def test_streamed_sampler_mean_and_gradient_are_unbiased(rate: float, temp: floa
 def test_exact_poisson_sampler_moments(rate: float):
     gen = torch.Generator().manual_seed(7 + int(rate * 10))
     u = torch.full((200, 500), math.log(rate), requires_grad=True)
-    z = D.exact_poisson(u, gen)
+    z = P.exact_poisson(u, gen)
     assert not z.requires_grad
     assert torch.equal(z, z.round()) and float(z.min()) >= 0
     _check_moments(z, rate, rate, rate)
@@ -341,7 +345,7 @@ def test_exact_poisson_frequencies_of_sparse_and_dense_posteriors(rate: float):
     gen = torch.Generator().manual_seed(int(rate * 1e4) + 3)
     u = torch.full((n,), math.log(rate), dtype=torch.float64)
     u[::2] = math.log(0.05)
-    z = D.exact_poisson(u, gen).numpy()
+    z = P.exact_poisson(u, gen).numpy()
     for values, r in ((z[1::2], rate), (z[::2], 0.05)):
         m = values.size
         for k in range(4):
@@ -352,20 +356,20 @@ def test_exact_poisson_frequencies_of_sparse_and_dense_posteriors(rate: float):
 
 def test_sparse_poisson_is_seeded_and_draws_little():
     u = torch.log(torch.rand(200, 500, generator=torch.Generator().manual_seed(0)) * 0.02)
-    a = D.exact_poisson(u, torch.Generator().manual_seed(1))
-    b = D.exact_poisson(u, torch.Generator().manual_seed(1))
+    a = P.exact_poisson(u, torch.Generator().manual_seed(1))
+    b = P.exact_poisson(u, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and a.dtype == torch.float32 and a.shape == u.shape
     assert float(a.sum()) == pytest.approx(float(torch.exp(u).sum()), rel=0.1)
     rng = np.random.Generator(np.random.SFC64(0))
-    picked = D._bernoulli_positions(100_000, 0.02, rng)
+    picked = P._bernoulli_positions(100_000, 0.02, rng)
     assert np.all(np.diff(picked) > 0) and 1_700 < picked.size < 2_300  # ~p n of them
     hits = np.zeros(5)  # every position, the first and last included, with probability p
     for _ in range(4000):
-        hits[D._bernoulli_positions(5, 0.3, rng)] += 1
+        hits[P._bernoulli_positions(5, 0.3, rng)] += 1
     np.testing.assert_allclose(hits / 4000, 0.3, atol=5 * math.sqrt(0.3 * 0.7 / 4000))
 
 
 def test_poisson_rate_has_float32_floor():
-    r = D.poisson_rate(torch.tensor([-float("inf"), 0.0]))
+    r = P.poisson_rate(torch.tensor([-float("inf"), 0.0]))
     assert float(r[0]) == torch.finfo(torch.float32).eps
     assert float(r[1]) == pytest.approx(1.0 + torch.finfo(torch.float32).eps)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fondtrain.model import distributions as D
+from fondtrain.model import inference
+from fondtrain.model import poisson as P
+from fondtrain.model.n_exp import n_exp_for_rate
 from fondtrain.model.vae import IterativeVAE, State
 from tests.test_model_gradients import PRESETS, B, K, M, make_model
 
@@ -25,7 +27,7 @@ def test_infer_is_reproducible_with_a_seeded_generator(preset: str, temp: float)
     x = _x()
 
     def run(seed: int):
-        return model.infer(x, n_steps=5, temp=temp, eps=0.5, beta=1.0,
+        return inference.run(model, x, n_steps=5, temp=temp, eps=0.5, beta=1.0,
                            generator=torch.Generator().manual_seed(seed))
 
     a, b, c = run(3), run(3), run(4)
@@ -100,7 +102,7 @@ def test_infer_trace_shapes(preset: str, n_inner: int):
     model = make_model(preset, n_iters_inner=n_inner)
     c = model.config.n_components
     x = _x()
-    traces = model.infer(x, n_steps=5, temp=TEMPS[preset], record_every=2,
+    traces = inference.run(model, x, n_steps=5, temp=TEMPS[preset], record=range(2, 6, 2),
                          generator=torch.Generator().manual_seed(1))
     assert traces["steps"].tolist() == [2, 4, 5]
     t = 3
@@ -111,7 +113,7 @@ def test_infer_trace_shapes(preset: str, n_inner: int):
     assert traces["loss"].shape == (t,)
     assert traces["state"].shape == (t, c, B, K)
     assert not any(v.requires_grad for v in traces.values())
-    full = model.infer(x, n_steps=5, temp=TEMPS[preset], generator=torch.Generator().manual_seed(1))
+    full = inference.run(model, x, n_steps=5, temp=TEMPS[preset], generator=torch.Generator().manual_seed(1))
     assert full["steps"].tolist() == [1, 2, 3, 4, 5]
     torch.testing.assert_close(full["state"][[1, 3, 4]], traces["state"], rtol=0, atol=0)
 
@@ -119,9 +121,9 @@ def test_infer_trace_shapes(preset: str, n_inner: int):
 def test_infer_with_feeder_uses_input_of_each_step():
     model = make_model("igvae")
     xs = torch.stack([_x(s) for s in range(4)])
-    fed = model.infer(xs[0], n_steps=4, temp=1.0, feeder=xs,
+    fed = inference.run(model, xs[0], n_steps=4, temp=1.0, feeder=xs,
                       generator=torch.Generator().manual_seed(2))
-    still = model.infer(xs[0], n_steps=4, temp=1.0, generator=torch.Generator().manual_seed(2))
+    still = inference.run(model, xs[0], n_steps=4, temp=1.0, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(fed["state"][0], still["state"][0], rtol=0, atol=0)
     assert not torch.equal(fed["state"][1], still["state"][1])
 
@@ -192,7 +194,7 @@ def test_set_n_exp_from_rates_and_noise_lengths():
     assert model.n_exp.tolist() == [10] * 5  # the reference's start value (rate 3)
     assert model.n_exp.dtype == torch.int32
     model.set_n_exp(RATES)
-    expected = [D.n_exp_for_rate(r, 1e-3) for r in RATES]
+    expected = [n_exp_for_rate(r, 1e-3) for r in RATES]
     assert expected == [2, 4, 8, 18, 35]  # Poisson (1 - 1e-3) quantiles
     assert model.n_exp.tolist() == expected
     assert [model.n_exp_at(t) for t in range(5)] == expected
@@ -213,7 +215,7 @@ def test_n_exp_beyond_t_total_follows_the_batch_rate():
     model = make_model("ipvae", t_train=3)
     state = State((torch.full((B, K), 0.0, dtype=torch.float64),))
     state.components[0][0, 0] = torch.log(torch.tensor(20.0))
-    assert model.n_exp_at(10, state) == D.n_exp_for_rate(20.0 + D.FLOAT32_EPS, 1e-3)
+    assert model.n_exp_at(10, state) == n_exp_for_rate(20.0 + P.FLOAT32_EPS, 1e-3)
     assert model.n_exp_at(10) == model.n_exp_at(2)
 
 

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from fondtrain.config import ModelConfig
-from fondtrain.model import distributions as D
+from fondtrain.model import gaussian as G
+from fondtrain.model import poisson as P
 from fondtrain.model.vae import IterativeVAE, State
 
 PRESETS = ("ipvae", "igvae", "igrelu")
@@ -126,7 +127,7 @@ def _state_and_sample(model: IterativeVAE, temp: float, gen: torch.Generator):
     mu0 = mu + torch.randn(B, K, generator=gen, dtype=torch.float64)
     xi0 = xi + 0.5 * torch.randn(B, K, generator=gen, dtype=torch.float64)
     noise = torch.randn(B, K, generator=gen, dtype=torch.float64)
-    z = D.gaussian_sample(mu, xi, temp, noise)
+    z = G.gaussian_sample(mu, xi, temp, noise)
     return State((mu, xi)), State((mu0, xi0)), z
 
 
@@ -213,7 +214,7 @@ def test_poisson_inner_kl_term_is_natural_gradient_of_exact_kl():
     torch.testing.assert_close(delta, 0.7 * d_kl / torch.exp(u), rtol=1e-10, atol=1e-10)
     # ... and it is NOT the gradient of the reference KL form (which the outer loss uses).
     u_var2 = u.clone().requires_grad_(True)
-    (d_ref,) = torch.autograd.grad(D.poisson_kl(u_var2, u0, "reference").sum(), u_var2)
+    (d_ref,) = torch.autograd.grad(P.poisson_kl(u_var2, u0, "reference").sum(), u_var2)
     assert (delta - 0.7 * d_ref / torch.exp(u)).abs().max() > 1e-2
 
 
@@ -223,7 +224,7 @@ def test_gaussian_inner_kl_terms_against_autograd_of_gaussian_kl(temp: float):
     (mu, xi), (mu0, xi0) = state.components, prior.components
     sigma2 = torch.exp(2 * xi)
     mu_v, xi_v = mu.clone().requires_grad_(True), xi.clone().requires_grad_(True)
-    kl = D.gaussian_kl(mu_v, xi_v, mu0, xi0, temp)
+    kl = G.gaussian_kl(mu_v, xi_v, mu0, xi0, temp)
     dkl_dmu, dkl_dxi = torch.autograd.grad(kl.sum(), (mu_v, xi_v))
     # also against an independent KL: torch.distributions with both sigmas scaled by tau
     mu_w, xi_w = mu.clone().requires_grad_(True), xi.clone().requires_grad_(True)

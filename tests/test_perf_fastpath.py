@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from fondtrain.config import ModelConfig
-from fondtrain.model import distributions as D
+from fondtrain.model import clamps, inference
+from fondtrain.model import poisson as P
+from fondtrain.model.n_exp import n_exp_for_rate
 from fondtrain.model.vae import IterativeVAE, State
+from tests import oracles
 
 B, M, K = 6, 16, 10
 TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
@@ -28,20 +31,20 @@ def test_streamed_sampler_equals_explicit_noise_and_plain_autograd(monkeypatch, 
     that the same generator's `exponential_noise` gives while it draws for every entry
     (here: finished entries never dropped), and both match the reference's autograd
     expression in value and gradient (the explicit-noise one with entries dropped)."""
-    monkeypatch.setattr(D, "COMPACT_FRACTION", 2.0)  # never drop: full rows, as the noise
+    monkeypatch.setattr(P, "COMPACT_FRACTION", 2.0)  # never drop: full rows, as the noise
     n_exp = 13
     u = torch.linspace(-7.0, 2.5, B * K, dtype=dtype).reshape(B, K)
     weights = torch.randn(B, K, generator=_gen(1), dtype=dtype)
     u_stream = u.clone().requires_grad_(True)
-    z_stream = D.relaxed_poisson(u_stream, temp, n_exp=n_exp, generator=_gen(7))
-    noise = D.exponential_noise(n_exp, u.shape, generator=_gen(7))
+    z_stream = P.relaxed_poisson(u_stream, temp, n_exp=n_exp, generator=_gen(7))
+    noise = P.exponential_noise(n_exp, u.shape, generator=_gen(7))
     u_noise = u.clone().requires_grad_(True)
-    z_noise = D.relaxed_poisson(u_noise, temp, noise)
-    monkeypatch.setattr(D, "COMPACT_FRACTION", 0.25)
+    z_noise = P.relaxed_poisson(u_noise, temp, noise)
+    monkeypatch.setattr(P, "COMPACT_FRACTION", 0.25)
     u_dropping = u.clone().requires_grad_(True)
-    z_dropping = D.relaxed_poisson(u_dropping, temp, noise)
+    z_dropping = P.relaxed_poisson(u_dropping, temp, noise)
     u_ref = u.clone().requires_grad_(True)
-    z_ref = D.relaxed_poisson_reference(u_ref, temp, noise.to(dtype))
+    z_ref = P.relaxed_poisson_reference(u_ref, temp, noise.to(dtype))
     torch.testing.assert_close(z_stream, z_noise, rtol=0, atol=0)  # the same stream, bit for bit
     rounding = ROUNDING[dtype]  # dropping entries changes how their sums are rounded
     torch.testing.assert_close(z_dropping, z_noise, rtol=rounding, atol=rounding)
@@ -67,9 +70,9 @@ def test_dropping_finished_entries_changes_no_bit(monkeypatch, dtype, temp: floa
     gen = _gen(21)
     u = torch.where(torch.rand(n, generator=gen) < 0.8, -8.0 + 3 * torch.rand(n, generator=gen),
                     4 * torch.rand(n, generator=gen) - 1).to(dtype)  # 80% with rates < 0.14
-    k = (D.poisson_rate(u) * temp).reciprocal()
+    k = (P.poisson_rate(u) * temp).reciprocal()
     inv_temp = torch.tensor(1.0 / temp, dtype=dtype)
-    noise = D.exponential_noise(n_exp, torch.Size([n]), generator=gen).to(dtype)
+    noise = P.exponential_noise(n_exp, torch.Size([n]), generator=gen).to(dtype)
     drawn = []
 
     def draw(j, count, live):
@@ -77,10 +80,10 @@ def test_dropping_finished_entries_changes_no_bit(monkeypatch, dtype, temp: floa
         rows = noise[j:j + count]
         return rows.clone() if live is None else rows[:, live]
 
-    z, acc = D._sum_arrivals(draw, 1.0, n_exp, k, inv_temp, True)
-    monkeypatch.setattr(D, "COMPACT_FRACTION", 2.0)
-    monkeypatch.setattr(D, "ARRIVAL_BLOCK", 1)  # one arrival at a time, every entry
-    z_full, acc_full = D._sum_arrivals(lambda j, count, live: noise[j:j + count].clone(), 1.0,
+    z, acc = P._sum_arrivals(draw, 1.0, n_exp, k, inv_temp, True)
+    monkeypatch.setattr(P, "COMPACT_FRACTION", 2.0)
+    monkeypatch.setattr(P, "ARRIVAL_BLOCK", 1)  # one arrival at a time, every entry
+    z_full, acc_full = P._sum_arrivals(lambda j, count, live: noise[j:j + count].clone(), 1.0,
                                        n_exp, k, inv_temp, True)
     tol = ROUNDING[dtype]
     torch.testing.assert_close(z, z_full, rtol=tol, atol=tol)
@@ -93,11 +96,11 @@ def test_dropping_finished_entries_changes_no_bit(monkeypatch, dtype, temp: floa
 def test_sampler_of_no_arrivals_is_zero(use_noise: bool):
     """n_exp is 0 for a step whose largest rate is below ~1e-3 (the 0.999 quantile of its
     Poisson): the sample and its gradient are then 0, as the plain expression says."""
-    assert D.n_exp_for_rate(1e-4) == 0
+    assert n_exp_for_rate(1e-4) == 0
     u = torch.full((B, K), -9.0, requires_grad=True)
-    noise = D.exponential_noise(0, u.shape, generator=_gen(0)) if use_noise else None
+    noise = P.exponential_noise(0, u.shape, generator=_gen(0)) if use_noise else None
     assert noise is None or noise.shape == (0, B, K)
-    z = D.relaxed_poisson(u, 0.5, noise, n_exp=0, generator=_gen(0))
+    z = P.relaxed_poisson(u, 0.5, noise, n_exp=0, generator=_gen(0))
     z.sum().backward()
     assert torch.equal(z, torch.zeros(B, K)) and torch.equal(u.grad, torch.zeros(B, K))
 
@@ -105,11 +108,11 @@ def test_sampler_of_no_arrivals_is_zero(use_noise: bool):
 def test_streamed_sampler_without_grad_and_needs_noise_or_length():
     u = torch.zeros(B, K)
     with torch.no_grad():
-        z = D.relaxed_poisson(u, 0.5, n_exp=4, generator=_gen(0))
+        z = P.relaxed_poisson(u, 0.5, n_exp=4, generator=_gen(0))
     assert z.shape == (B, K) and not z.requires_grad
     assert float(z.min()) >= 0 and float(z.max()) <= 4
     with pytest.raises(ValueError):
-        D.relaxed_poisson(u, 0.5)
+        P.relaxed_poisson(u, 0.5)
 
 
 # ----------------------------------------------------------------------------- state step
@@ -130,12 +133,12 @@ def _wide_inputs(posterior: str, dtype):
 @pytest.mark.parametrize("eps", [1.0, 0.25, "tensor"])
 def test_fused_state_step_equals_plain_composition(dtype, posterior: str, eps):
     eps = torch.tensor(0.6, dtype=dtype) if eps == "tensor" else eps
-    c_du = D.clamp_ceiling(eps, 10.0 if posterior == "poisson" else 7.0, posterior)
-    c_u = D.clamp_ceiling(eps, 10.0 if posterior == "poisson" else 2.0, posterior)
+    c_du = clamps.clamp_ceiling(eps, 10.0 if posterior == "poisson" else 7.0, posterior)
+    c_u = clamps.clamp_ceiling(eps, 10.0 if posterior == "poisson" else 2.0, posterior)
     value, grad = _wide_inputs(posterior, dtype)
     weights = torch.randn(B, K, generator=_gen(4), dtype=dtype)
     results = []
-    for fn in (D.state_step, D.state_step_reference):
+    for fn in (clamps.state_step, oracles.state_step_reference):
         v = value.clone().requires_grad_(True)
         g = grad.clone().requires_grad_(True)
         log_lr = torch.tensor(0.3, dtype=dtype, requires_grad=True)
@@ -169,7 +172,7 @@ def test_fast_and_plain_training_cycles_agree(monkeypatch, preset: str, n_inner:
     """A TBPTT cycle with the fused steps and the streamed sampler against the plain
     composition fed the same noise: loss, statistics and every parameter gradient (the
     sampler drawing for every entry, so that its draws are those of `draw_noise`)."""
-    monkeypatch.setattr(D, "COMPACT_FRACTION", 2.0)
+    monkeypatch.setattr(P, "COMPACT_FRACTION", 2.0)
     x = torch.randn(B, M, generator=_gen(6), dtype=torch.float64)
     temp = 0.4 if preset == "ipvae" else 1.0
     outs = []
@@ -234,12 +237,12 @@ def test_infer_on_a_step_grid(preset: str):
     model = _model(preset)
     x = torch.randn(B, M, generator=_gen(10), dtype=torch.float64)
     temp = 0.0 if preset == "ipvae" else 1.0
-    full = model.infer(x, 12, temp, generator=_gen(1))
-    grid = model.infer(x, 12, temp, generator=_gen(1), record_steps=[1, 2, 5, 10])
+    full = inference.run(model, x, 12, temp, generator=_gen(1))
+    grid = inference.run(model, x, 12, temp, generator=_gen(1), record=[1, 2, 5, 10])
     assert grid["steps"].tolist() == [1, 2, 5, 10, 12]
     torch.testing.assert_close(grid["state"], full["state"][[0, 1, 4, 9, 11]], rtol=0, atol=0)
     torch.testing.assert_close(grid["x_hat"], full["x_hat"][[0, 1, 4, 9, 11]], rtol=0, atol=0)
-    fast = model.infer(x, 12, temp, generator=_gen(1), record_steps=[5], same_stream=False)
+    fast = inference.run(model, x, 12, temp, generator=_gen(1), record=[5], same_stream=False)
     assert fast["steps"].tolist() == [5, 12] and fast["z"].shape == (2, B, K)
     assert torch.isfinite(fast["loss"]).all()
 
@@ -263,7 +266,7 @@ def test_compiled_update_falls_back_to_eager_when_compile_breaks(monkeypatch):
     assert model.enable_compile()
     with pytest.warns(UserWarning, match="compiled step failed"):
         got = model.update(x, state, z, 0.7, 1.0)
-    assert model._compiled_update is None
+    assert model.compiled is None
     for a, b in zip(got.components, expected.components, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -276,7 +279,7 @@ def test_enable_compile_reports_a_missing_compiler(monkeypatch):
     model = _model("ipvae")
     with pytest.warns(UserWarning, match="unavailable"):
         assert model.enable_compile() is False
-    assert model._compiled_update is None
+    assert model.compiled is None
 
 
 def test_compiled_update_path_equals_eager(monkeypatch):
@@ -301,19 +304,19 @@ def test_vectorized_sampler_of_accelerators_equals_streamed(monkeypatch, temp: f
     """The whole-tensor sampler used on GPUs computes what the CPU's streamed one does
     (run here on CPU by forcing it), value and gradient, and its own noise path replays."""
     u = torch.linspace(-6.0, 2.0, B * K, dtype=torch.float64).reshape(B, K)
-    noise = D.exponential_noise(9, u.shape, generator=_gen(2))
+    noise = P.exponential_noise(9, u.shape, generator=_gen(2))
     weights = torch.randn(B, K, generator=_gen(3), dtype=torch.float64)
     u_stream = u.clone().requires_grad_(True)
-    z_stream = D.relaxed_poisson(u_stream, temp, noise)
-    monkeypatch.setattr(D, "vectorized_sampler", lambda t: True)
+    z_stream = P.relaxed_poisson(u_stream, temp, noise)
+    monkeypatch.setattr(P, "vectorized_sampler", lambda t: True)
     u_vec = u.clone().requires_grad_(True)
-    z_vec = D.relaxed_poisson(u_vec, temp, noise)
+    z_vec = P.relaxed_poisson(u_vec, temp, noise)
     torch.testing.assert_close(z_vec, z_stream, rtol=1e-12, atol=1e-12)
     g_vec, g_stream = (torch.autograd.grad((weights * z).sum(), v)[0]
                        for z, v in ((z_vec, u_vec), (z_stream, u_stream)))
     torch.testing.assert_close(g_vec, g_stream, rtol=1e-12, atol=1e-12)
-    drawn = D.relaxed_poisson(u, temp, n_exp=9, generator=_gen(5))
-    again = D.relaxed_poisson(u, temp, D.exponential_noise(9, u.shape, generator=_gen(5)))
+    drawn = P.relaxed_poisson(u, temp, n_exp=9, generator=_gen(5))
+    again = P.relaxed_poisson(u, temp, P.exponential_noise(9, u.shape, generator=_gen(5)))
     torch.testing.assert_close(drawn, again, rtol=0, atol=0)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from fondtrain.model.distributions import n_exp_for_rate, relaxed_poisson_reference
+from fondtrain.model.n_exp import n_exp_for_rate
+from fondtrain.model.poisson import relaxed_poisson_reference
 from fondtrain.model.population_n_exp import (
     arrival_mask,
     masked_overhead,

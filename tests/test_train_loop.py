@@ -207,6 +207,6 @@ def test_compiled_training_runs_and_matches_eager(digits_shards, tmp_path):
     compiled_config = tiny_config(digits_shards, tmp_path / "runs", "compiled", epochs=1, max_steps=3)
     compiled_config.train.compile = True
     compiled = train(compiled_config)
-    assert compiled.model._compiled_update is not None, "compile fell back to eager"
+    assert compiled.model.compiled is not None, "compile fell back to eager"
     for name, value in eager.model.state_dict().items():
         torch.testing.assert_close(compiled.model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -18,7 +18,7 @@ from fondtrain.bench import harness
 from fondtrain.bench.settings import BenchSettings
 from fondtrain.config import ModelConfig, TrainConfig
 from fondtrain.eval.convergence import eval_temperature
-from fondtrain.model import upstream
+from fondtrain.model import inference, upstream
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.stats import log_grid, r2_per_sample
 
@@ -49,8 +49,7 @@ def fondtrain_model(preset: str, s: BenchSettings, ref_model=None,
         ours.pop("n_exp", None)
         model.load_state_dict(ours, strict=False)
     if model.is_poisson:
-        model.n_exp.fill_(s.n_exp)
-        model._n_exp_host = None
+        model.fill_n_exp(s.n_exp)
     return model.to(device or harness.device())
 
 
@@ -133,24 +132,21 @@ def eval_every_step(model: IterativeVAE, x: torch.Tensor, n_steps: int) -> Calla
 
     @torch.no_grad()
     def run() -> torch.Tensor:
-        state = model.init_state(x.shape[0])
         sums = torch.zeros(n_steps, 2, device=x.device)
-        for t in range(n_steps):
-            out = model.step(x, state, temp, 0.0, 1.0, t)
-            state = out.state
-            sums[t, 0] = r2_per_sample(x, out.x_hat).sum()
-            sums[t, 1] = (x - out.x_hat).pow(2).sum()
+        for step, out in inference.steps(model, x, n_steps, temp):  # eps 1, beta 0
+            sums[step - 1, 0] = r2_per_sample(x, out.x_hat).sum()
+            sums[step - 1, 1] = (x - out.x_hat).pow(2).sum()
         return sums.cpu()
     return run
 
 
 def eval_log_grid(model: IterativeVAE, x: torch.Tensor, n_steps: int) -> Callable[[], torch.Tensor]:
-    """n_steps inference steps with outputs only on the log grid of SPEC 7 (`model.infer`)."""
+    """n_steps inference steps with outputs only on the log grid of SPEC 7."""
     temp = eval_temperature(model)
     grid = log_grid(n_steps)
 
     def run() -> torch.Tensor:
-        traces = model.infer(x, n_steps, temp, record_steps=grid, same_stream=False)
+        traces = inference.run(model, x, n_steps, temp, record=grid, same_stream=False)
         return (x - traces["x_hat"]).pow(2).sum(-1).cpu()
     return run
 

@@ -100,7 +100,7 @@ def compiled_cycle(preset: str, s: BenchSettings, x: torch.Tensor, log=print):
     run = C.fondtrain_cycle(model, x, s)
     first_s = harness.time_once(run)
     log(f"[{preset}] torch.compile: first cycle {first_s:.1f} s")
-    if model._compiled_update is None:  # it fell back to eager during the first cycle
+    if model.compiled is None:  # it fell back to eager during the first cycle
         return None
     return run, first_s
 

@@ -26,29 +26,14 @@ from torch import Tensor
 
 from fondtrain import stats as Mx
 from fondtrain.eval.dist import Ranks
-from fondtrain.model.vae import IterativeVAE, State
+from fondtrain.model import inference
+from fondtrain.model.vae import IterativeVAE
 from fondtrain.seeding import stream_seed
 
 
 def eval_temperature(model: IterativeVAE) -> float:
     """SPEC 7: Poisson 0 (exact samples), Gaussian 1."""
     return 0.0 if model.is_poisson else 1.0
-
-
-def advance(model: IterativeVAE, x: Tensor, state: State, temp: float, t: int,
-            generator: torch.Generator | None = None, eps: float = 1.0) -> State:
-    """The state update of one inference step without its outputs (no decode, NLL, KL).
-
-    Same dynamics as `model.step`: n_iters_inner updates against the prior = `state`,
-    each from a sample of the current state; eps: the soft clamps' opening (1 = fully
-    open, as at the end of training; `fondtrain.run_files.checkpoint_eps` gives a checkpoint's own).
-    """
-    prior = state
-    for _ in range(model.config.n_iters_inner):
-        noise = model.draw_noise(state, temp, t, generator)
-        z = model.sample(state, temp, noise, generator)
-        state = model.update(x, state, z, eps, temp, prior)
-    return state
 
 
 @dataclass
@@ -74,7 +59,7 @@ class ConvergenceSums:
         return cls(steps, fields, torch.zeros(g, len(fields), dtype=torch.float64, device=device),
                    torch.zeros(g, 2, n_latents, dtype=torch.float64, device=device))
 
-    def add(self, g: int, model: IterativeVAE, x: Tensor, out, prior: State, beta: float) -> Tensor:
+    def add(self, g: int, model: IterativeVAE, x: Tensor, out, beta: float) -> Tensor:
         """Accumulate the output `out` (a StepOutput) of reported step g; returns its
         per-sample R^2 [B]."""
         a = model.activation(out.z).double()
@@ -83,7 +68,7 @@ class ConvergenceSums:
         r2 = 1.0 - ss_res / (ss_tot + Mx.FLOAT32_EPS)
         scale = 256.0 / model.config.input_dim
         if model.is_poisson:
-            forms = model.kl_both_forms(out.state, prior)
+            forms = model.kl_both_forms(out.state, out.prior)
             kls = [forms["reference"].sum(-1), forms["exact"].sum(-1)]
         else:
             kls = [out.kl.sum(-1)]
@@ -162,8 +147,12 @@ def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: f
                            eps: float = 1.0) -> tuple[ConvergenceSums, dict[str, Tensor]]:
     """Inference on the rows x [n, M] of one process: the sums for the reported `steps`
     (1-based) and, for figures, the first n_keep inputs / reconstructions and the final
-    activity of up to max_activity_rows rows ({'x', 'x_hat', 'activity'}, on the cpu)."""
-    report = {s - 1: g for g, s in enumerate(steps)}  # 0-based step index -> grid row
+    activity of up to max_activity_rows rows ({'x', 'x_hat', 'activity'}, on the cpu).
+
+    Steps that are not reported draw no output sample (`same_stream=False`)."""
+    if steps[-1] != n_steps:
+        raise ValueError("the last step must be reported")
+    report = {s: g for g, s in enumerate(steps)}  # 1-based step -> grid row
     sums = ConvergenceSums.empty(steps, model.is_poisson, model.config.n_latents, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     extras = {"x": torch.zeros(0, model.config.input_dim), "x_hat": torch.zeros(0, model.config.input_dim)}
@@ -171,15 +160,10 @@ def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: f
     n_act = 0
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size].to(device, torch.float32)
-        state = model.init_state(xb.shape[0])
         block = torch.empty(len(steps), xb.shape[0], dtype=torch.float64, device=device)
-        for t in range(n_steps):
-            if t in report:
-                out = model.step(xb, state, temp, beta, eps, t, generator=generator)
-                block[report[t]] = sums.add(report[t], model, xb, out, state, beta)
-                state = out.state
-            else:
-                state = advance(model, xb, state, temp, t, generator, eps)
+        for step, out in inference.steps(model, xb, n_steps, temp, eps, beta, record=steps,
+                                         generator=generator, same_stream=False):
+            block[report[step]] = sums.add(report[step], model, xb, out, beta)
         sums.r2_blocks.append(block)
         if start == 0:
             extras["x"], extras["x_hat"] = xb[:n_keep].cpu(), out.x_hat[:n_keep].cpu()
@@ -226,6 +210,7 @@ def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
     The "response" of a unit to a stimulus (bar of light) and the features of the linear
     probe: the time average of the samples, i.e. an estimate of the firing rate at the
     end of inference (z are fresh samples of each step's new state, as `model.step`).
+    Steps before the window draw no output sample (`same_stream=False`).
     """
     temp = eval_temperature(model) if temp is None else float(temp)
     window = max(1, min(window, n_steps))
@@ -233,12 +218,11 @@ def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
     out = []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size].to(device, torch.float32)
-        state = model.init_state(xb.shape[0])
         total = torch.zeros(xb.shape[0], model.config.n_latents, device=device)
-        for t in range(n_steps):
-            state = advance(model, xb, state, temp, t, generator, eps)
-            if t >= n_steps - window:
-                noise = model.draw_noise(state, temp, t, generator)
-                total += model.activation(model.sample(state, temp, noise, generator))
+        for _, step_out in inference.steps(model, xb, n_steps, temp, eps,
+                                           record=range(n_steps - window + 1, n_steps + 1),
+                                           generator=generator, same_stream=False,
+                                           outputs=False):
+            total += model.activation(step_out.z)
         out.append((total / window).cpu())
     return torch.cat(out) if out else torch.zeros(0, model.config.n_latents)

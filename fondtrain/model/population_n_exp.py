@@ -39,7 +39,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fondtrain.model.distributions import FLOAT32_EPS, n_exp_for_rate, poisson_rate
+from fondtrain.model.n_exp import n_exp_for_rate
+from fondtrain.model.poisson import FLOAT32_EPS, poisson_rate
 
 
 def member_n_exp_table(max_rates: Tensor, p: float | Sequence[float]) -> Tensor:

@@ -11,15 +11,15 @@ u; 2 Gaussian mean mu and log-std xi).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from fondtrain.config import ModelConfig
-from fondtrain.model import distributions as D
+from fondtrain.model import clamps, gaussian, poisson
+from fondtrain.model.compiled import CompiledStep, compile_step
+from fondtrain.model.n_exp import NExpTable
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class StepOutput:
     state: posterior after the step; z: fresh sample from it [B, K]; x_hat = W a(z) [B, M];
     recon: -log N(x; x_hat, sigma_dec) summed over pixels [B]; kl: KL(q(new) || q(prior))
     per latent [B, K]; loss: mean_b(recon + beta sum_k kl) * 256 / M (scalar);
-    grad_samples: the samples the state updates used, one per inner iteration.
+    grad_samples: the samples the state updates used, one per inner iteration; prior:
+    the state at the start of the step (the KL's reference).
     """
 
     state: State
@@ -53,6 +54,7 @@ class StepOutput:
     kl: Tensor
     loss: Tensor
     grad_samples: tuple[Tensor, ...]
+    prior: State
 
 
 @dataclass
@@ -75,15 +77,18 @@ class CycleOutput:
     last_x: Tensor
 
 
-class IterativeVAE(nn.Module):
+class IterativeVAE(NExpTable, nn.Module):
     """Parameters (SPEC 2) and the inference dynamics (SPEC 3-5) of one preset.
 
     Parameters: W [M, K], dec_log_sigma [M], log_bias [K], log_lr [C], u_init [C, K],
-    log_gain [K] (igrelu only). Buffer: n_exp [t_total] (relaxed Poisson sampler lengths).
+    log_gain [K] (igrelu only). Buffer: n_exp [t_total], the relaxed Poisson sampler's
+    length at each step (`NExpTable`: n_exp_at, set_n_exp).
 
     `fast_path` (default True) selects the fused implementations of the hot loop: the
-    state step as one autograd node (`distributions.state_step`). They compute the same
-    numbers as the plain compositions (`fast_path = False`), which tests compare.
+    state step as one autograd node (`clamps.state_step`). They compute the same numbers
+    as the plain composition (`fast_path = False`, `plain_update`), which tests compare.
+    `enable_compile` runs the deterministic parts of a step through torch.compile
+    (`fondtrain.model.compiled`).
     """
 
     fast_path: bool = True
@@ -105,11 +110,8 @@ class IterativeVAE(nn.Module):
         self.u_init = nn.Parameter(u_init)
         if config.preset == "igrelu":
             self.log_gain = nn.Parameter(torch.zeros(k))
-        initial = D.n_exp_for_rate(3.0, config.n_exp_p)  # 10, the reference's start value
-        self.register_buffer("n_exp", torch.full((config.t_total,), initial, dtype=torch.int32))
-        self._n_exp_host: list[int] | None = None
-        self._compiled_update = None  # see enable_compile
-        self._compiled_outputs = None
+        self.register_n_exp(config.t_total, config.n_exp_p)
+        self.compiled: CompiledStep | None = None  # see enable_compile
 
     # ------------------------------------------------------------------ basic pieces
     @property
@@ -134,7 +136,7 @@ class IterativeVAE(nn.Module):
 
     def dec_log_sigma_effective(self) -> Tensor:
         """Effective decoder log-std [M]."""
-        return D.effective_dec_log_sigma(self.dec_log_sigma)
+        return clamps.effective_dec_log_sigma(self.dec_log_sigma)
 
     def init_state(self, batch_size: int) -> State:
         """The learnable initial state u_init broadcast over the batch: C x [B, K]."""
@@ -150,40 +152,6 @@ class IterativeVAE(nn.Module):
             for u0, u in zip(self.u_init, state.components, strict=True)
         ))
 
-    # ------------------------------------------------------------------ sampler length
-    def n_exp_at(self, t: int, state: State | None = None) -> int:
-        """Relaxed-Poisson sampler length at step t (a host-side copy: no device sync).
-
-        Beyond t_total (long evaluations at tau > 0) it is inferred from the batch's
-        largest rate, as the reference does; that one reads the device.
-        """
-        if self._n_exp_host is None:
-            self._n_exp_host = [int(v) for v in self.n_exp.tolist()]
-        if t < len(self._n_exp_host):
-            return self._n_exp_host[t]
-        if state is None:
-            return self._n_exp_host[-1]
-        max_rate = float(D.poisson_rate(state.components[0]).max())
-        return D.n_exp_for_rate(max_rate, self.config.n_exp_p)
-
-    def set_n_exp(self, max_rates: list[float] | Tensor) -> None:
-        """Refresh n_exp[t] from observed largest rates, one per step t (SPEC 4, 6).
-
-        In distributed runs pass rates already agreed across ranks (`agree_max_rates`)
-        so every rank uses the same sampler length.
-        """
-        rates = [float(r) for r in (max_rates.tolist() if isinstance(max_rates, Tensor)
-                                    else max_rates)]
-        if len(rates) != self.config.t_total:
-            raise ValueError(f"need {self.config.t_total} rates, got {len(rates)}")
-        values = [D.n_exp_for_rate(max(r, D.FLOAT32_EPS), self.config.n_exp_p) for r in rates]
-        self.n_exp.copy_(torch.tensor(values, dtype=torch.int32))
-        self._n_exp_host = values
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._n_exp_host = None  # n_exp may have changed: re-read lazily
-
     # ------------------------------------------------------------------ sampling
     def draw_noise(self, state: State, temp: float, t: int = 0,
                    generator: torch.Generator | None = None) -> Tensor | None:
@@ -194,7 +162,7 @@ class IterativeVAE(nn.Module):
             if temp == 0:
                 return None
             n_exp = self.n_exp_at(t, state)
-            return D.exponential_noise(n_exp, ref.shape, ref.device, generator)
+            return poisson.exponential_noise(n_exp, ref.shape, ref.device, generator)
         return torch.randn(ref.shape, device=ref.device, generator=generator)
 
     def sample(self, state: State, temp: float, noise: Tensor | None,
@@ -210,15 +178,15 @@ class IterativeVAE(nn.Module):
         if self.is_poisson:
             u = state.components[0]
             if temp == 0:
-                return D.exact_poisson(u, generator)
+                return poisson.exact_poisson(u, generator)
             if noise is None:
-                return D.relaxed_poisson(u, temp, n_exp=self.n_exp_at(t, state),
-                                         generator=generator)
-            return D.relaxed_poisson(u, temp, noise)
+                return poisson.relaxed_poisson(u, temp, n_exp=self.n_exp_at(t, state),
+                                               generator=generator)
+            return poisson.relaxed_poisson(u, temp, noise)
         mu, xi = state.components
         if noise is None:
             noise = self.draw_noise(state, temp, t, generator)
-        return D.gaussian_sample(mu, xi, temp, noise)
+        return gaussian.gaussian_sample(mu, xi, temp, noise)
 
     # ------------------------------------------------------------------ one update
     def recon_grad(self, x: Tensor, z: Tensor) -> Tensor:
@@ -270,10 +238,10 @@ class IterativeVAE(nn.Module):
         """Soft clamp of a step ('du') or of the new state ('u') of component `index`."""
         cfg = self.config
         c_final = (cfg.clamp_du if which == "du" else cfg.clamp_u)[index]
-        c = D.clamp_ceiling(eps, c_final, cfg.posterior)
+        c = clamps.clamp_ceiling(eps, c_final, cfg.posterior)
         if self.is_poisson:
-            return D.poisson_clamp(values, c)
-        return D.softclamp_sym(values, c)
+            return clamps.poisson_clamp(values, c)
+        return clamps.softclamp_sym(values, c)
 
     def update(self, x: Tensor, state: State, z: Tensor, eps: float | Tensor = 1.0,
                temp: float = 1.0, prior: State | None = None) -> State:
@@ -283,83 +251,47 @@ class IterativeVAE(nn.Module):
         x [B, M]; z [B, K]; `temp` is needed to recover the Gaussian noise from z;
         `prior` (the state at the start of the step) only when n_iters_inner > 1.
         """
-        if self._compiled_update is not None:
-            new = self._run_compiled_update(x, state, z, eps, temp, prior)
+        prior_c = None if prior is None else prior.components
+        if self.compiled is not None:
+            new = self.compiled.update(self, x, state.components, z, eps, temp, prior_c)
             if new is not None:
-                return new
+                return State(new)
+            self.disable_compile()
+        if not self.fast_path:
+            return State(plain_update(self, x, state.components, z, eps, temp, prior_c))
         grads = self.free_energy_grad(x, state, z, temp, prior)
         cfg = self.config
         new = []
         for i, (value, grad) in enumerate(zip(state.components, grads, strict=True)):
-            if self.fast_path:
-                c_du = D.clamp_ceiling(eps, cfg.clamp_du[i], cfg.posterior)
-                c_u = D.clamp_ceiling(eps, cfg.clamp_u[i], cfg.posterior)
-                new.append(D.state_step(value, grad, self.log_lr[i], c_du, c_u, cfg.posterior))
-            else:
-                step = self.clamp_state_step(-torch.exp(self.log_lr[i]) * grad, i, "du", eps)
-                new.append(self.clamp_state_step(value + step, i, "u", eps))
+            c_du = clamps.clamp_ceiling(eps, cfg.clamp_du[i], cfg.posterior)
+            c_u = clamps.clamp_ceiling(eps, cfg.clamp_u[i], cfg.posterior)
+            new.append(clamps.state_step(value, grad, self.log_lr[i], c_du, c_u, cfg.posterior))
         return State(tuple(new))
 
-    # ------------------------------------------------------------------ compiled update
     def enable_compile(self, mode: str | None = None, **options) -> bool:
-        """Run the deterministic parts of a step through torch.compile: the update (free-
-        energy gradient and clamped steps) and the outputs (decode, NLL, KL, loss), forward
-        and backward, as fused kernels (Triton on GPU, C++/OpenMP on CPU).
-
-        Optional and guarded: returns False (and stays eager) where torch.compile is
-        unavailable; if compiling or running a compiled part fails, the step warns once and
-        goes back to the eager path for good. The samplers stay eager (their random draws
-        keep the generator's stream; on CPU the relaxed Poisson sampler's working set
-        shrinks as entries finish, which fixed-shape kernels cannot follow). eps, temp and
-        beta enter as 0-dim tensors so that their schedules do not trigger recompiles.
-        mode: torch.compile's (e.g. "reduce-overhead" for CUDA graphs on GPU; None =
-        default).
-        """
-        if not hasattr(torch, "compile"):
-            return False
-        try:
-            self._compiled_update = torch.compile(_plain_update, mode=mode, **options)
-            self._compiled_outputs = torch.compile(_plain_outputs, mode=mode, **options)
-        except Exception as exc:  # noqa: BLE001 - any failure means: stay eager
-            warnings.warn(f"torch.compile unavailable ({exc}); the step stays eager", stacklevel=2)
-            self.disable_compile()
-            return False
-        return True
+        """Run the update and the step outputs through torch.compile (forward and
+        backward; `fondtrain.model.compiled`). Returns False (and stays eager) where
+        torch.compile is unavailable; a compiled part that fails warns once and the model
+        goes back to the eager step for good. mode: torch.compile's (None = default)."""
+        self.compiled = compile_step(plain_update, plain_outputs, mode, **options)
+        return self.compiled is not None
 
     def disable_compile(self) -> None:
-        self._compiled_update = self._compiled_outputs = None
-
-    def _run_compiled(self, which: str, x: Tensor, components, *rest):
-        """Call a compiled part with scalars as 0-dim tensors; None (and eager from now on)
-        if it fails."""
-        ref = components[0]
-        rest = tuple(torch.as_tensor(v, dtype=ref.dtype, device=ref.device)
-                     if isinstance(v, int | float) else v for v in rest)
-        try:
-            return getattr(self, which)(self, x, components, *rest)
-        except Exception as exc:  # noqa: BLE001 - compiler missing or broken: stay eager
-            warnings.warn(f"compiled step failed ({type(exc).__name__}: {exc}); using the "
-                          "eager step from now on", stacklevel=3)
-            self.disable_compile()
-            return None
-
-    def _run_compiled_update(self, x, state, z, eps, temp, prior) -> State | None:
-        prior_c = None if prior is None else prior.components
-        new = self._run_compiled("_compiled_update", x, state.components, z, eps, temp, prior_c)
-        return None if new is None else State(new)
+        self.compiled = None
 
     # ------------------------------------------------------------------ one step
     def kl(self, state: State, prior: State, temp: float = 1.0) -> Tensor:
         """KL(q(state) || q(prior)) per latent, [B, K] (SPEC 5)."""
         if self.is_poisson:
-            return D.poisson_kl(state.components[0], prior.components[0], self.config.poisson_kl)
+            return poisson.poisson_kl(state.components[0], prior.components[0],
+                                      self.config.poisson_kl)
         (mu, xi), (mu0, xi0) = state.components, prior.components
-        return D.gaussian_kl(mu, xi, mu0, xi0, temp)
+        return gaussian.gaussian_kl(mu, xi, mu0, xi0, temp)
 
     def kl_both_forms(self, state: State, prior: State) -> dict[str, Tensor]:
         """Poisson only: both KL forms {'reference', 'exact'}, each [B, K]."""
         u, u0 = state.components[0], prior.components[0]
-        return {form: D.poisson_kl(u, u0, form) for form in ("reference", "exact")}
+        return {form: poisson.poisson_kl(u, u0, form) for form in ("reference", "exact")}
 
     def step(self, x: Tensor, state: State, temp: float, beta: float, eps: float | Tensor = 1.0,
              t: int = 0, noise: tuple[Tensor | None, ...] | None = None,
@@ -383,16 +315,18 @@ class IterativeVAE(nn.Module):
             grad_samples.append(z)
             state = self.update(x, state, z, eps, temp, prior)
         if not outputs:
-            return StepOutput(state, None, None, None, None, None, tuple(grad_samples))
+            return StepOutput(state, None, None, None, None, None, tuple(grad_samples), prior)
         z = self.sample(state, temp, noise[n_inner], generator, t)
         outputs = None
-        if self._compiled_outputs is not None:
-            outputs = self._run_compiled("_compiled_outputs", x, state.components,
-                                         prior.components, z, beta, temp)
+        if self.compiled is not None:
+            outputs = self.compiled.outputs(self, x, state.components, prior.components, z,
+                                            beta, temp)
+            if outputs is None:
+                self.disable_compile()
         if outputs is None:
-            outputs = _plain_outputs(self, x, state.components, prior.components, z, beta, temp)
+            outputs = plain_outputs(self, x, state.components, prior.components, z, beta, temp)
         x_hat, recon, kl, loss = outputs
-        return StepOutput(state, z, x_hat, recon, kl, loss, tuple(grad_samples))
+        return StepOutput(state, z, x_hat, recon, kl, loss, tuple(grad_samples), prior)
 
     def step_loss(self, recon: Tensor, kl: Tensor, beta: float | Tensor) -> Tensor:
         """mean_b(recon + beta sum_k kl) * 256 / M (SPEC 6): recon [B], kl [B, K] -> []."""
@@ -437,53 +371,13 @@ class IterativeVAE(nn.Module):
             last_x=last_x,
         )
 
-    # ------------------------------------------------------------------ many steps
-    @torch.no_grad()
-    def infer(self, x: Tensor, n_steps: int, temp: float, eps: float = 1.0, beta: float = 0.0,
-              generator: torch.Generator | None = None, feeder=None,
-              record_every: int = 1, record_steps: Iterable[int] | None = None,
-              same_stream: bool = True) -> dict[str, Tensor]:
-        """Run inference from u_init for n_steps and return per-step traces for analysis.
 
-        x: [B, M] (or `feeder`, indexable by t -> [B, M]). Traces, stacked over the
-        recorded steps (every `record_every`-th and the last, or the 1-based
-        `record_steps`, e.g. a log grid, and the last): 'z' [T, B, K], 'x_hat' [T, B, M],
-        'recon' [T, B], 'kl' [T, B, K], 'loss' [T], 'state' [T, C, B, K], 'steps' [T]
-        (1-based step index).
-
-        Steps that are not recorded only update the state: no reconstruction, NLL or KL.
-        With `same_stream` they still draw (and drop) the output sample, so that the
-        trajectory is the same draw whatever is recorded; `same_stream=False` skips that
-        sample too (the fastest: the same distribution, other random numbers).
-        """
-        state = self.init_state(x.shape[0])
-        traces: dict[str, list[Tensor]] = {k: [] for k in
-                                           ("z", "x_hat", "recon", "kl", "loss", "state")}
-        wanted = None if record_steps is None else {int(s) for s in record_steps}
-        steps = []
-        for t in range(n_steps):
-            inputs = x if feeder is None else feeder[t]
-            if wanted is None:
-                record = (t + 1) % record_every == 0 or t == n_steps - 1
-            else:
-                record = (t + 1) in wanted or t == n_steps - 1
-            out = self.step(inputs, state, temp, beta, eps, t, generator=generator, outputs=record)
-            state = out.state
-            if record:
-                steps.append(t + 1)
-                for key in ("z", "x_hat", "recon", "kl", "loss"):
-                    traces[key].append(getattr(out, key))
-                traces["state"].append(torch.stack(state.components))
-            elif same_stream:
-                self.sample(state, temp, None, generator, t)
-        result = {k: torch.stack(v) for k, v in traces.items()}
-        result["steps"] = torch.tensor(steps)
-        return result
-
-
-def _plain_update(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...], z: Tensor,
-                  eps: Tensor, temp: Tensor, prior: tuple[Tensor, ...] | None) -> tuple[Tensor, ...]:
-    """The update as the plain composition of SPEC 3 (what torch.compile fuses)."""
+def plain_update(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...], z: Tensor,
+                 eps: float | Tensor, temp: float | Tensor,
+                 prior: tuple[Tensor, ...] | None) -> tuple[Tensor, ...]:
+    """The update as the plain composition of SPEC 3.3-3.4, left to autograd: the
+    reference the fused `clamps.state_step` is tested against, the `fast_path = False`
+    update and what torch.compile fuses. Components C x [B, K] -> C x [B, K]."""
     state = State(components)
     prior_state = None if prior is None else State(prior)
     grads = model.free_energy_grad(x, state, z, temp, prior_state)
@@ -494,20 +388,11 @@ def _plain_update(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...]
     )
 
 
-def _plain_outputs(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...],
-                   prior: tuple[Tensor, ...], z: Tensor, beta, temp):
+def plain_outputs(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...],
+                  prior: tuple[Tensor, ...], z: Tensor, beta, temp):
     """A step's outputs from its fresh sample z: x_hat [B, M], recon [B], kl [B, K], loss."""
     x_hat = model.decode(z)
-    recon = D.gaussian_nll(x, x_hat, model.dec_log_sigma_effective())
+    recon = gaussian.gaussian_nll(x, x_hat, model.dec_log_sigma_effective())
     kl = model.kl(State(components), State(prior), temp)
     return x_hat, recon, kl, model.step_loss(recon, kl, beta)
 
-
-def agree_max_rates(max_rates: Tensor, gather_fn=None) -> Tensor:
-    """The per-step largest rates every rank agrees on, before `set_n_exp`: the max over
-    ranks, so that all ranks draw samplers of the same length.
-
-    max_rates [t_total]; `gather_fn` stacks a [1, t_total] tensor from every rank into
-    [world, t_total] (e.g. `accelerator.gather`); None (one process) keeps the rates.
-    """
-    return max_rates if gather_fn is None else gather_fn(max_rates[None]).amax(0)

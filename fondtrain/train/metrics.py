@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fondtrain.model.inference import last_step
 from fondtrain.stats import (
     fraction_zeros,
     lifetime_sparseness,
@@ -52,14 +53,12 @@ def validate(model, val_loader, config, accelerator, values, max_batches: int = 
     generator = torch.Generator(device=device).manual_seed(12345 + accelerator.process_index)
     temp = 0.0 if model.is_poisson else 1.0
     xs, x_hats, zs, losses = [], [], [], []
+    n_steps = config.model.t_total
     for i, batch in enumerate(val_loader.epoch(0)):
         if i >= max_batches:
             break
         x = batch["x"].to(device)
-        state = model.init_state(x.shape[0])
-        for t in range(config.model.t_total):
-            out = model.step(x, state, temp, values.beta, values.eps, t, generator=generator)
-            state = out.state
+        out = last_step(model, x, n_steps, temp, values.eps, values.beta, generator=generator)
         xs.append(x)
         x_hats.append(out.x_hat)
         zs.append(model.activation(out.z))

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from fondtrain.model.vae import IterativeVAE, agree_max_rates
+from fondtrain.model.n_exp import agree_max_rates
+from fondtrain.model.vae import IterativeVAE
 
 
 class NExpTracker:

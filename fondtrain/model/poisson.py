@@ -1,4 +1,4 @@
-"""Posterior samplers, KL divergences and the soft clamps of the iterative VAEs (SPEC 3-5).
+"""The Poisson posterior of iP-VAE: relaxed and exact samplers and the KL (SPEC 4-5).
 
 Every function is pure: tensors in, tensors out, randomness only through an explicit
 noise tensor or `torch.Generator`, so that a step can be replayed exactly.
@@ -10,157 +10,16 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from fondtrain.model.random_streams import WordStream, log_uniform_, numpy_bits
+
 FLOAT32_EPS = torch.finfo(torch.float32).eps
-# Lower bound applied before the Poisson soft clamp (the reference's `clamp_(min=-8)`).
-POISSON_FLOOR = -8.0
-# Decoder log-sigma is squashed to (-3.45, 3.45): variances from ~1e-3 to ~1e3.
-DEC_LOG_SIGMA_BOUND = 3.45
 
 
-# ----------------------------------------------------------------------------- clamps
-def softclamp_upper(x: Tensor, c: float | Tensor) -> Tensor:
-    """One-sided soft clamp c - softplus(c - x): identity far below c, never above c."""
-    return c - F.softplus(c - x)
-
-
-def softclamp_sym(x: Tensor, c: float | Tensor) -> Tensor:
-    """Symmetric soft clamp c * tanh(x / c): slope 1 at 0, limits -c and c."""
-    return c * torch.tanh(x / c)
-
-
-def poisson_clamp(x: Tensor, c: float | Tensor) -> Tensor:
-    """clampU(v, c) = c - softplus(c - max(v, -8)) (SPEC 3.3)."""
-    return softclamp_upper(torch.clamp(x, min=POISSON_FLOOR), c)
-
-
-def clamp_ceiling(eps: float | Tensor, c_final: float, posterior: str) -> float | Tensor:
-    """Soft-clamp constant c = c_init + eps (c_final - c_init); c_init 2 (Poisson), 1 (Gaussian).
-
-    eps grows from 0 to 1 early in training (SPEC 6), loosening the clamps.
-    """
-    c_init = 2.0 if posterior == "poisson" else 1.0
-    return c_init + eps * (c_final - c_init)
-
-
-def effective_dec_log_sigma(raw: Tensor) -> Tensor:
-    """Effective decoder log-std 3.45 tanh(raw / 3.45), [M]."""
-    return softclamp_sym(raw, DEC_LOG_SIGMA_BOUND)
-
-
-# ----------------------------------------------------------------------------- fused updates
-class _PoissonStateStep(torch.autograd.Function):
-    """new = clampU(value + clampU(-exp(log_lr) grad, c_du), c_u) in one node (SPEC 3.3).
-
-    The same numbers as the composition of `poisson_clamp` calls; backward recomputes the
-    two softplus slopes from the two pre-clamp tensors it saves ([B, K] each) instead of
-    autograd's chain of a dozen saved intermediates.
-    """
-
-    @staticmethod
-    def forward(ctx, value: Tensor, grad: Tensor, log_lr: Tensor, c_du, c_u) -> Tensor:
-        lr = torch.exp(log_lr)
-        step_raw = grad * (-lr)
-        new_raw = _poisson_clamp_fresh(torch.clamp(step_raw, min=POISSON_FLOOR), c_du).add_(value)
-        ctx.save_for_backward(step_raw, new_raw, lr)
-        ctx.c = (c_du, c_u)
-        return _poisson_clamp_fresh(torch.clamp(new_raw, min=POISSON_FLOOR), c_u)
-
-    @staticmethod
-    def backward(ctx, grad_new: Tensor):
-        step_raw, new_raw, lr = ctx.saved_tensors
-        c_du, c_u = ctx.c
-        # d clampU(v, c)/dv = sigmoid(c - max(v, -8)) where v >= -8, else 0 (torch.clamp's
-        # gradient passes at the bound itself).
-        grad_value = grad_new * _upper_slope(new_raw, c_u)
-        grad_step = grad_value * _upper_slope(step_raw, c_du)
-        grad_grad = grad_step * (-lr) if ctx.needs_input_grad[1] else None
-        grad_log_lr = None
-        if ctx.needs_input_grad[2]:
-            grad_log_lr = (grad_step * step_raw).sum().reshape(lr.shape)
-        return grad_value, grad_grad, grad_log_lr, None, None
-
-
-def _poisson_clamp_fresh(floored: Tensor, c) -> Tensor:
-    """c - softplus(c - floored), reusing the buffers of `floored` (a tensor of the
-    caller's own, already max(v, -8)) and of the softplus: (-t) + c is c - t bit for bit,
-    without the two allocations of `poisson_clamp` (that one stays for autograd)."""
-    return F.softplus(floored.neg_().add_(c)).neg_().add_(c)
-
-
-def _upper_slope(v: Tensor, c) -> Tensor:
-    """Derivative of clampU(v, c) = c - softplus(c - max(v, -8)) with respect to v."""
-    slope = torch.sigmoid(c - torch.clamp(v, min=POISSON_FLOOR))
-    return slope.masked_fill_(v < POISSON_FLOOR, 0.0)
-
-
-class _SymStateStep(torch.autograd.Function):
-    """new = clampS(value + clampS(-exp(log_lr) grad, c_du), c_u) in one node (SPEC 3.4),
-    clampS(v, c) = c tanh(v / c); backward reuses the two tanh outputs it saves."""
-
-    @staticmethod
-    def forward(ctx, value: Tensor, grad: Tensor, log_lr: Tensor, c_du, c_u) -> Tensor:
-        lr = torch.exp(log_lr)
-        step_raw = grad * (-lr)
-        tanh_step = (step_raw / c_du).tanh_()
-        # in place on fresh buffers; the same operations as (value + c_du tanh_step) / c_u
-        tanh_new = (tanh_step * c_du).add_(value).div_(c_u).tanh_()
-        ctx.save_for_backward(step_raw, tanh_step, tanh_new, lr)
-        return tanh_new * c_u
-
-    @staticmethod
-    def backward(ctx, grad_new: Tensor):
-        step_raw, tanh_step, tanh_new, lr = ctx.saved_tensors
-        grad_value = grad_new * (1.0 - tanh_new * tanh_new)
-        grad_step = grad_value * (1.0 - tanh_step * tanh_step)
-        grad_grad = grad_step * (-lr) if ctx.needs_input_grad[1] else None
-        grad_log_lr = None
-        if ctx.needs_input_grad[2]:
-            grad_log_lr = (grad_step * step_raw).sum().reshape(lr.shape)
-        return grad_value, grad_grad, grad_log_lr, None, None
-
-
-def state_step(value: Tensor, grad: Tensor, log_lr: Tensor, c_du: float | Tensor,
-               c_u: float | Tensor, posterior: str) -> Tensor:
-    """One clamped gradient step of a state component, fused: [B, K] -> [B, K].
-
-    new = clamp(value + clamp(-exp(log_lr) grad, c_du), c_u) with the Poisson one-sided
-    clamp or the Gaussian symmetric one. log_lr is a 0-dim (or [1]) tensor; c_du, c_u are
-    floats or 0-dim tensors without gradient. Equals `state_step_reference` (tested).
-    """
-    if posterior == "poisson":
-        return _PoissonStateStep.apply(value, grad, log_lr, c_du, c_u)
-    return _SymStateStep.apply(value, grad, log_lr, c_du, c_u)
-
-
-def state_step_reference(value: Tensor, grad: Tensor, log_lr: Tensor, c_du: float | Tensor,
-                         c_u: float | Tensor, posterior: str) -> Tensor:
-    """`state_step` written as the plain composition, left to autograd."""
-    clamp = poisson_clamp if posterior == "poisson" else softclamp_sym
-    step = clamp(-torch.exp(log_lr) * grad, c_du)
-    return clamp(value + step, c_u)
-
-
-# ----------------------------------------------------------------------------- Poisson
 def poisson_rate(u: Tensor) -> Tensor:
     """Rate r = exp(u) + float32 eps used by the samplers (keeps r > 0 for u = -inf)."""
     return torch.exp(u) + FLOAT32_EPS
-
-
-def n_exp_for_rate(rate: float, p: float = 1e-3) -> int:
-    """Number of exponential draws so that the relaxed sampler truncates with prob. < p.
-
-    It is the (1 - p) quantile of Poisson(rate) (the reference's `compute_n_exp`): with
-    that many arrivals the chance that more than n_exp events fall in [0, 1] is < p.
-    Called off the hot path (every few hundred optimiser steps), so scipy is fine here.
-    """
-    from scipy.stats import poisson
-
-    if not rate > 0:
-        raise ValueError(f"rate must be positive, got {rate}")
-    return int(poisson.ppf(1.0 - p, rate))
 
 
 def exponential_noise(n_exp: int, shape: torch.Size, device=None, generator=None) -> Tensor:
@@ -186,56 +45,6 @@ def vectorized_sampler(t: Tensor) -> bool:
     other accelerators: fewer kernel launches) rather than on cache-sized blocks of
     arrivals for the entries not yet finished (CPU: `_sum_arrivals`)."""
     return t.device.type != "cpu"
-
-
-_MANTISSA = 0x007FFFFF  # the 23 fraction bits of a float32
-_ONE = 0x3F800000  # the bit pattern of 1.0f
-_JUST_BELOW_ONE = 1.0 - 2.0**-24  # f - this is exact (Sterbenz) for f in [1, 2)
-
-
-def numpy_bits(generator=None) -> np.random.SFC64:
-    """A numpy SFC64 bit generator seeded with one 63-bit draw from `generator` (torch's
-    default generator when None): the CPU samplers' random numbers stay a function of the
-    torch generator's state, so seeds, checkpoints and resumed runs replay them."""
-    return np.random.SFC64(int(torch.randint(2**63 - 1, (), generator=generator)))
-
-
-class WordStream:
-    """Random int32 words for the CPU samplers, taken in any amounts, in order.
-
-    Raw words of `numpy_bits(generator)`: ~4x cheaper than torch's CPU Mersenne twister
-    uniforms, and still replayed exactly from the torch generator's state. One stream
-    per sample.
-    """
-
-    def __init__(self, generator=None):
-        self._bits = numpy_bits(generator)
-        self._spare: np.int32 | None = None  # the second word of a draw not yet taken
-
-    def take(self, count: int) -> Tensor:
-        """The next `count` words, int32 [count]. A 64-bit draw gives two words; an odd
-        one left over starts the next take, so taking in parts does not change the words."""
-        head = None
-        if self._spare is not None and count:
-            head, self._spare = self._spare, None
-        need = count - (head is not None)
-        drawn = self._bits.random_raw((need + 1) // 2).view(np.int32)
-        if drawn.size > need:
-            self._spare, drawn = drawn[need], drawn[:need]
-        if head is not None:
-            drawn = np.concatenate([np.array([head], dtype=np.int32), drawn])
-        return torch.from_numpy(drawn)
-
-
-def log_uniform_(words: Tensor) -> Tensor:
-    """log U from random int32 words, in place. f is the float32 with exponent 0 and the
-    word's low 23 bits m as fraction (f = 1 + m 2^-23), and U = f - (1 - 2^-24) =
-    (m + 1/2) 2^-23, exactly: U is uniform on the midpoints of 2^23 equal cells of (0, 1),
-    never 0 or 1, and -log U is Exp(1) (largest value 24 ln 2 = 16.6). Returns a float32
-    view of the words' memory."""
-    f = words.bitwise_and_(_MANTISSA).bitwise_or_(_ONE).view(torch.float32)
-    return f.sub_(_JUST_BELOW_ONE).log_()
-
 
 class _RelaxedPoissonStream(torch.autograd.Function):
     """z = sum_j sigmoid((1 - S_j / r) / tau), r = exp(u) + eps, S_j unit-rate arrivals.
@@ -397,7 +206,8 @@ def relaxed_poisson(u: Tensor, temp: float, noise: Tensor | None = None, n_exp: 
 
 
 def relaxed_poisson_reference(u: Tensor, temp: float, noise: Tensor) -> Tensor:
-    """The reference implementation's expression, left to autograd (for tests)."""
+    """The reference implementation's expression, left to autograd: the oracle the tests and
+    the sampler benchmarks compare `relaxed_poisson` with."""
     rate = poisson_rate(u)
     times = torch.cumsum(noise / rate, dim=0)
     return torch.sigmoid((1.0 - times) / temp).sum(0)
@@ -485,23 +295,3 @@ def poisson_kl(u: Tensor, u_prior: Tensor, form: str = "reference") -> Tensor:
         return torch.exp(u_prior) * f
     raise ValueError(f"unknown Poisson KL form {form!r}")
 
-
-# ----------------------------------------------------------------------------- Gaussian
-def gaussian_sample(mu: Tensor, xi: Tensor, temp: float, noise: Tensor) -> Tensor:
-    """Reparameterised Gaussian sample z = mu + tau exp(xi) noise, [B, K]."""
-    return mu + temp * torch.exp(xi) * noise
-
-
-def gaussian_kl(mu: Tensor, xi: Tensor, mu_prior: Tensor, xi_prior: Tensor,
-                temp: float = 1.0) -> Tensor:
-    """KL(N(mu, (tau sigma)^2) || N(mu0, (tau sigma0)^2)) per latent, [B, K] (SPEC 5)."""
-    scale = temp * torch.exp(xi)
-    scale_prior = temp * torch.exp(xi_prior)
-    ratio = scale / scale_prior
-    return 0.5 * (((mu - mu_prior) / scale_prior) ** 2 + ratio**2 - 2.0 * torch.log(ratio) - 1.0)
-
-
-def gaussian_nll(x: Tensor, loc: Tensor, log_sigma: Tensor) -> Tensor:
-    """-sum_m log N(x_m; loc_m, exp(log_sigma_m)) per sample: [B, M] -> [B]."""
-    z = (x - loc) * torch.exp(-log_sigma)
-    return (0.5 * z * z + log_sigma + 0.5 * math.log(2 * math.pi)).sum(-1)
