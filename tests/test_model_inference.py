@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fondtrain.train.schedules import ScheduleValues
 
 from fondtrain.config import ModelConfig, RunConfig
 from fondtrain.eval.convergence import latent_responses, rank_seed, run_convergence
 from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE
+from fondtrain.schedules import ScheduleValues
 from fondtrain.train.metrics import validate
 
 CASES = [("ipvae", 1, 0.0), ("ipvae", 2, 0.3), ("igvae", 1, 1.0), ("igrelu", 2, 1.0)]
