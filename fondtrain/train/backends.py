@@ -44,8 +44,8 @@ import os
 import pickle
 import random
 import socket
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
