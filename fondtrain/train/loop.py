@@ -60,13 +60,13 @@ def make_schedule(config: RunConfig, total_steps: int) -> Schedule:
 def prepare_data(config: RunConfig, accelerator):
     """Build the shards on the main process if missing (the others wait), then loaders."""
     from fondtrain.data.loader import ShardLoader
-    from fondtrain.data.shards import ensure_shards
+    from fondtrain.data.shards import ensure_shards, shard_folder
 
     d, t = config.data, config.train
     if accelerator.is_main_process:
         ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed)
     accelerator.wait_for_everyone()
-    shard_dir = Path(d.shards_root) / d.dataset
+    shard_dir = shard_folder(d.shards_root, d.dataset, d.path)
     common = dict(rank=accelerator.process_index, world_size=accelerator.num_processes,
                   seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
                   pin_memory=accelerator.device.type == "cuda")  # so non_blocking copies overlap
