@@ -29,6 +29,7 @@ import torch
 
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
+from fondtrain.permissions import apply_umask
 from fondtrain.run_files import COMPLETE, PREFIX, TRAINER_STATE, list_checkpoints, step_dir
 
 CHECKSUMS = "checksums.json"
@@ -57,6 +58,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict
         save_yaml(config, tmp / "config.yaml")
         (tmp / CHECKSUMS).write_text(json.dumps(checksums(tmp), indent=1))
         (tmp / COMPLETE).write_text(f"{step}\n")
+        apply_umask(tmp)  # safetensors writes 0600 whatever the umask
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
