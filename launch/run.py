@@ -17,6 +17,7 @@ own SignalException, which is dropped and mapped to 0 here when no training proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -50,10 +51,8 @@ def main(argv: list[str]) -> int:
     def forward(signum, _frame):
         received.append(signum)
         for pid in children(launcher.pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
-            except ProcessLookupError:
-                pass
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
