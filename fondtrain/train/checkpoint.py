@@ -65,16 +65,17 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict
 
     # Each stage runs where it must, then all ranks agree that it worked (one all-reduce,
     # which also keeps them in step), so that a failing rank cannot leave the others waiting.
-    error = _attempt(make_tmp) if main else None
-    if not _failed_anywhere(accelerator, error):
-        error = _attempt(lambda: accelerator.save_state(str(tmp), safe_serialization=True))
-        if not _failed_anywhere(accelerator, error):
-            error = _attempt(finish) if main else None
-            if not _failed_anywhere(accelerator, error):
-                if main:
-                    prune_checkpoints(ckpt_root, keep_last)
-                accelerator.wait_for_everyone()
-                return final
+    stages = ((make_tmp, main), (lambda: accelerator.save_state(str(tmp), safe_serialization=True), True),
+              (finish, main))
+    for action, here in stages:
+        error = _attempt(action) if here else None
+        if _failed_anywhere(accelerator, error):
+            break
+    else:
+        if main:
+            prune_checkpoints(ckpt_root, keep_last)
+        accelerator.wait_for_everyone()
+        return final
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
     raise UserError(_disk_error_message(ckpt_root, final.name, error, keep_last))
