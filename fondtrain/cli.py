@@ -165,16 +165,17 @@ class FondtrainCLI:
 
         return str(export_model(run, out, format))
 
-    def import_upstream(self, path: str, out: str) -> str:
+    def import_upstream(self, path: str, out: str, dataset: str | None = None) -> str:
         """Turn a reference IterativeVAE checkpoint (.pt) into a fondtrain run directory.
 
         Args:
             path: the reference checkpoint (.pt).
             out: the run folder to create.
+            dataset: the data set it was trained on (default vh16 for 16x16 inputs, mnist for 28x28).
         """
         from fondtrain.export import import_upstream
 
-        return str(import_upstream(path, out))
+        return str(import_upstream(path, out, dataset))
 
     def eval(self, run: str | None = None, checkpoint: str | None = None,
              dataset: str | None = None, path: str | None = None, n_steps: int = 1000,

@@ -18,6 +18,7 @@ PRESETS = ("ipvae", "igvae", "igrelu")
 POISSON_KL_FORMS = ("reference", "exact")
 BACKENDS = ("accelerate", "deepspeed")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
+RESUME_MODES = ("auto", "force", "never")
 
 # Posterior family and the number of state components C of each preset (SPEC 1-2).
 PRESET_POSTERIOR = {"ipvae": "poisson", "igvae": "gaussian", "igrelu": "gaussian"}
@@ -159,8 +160,13 @@ class TrainConfig:
     # Also checkpoint when this many minutes have passed since the last checkpoint (0: off),
     # so that a long run with ckpt_every 0 still keeps its work.
     ckpt_minutes: float = 15.0
+    # auto: resume runs/<name> only if its settings match; force: resume anyway (recorded in
+    # runs/<name>/resume_log.txt); never: stop if runs/<name> already has a checkpoint.
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.resume not in RESUME_MODES:
+            raise UserError(f"resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}.")
         if self.backend not in BACKENDS:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}.")
         if self.mixed_precision not in MIXED_PRECISIONS:

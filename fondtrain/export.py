@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from fondtrain import run_files
-from fondtrain.config import RunConfig, save_yaml
+from fondtrain.config import DataConfig, RunConfig, save_yaml
 from fondtrain.errors import UserError
+from fondtrain.permissions import apply_umask
 
 FORMATS = ("safetensors", "upstream")
 
@@ -29,8 +30,10 @@ def export_model(source: str, out: str, format: str = "safetensors") -> Path:
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty: choose a new --out folder.")
-    with tempfile.TemporaryDirectory(dir=out_dir.parent if out_dir.parent.exists() else None) as tmp:
-        staging = Path(tmp)
+    staging = out_dir.parent / f".tmp-export-{out_dir.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
         if format == "safetensors":
             save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                       str(staging / run_files.MODEL_FILE))
@@ -39,25 +42,40 @@ def export_model(source: str, out: str, format: str = "safetensors") -> Path:
             from fondtrain.model.upstream import state_dict_to_upstream
 
             torch.save({"model": state_dict_to_upstream(model)}, staging / "model.pt")
+        apply_umask(staging)
         if out_dir.exists():
             out_dir.rmdir()
-        shutil.copytree(staging, out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
-def import_upstream(path: str, out: str) -> Path:
+# The data set a reference model of each input size was trained on, unless --dataset says.
+UPSTREAM_DATASETS = {256: "vh16", 784: "mnist"}
+
+
+def import_upstream(path: str, out: str, dataset: str | None = None) -> Path:
     """Make a fondtrain run directory from a reference `.pt` checkpoint.
 
     The run gets `config.yaml` and `ckpt/step-00000000/` with the weights, so that
-    `fondtrain eval OUT` and `fondtrain export OUT` work on published models.
+    `fondtrain eval OUT` and `fondtrain export OUT` work on published models. `dataset` is
+    the data set the model was trained on, recorded in config.yaml for `fondtrain eval`;
+    by default vh16 for 16x16 models and mnist for 28x28 ones (read from where the
+    reference keeps them unless the run's data path is set).
     """
+    from fondtrain.data.sources import SOURCES
     from fondtrain.model.upstream import load_upstream_checkpoint
 
     model = load_upstream_checkpoint(path)
     run_dir = Path(out)
     if run_dir.exists():
         raise UserError(f"{run_dir} already exists: choose a new --out run directory.")
-    config = RunConfig(model=model.config)
+    dataset = dataset or UPSTREAM_DATASETS.get(model.config.input_dim)
+    if dataset is None or dataset not in SOURCES:
+        raise UserError(f"{path} is a model of {model.config.input_dim} inputs: say which data set it "
+                        f"was trained on with --dataset (one of {', '.join(SOURCES)}).")
+    config = RunConfig(model=model.config, data=DataConfig(dataset=dataset))
     config.train.name = run_dir.name
     staging = run_dir.parent / f".tmp-import-{run_dir.name}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -67,5 +85,6 @@ def import_upstream(path: str, out: str) -> Path:
     save_yaml(config, step / "config.yaml")
     save_yaml(config, staging / "config.yaml")
     (step / run_files.COMPLETE).write_text("0\n")
+    apply_umask(staging)
     staging.rename(run_dir)
     return run_dir

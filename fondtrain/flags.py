@@ -22,6 +22,7 @@ from fondtrain.config import (
     MIXED_PRECISIONS,
     POISSON_KL_FORMS,
     PRESETS,
+    RESUME_MODES,
     DataConfig,
     ModelConfig,
     RunConfig,
@@ -87,6 +88,8 @@ DESCRIPTIONS = {
     "ckpt_every": "steps between checkpoints (0: at the end and on a signal only)",
     "keep_last": "complete checkpoints kept (older ones are deleted)",
     "ckpt_minutes": "minutes of training between checkpoints, on top of ckpt_every (0: off)",
+    "resume": "auto: resume runs/NAME only if its settings match; force: resume despite changed settings "
+              "(recorded in resume_log.txt); never: stop if runs/NAME has a checkpoint",
     "max_steps": "stop after this many steps (0: the whole schedule)",
     "runs_root": "folder of the run folders",
     "name": "run name (default: made from the data set, preset, K, t_train, beta and seed); a run "
@@ -101,7 +104,8 @@ def field_choices() -> dict[str, tuple[str, ...]]:
     from fondtrain.data.sources import SOURCES
 
     return {"preset": PRESETS, "poisson_kl": POISSON_KL_FORMS, "backend": BACKENDS,
-            "mixed_precision": MIXED_PRECISIONS, "feeder": tuple(FEEDERS), "dataset": tuple(SOURCES)}
+            "mixed_precision": MIXED_PRECISIONS, "resume": RESUME_MODES, "feeder": tuple(FEEDERS),
+            "dataset": tuple(SOURCES)}
 
 
 # ------------------------------------------------------------------ training flags

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fondtrain.cli import run_or_exit
+from fondtrain.data.shards import shard_folder
 from fondtrain.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,10 +42,11 @@ def test_shard_then_verify(tmp_path):
     res = fondtrain("shard", "--dataset", "npy", "--path", "arr.npy", "--out", "sh",
                     "--seed", "2", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == str(Path("sh") / "npy")
-    assert (tmp_path / "sh" / "npy" / "manifest.json").is_file()
-    res = fondtrain("verify", "sh/npy", cwd=tmp_path)
-    assert res.returncode == 0 and res.stdout.startswith("ok: sh/npy")
+    folder = shard_folder("sh", "npy", tmp_path / "arr.npy")
+    assert res.stdout.strip() == str(folder) and folder.name.startswith("npy-arr-")
+    assert (tmp_path / folder / "manifest.json").is_file()
+    res = fondtrain("verify", str(folder), cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith(f"ok: {folder}")
     assert "M=64, train 450, val 50" in res.stdout
     # a second shard without --overwrite is refused, with --overwrite it rebuilds
     res = fondtrain("shard", "--dataset", "npy", "--path", "arr.npy", "--out", "sh", cwd=tmp_path)
@@ -83,9 +85,10 @@ def test_unknown_dataset_and_corrupt_shards(tmp_path):
     _array_file(tmp_path)
     res = fondtrain("shard", "--dataset", "npy", "--path", "arr.npy", "--out", "sh", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    shard = tmp_path / "sh" / "npy" / "val-000000.tar"
+    folder = shard_folder("sh", "npy", tmp_path / "arr.npy")
+    shard = tmp_path / folder / "val-000000.tar"
     shard.write_bytes(shard.read_bytes()[:-1000])
-    line = _one_error_line(fondtrain("verify", "sh/npy", cwd=tmp_path))
+    line = _one_error_line(fondtrain("verify", str(folder), cwd=tmp_path))
     assert "val-000000.tar" in line
 
 

@@ -249,13 +249,13 @@ def test_ensure_shards_builds_once_and_checks_options(tmp_path):
     assert load_manifest(out)["seed"] == 1
 
 
-def test_ensure_shards_rejects_another_path(tmp_path):
+def test_ensure_shards_keeps_another_path_apart(tmp_path):
     for name in ("a.npy", "b.npy"):
-        np.save(tmp_path / name, np.zeros((50, 3), np.float32))
+        np.save(tmp_path / name, np.zeros((50, 4), np.float32))
     out = ensure_shards("npy", tmp_path / "sh", path=tmp_path / "a.npy")
     assert ensure_shards("npy", tmp_path / "sh", path=tmp_path / "a.npy") == out
-    with pytest.raises(UserError, match=r"path=.*a\.npy.*asked.*b\.npy"):
-        ensure_shards("npy", tmp_path / "sh", path=tmp_path / "b.npy")
+    other = ensure_shards("npy", tmp_path / "sh", path=tmp_path / "b.npy")
+    assert other != out and load_manifest(other)["source_kwargs"]["path"].endswith("b.npy")
 
 
 def test_ensure_shards_labels_round_trip(tmp_path):

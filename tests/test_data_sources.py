@@ -246,19 +246,19 @@ def test_npy_array_with_val_fraction(tmp_path):
 
 
 def test_npz_key_and_labels(tmp_path):
-    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    x = np.arange(80, dtype=np.float32).reshape(20, 4)
     y = np.arange(20) % 4
     np.savez(tmp_path / "d.npz", data=x, target=y)
     with pytest.raises(UserError, match=r"d\.npz holds arrays.*key="):
         load_source("npz", path=tmp_path / "d.npz")
     d = load_source("npz", path=tmp_path / "d.npz", key="data", labels_key="target",
                     val_fraction=0.25, standardize=False)
-    assert d.x_train.shape == (15, 3) and d.y_val.shape == (5,)
-    np.testing.assert_array_equal(d.x_val[:, 0] // 3 % 4, d.y_val)  # rows keep their labels
+    assert d.x_train.shape == (15, 4) and d.y_val.shape == (5,)
+    np.testing.assert_array_equal(d.x_val[:, 0] // 4 % 4, d.y_val)  # rows keep their labels
     with pytest.raises(UserError, match="no array 'nope'"):
         load_source("npz", path=tmp_path / "d.npz", key="nope")
     np.savez(tmp_path / "one.npz", only=x)
-    assert load_source("npz", path=tmp_path / "one.npz").input_dim == 3
+    assert load_source("npz", path=tmp_path / "one.npz").input_dim == 4
     np.save(tmp_path / "vec.npy", np.zeros(10))
     with pytest.raises(UserError, match=r"vec\.npy holds an array of shape \(10,\)"):
         load_source("npy", path=tmp_path / "vec.npy")

@@ -19,7 +19,8 @@ import pytest
 from tests.train_helpers import REPO
 
 PACKAGE = REPO / "fondtrain"
-BASE = {"config", "errors", "seeding", "stats", "images", "runtime", "schedules", "sweep", "members_table"}
+BASE = {"config", "errors", "seeding", "stats", "images", "runtime", "schedules", "sweep", "members_table",
+        "permissions"}
 TOP = ("cli", "commandline", "flags", "export", "bench")  # fondtrain.bench* too
 
 

@@ -421,3 +421,25 @@ class ShardLoader:
             raise UserError(last.split("UserError: ", 1)[-1]) from None
         if n != self.batches_per_epoch - skip:
             raise RuntimeError(f"loader bug: {n} batches instead of {self.batches_per_epoch}")
+
+
+def validation_loader(shard_dir: str | os.PathLike, batch_size: int, rank: int = 0,
+                      world_size: int = 1, split: str = "val", **options: Any) -> ShardLoader:
+    """The evaluation loader of a split: every sample once, the same batch count on every
+    rank, in batches of at most `batch_size`.
+
+    It uses the fewest batches per rank, k = ceil(N / (W x batch_size)), each of
+    ceil(N / (W x k)) samples, so a split smaller than W x batch_size (digits' 360 samples on
+    2 x 200) still validates, and fewer than W x k samples are repeated (`n_padded`, by
+    wrap-around at the end of the epoch's order: drop the last n_padded rows of the
+    rank-ordered gather to count each sample once). options: as ShardLoader (num_workers,
+    in_memory, seed, pin_memory).
+    """
+    n = int(split_entries(load_manifest(shard_dir), split, shard_dir)["n_samples"])
+    if n < world_size:
+        raise UserError(f"split {split!r} of {shard_dir} has {n} samples, fewer than the {world_size} "
+                        "processes: use fewer processes or a larger split.")
+    batches = math.ceil(n / (world_size * batch_size))
+    size = math.ceil(n / (world_size * batches))
+    return ShardLoader(shard_dir, split, batch_size=size, rank=rank, world_size=world_size,
+                       shuffle=False, drop_last=False, **options)

@@ -1,10 +1,12 @@
 """WebDataset shards: write (atomically), read, verify, and build-if-missing.
 
-Layout of a shard folder `shards/<dataset>/`:
+Layout of a shard folder `shards/<dataset>/` (`shards/npy-<file>-<hash>/` for a user
+array, see `shard_folder`):
 
     manifest.json
     train-000000.tar, train-000001.tar, ...
     val-000000.tar, ...
+    verified.json       sizes and mtimes at the last full check (`verify_shards_once`)
 
 Each tar is a valid WebDataset shard whose samples are BLOCKS of consecutive rows:
 key `block_000123` with members `block_000123.npy` ([b, M] float32, b <= block_size)
@@ -28,6 +30,7 @@ mtime 0, so the same data and seed give byte-identical shards (same sha256).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -380,6 +383,57 @@ def read_split(
     return x, y
 
 
+VERIFIED = "verified.json"  # size and mtime of every file when the folder last verified
+
+
+def _stamp(folder: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
+    files = [MANIFEST] + [e["file"] for info in manifest["splits"].values() for e in info["shards"]]
+    stamp = {}
+    for name in files:
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            return {}
+        stamp[name] = [st.st_size, st.st_mtime_ns]
+    return stamp
+
+
+def verify_shards_once(shard_dir: str | os.PathLike) -> dict[str, Any]:
+    """`verify_shards`, but only when a file changed since the last full verification.
+
+    A full check (sha256 of every shard) is recorded as the size and mtime of every file
+    in `shard_dir/verified.json`; while those match, only the manifest is read, so a
+    training start does not re-hash the data set. A folder that cannot be written is
+    verified in full every time.
+    """
+    folder = Path(shard_dir)
+    manifest = load_manifest(folder)
+    try:
+        recorded = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):
+        recorded = None
+    stamp = _stamp(folder, manifest)
+    if stamp and recorded == stamp:
+        return manifest
+    manifest = verify_shards(folder)
+    with contextlib.suppress(OSError):  # a read-only folder is simply verified every time
+        (folder / VERIFIED).write_text(json.dumps(_stamp(folder, manifest)))
+    return manifest
+
+
+def shard_folder(shards_root: str | os.PathLike, dataset: str,
+                 path: str | os.PathLike | None = None) -> Path:
+    """Where the shards of `dataset` live: shards_root/<dataset>, and for a user array
+    (npy/npz) shards_root/<dataset>-<file stem>-<hash of its absolute path>, so that two
+    array files never share (or overwrite) one shard folder."""
+    root = Path(shards_root)
+    if dataset not in ("npy", "npz") or path is None:
+        return root / dataset
+    source = Path(path).expanduser().resolve()
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    return root / f"{dataset}-{source.stem}-{digest}"
+
+
 def verify_shards(shard_dir: str | os.PathLike) -> dict[str, Any]:
     """Check a shard folder completely: manifest, files, sizes, sha256, block shapes, counts.
 
@@ -447,7 +501,7 @@ def build_shards(
     """
     from fondtrain.data.sources import load_source
 
-    target = Path(out) / dataset
+    target = shard_folder(out, dataset, path)
     if target.exists() and not overwrite:  # fail before the (possibly slow) conversion
         raise UserError(f"{target} already exists; pass --overwrite to rebuild it.")
     data = load_source(dataset, path=path, seed=seed, **source_kwargs)
@@ -465,7 +519,7 @@ def ensure_shards(
     overwrite: bool = False,
     **source_kwargs: Any,
 ) -> Path:
-    """Return `shards_root/<dataset>`, building it first if it does not exist.
+    """Return `shard_folder(shards_root, dataset, path)`, building it first if it does not exist.
 
     A folder that exists and verifies is used as it is (no-op) unless it contradicts what
     the caller asked for explicitly: another data set, another `path`, or another value of
@@ -476,10 +530,10 @@ def ensure_shards(
     """
     from fondtrain.data.sources import resolve_source_kwargs
 
-    target = Path(shards_root) / dataset
+    target = shard_folder(shards_root, dataset, path)
     wanted = _jsonable(resolve_source_kwargs(dataset, path, seed, **source_kwargs))
     if target.exists() and not overwrite:
-        manifest = verify_shards(target)
+        manifest = verify_shards_once(target)
         have = manifest.get("source_kwargs", {})
         asked = set(source_kwargs) | ({"path"} if path is not None else set())
         differ = sorted(k for k in asked if have.get(k) != wanted.get(k))

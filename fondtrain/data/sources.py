@@ -9,12 +9,13 @@ optional int64 labels `y_train` [N] / `y_val` [N_val], and a `meta` dict that al
 |-------------|------------------------------|------|----------------------------------------|
 | `natural16` | scikit-image / sklearn photos| 256  | held-out photos (VAL_IMAGES)           |
 | `digits`    | sklearn load_digits          | 64   | stratified 80/20 by seed               |
-| `vh16`      | processed.npy [N,16,16]/[N,256] | 256 | 10 contiguous blocks, last 20% of each |
+| `vh16`      | processed.npy [N,(1,)16,16]/[N,256] | 256 | 10 contiguous blocks, last 20% of each |
 | `mnist`     | IDX files (.gz or raw)       | 784  | train files / t10k files               |
-| `npy`/`npz` | one array [N, M] or [N, H, W]| any  | seeded permutation, last val_fraction  |
+| `npy`/`npz` | square patches [N,S*S]/[N,(1,)S,S] | S*S | seeded permutation, last val_fraction  |
 | `images`    | folder of PNG/JPG photos     | P*P  | held-out photos (val_fraction of them) |
 
-Bad input raises `UserError` with one sentence naming the file.
+Without a path, `vh16` and `mnist` read where the reference code keeps them
+(REFERENCE_PATHS). Bad input raises `UserError` with one sentence naming the file.
 """
 
 from __future__ import annotations
@@ -81,6 +82,20 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> tuple[list[np.ndarra
         std = 1.0
     out = [((a - mean) / std).astype(np.float32) for a in (train, *others)]
     return out, mean, std
+
+
+# Where the reference code keeps its data sets: used when --path is not given.
+REFERENCE_PATHS = {"vh16": "~/Datasets/DOVES/vH16/processed.npy", "mnist": "~/Datasets/MNIST/processed"}
+
+
+def square_side(sample_shape: list[int] | tuple[int, ...]) -> int | None:
+    """S for square patches (an S x S or a flat S*S sample), else None."""
+    if len(sample_shape) == 2:
+        return int(sample_shape[0]) if sample_shape[0] == sample_shape[1] else None
+    if len(sample_shape) == 1:
+        side = math.isqrt(int(sample_shape[0]))
+        return side if side * side == sample_shape[0] else None
+    return None
 
 
 def _existing(path: str | os.PathLike | None, dataset: str, what: str) -> Path:
@@ -326,8 +341,13 @@ def _load_npy(path: Path) -> np.ndarray:
         ) from exc
 
 
+def _drop_channel_axis(arr: np.ndarray) -> np.ndarray:
+    """[N, 1, H, W] (one channel, as the reference's feeders take it) -> [N, H, W]."""
+    return arr[:, 0] if arr.ndim == 4 and arr.shape[1] == 1 else arr
+
+
 def vh16(path: str | os.PathLike, n_blocks: int = 10, val_fraction: float = 0.2) -> SourceData:
-    """Reference van Hateren patches (`processed.npy`, [N, 16, 16] or [N, 256]).
+    """Reference van Hateren patches (`processed.npy`, [N, 16, 16], [N, 1, 16, 16] or [N, 256]).
 
     Standardised with the scalar mean / std of the WHOLE array (as the reference), then
     split with `vh16_split`. x: [N_train, 256], [N_val, 256] float32; no labels.
@@ -337,13 +357,13 @@ def vh16(path: str | os.PathLike, n_blocks: int = 10, val_fraction: float = 0.2)
         p = p / "processed.npy"
         if not p.exists():
             raise UserError(f"{p} does not exist; set --path (path=) to processed.npy.")
-    arr = _load_npy(p)
+    arr = _drop_channel_axis(_load_npy(p))
     if not (arr.ndim == 3 and arr.shape[1:] == (16, 16)) and not (
         arr.ndim == 2 and arr.shape[1] == 256
     ):
         raise UserError(
-            f"{p} holds an array of shape {tuple(arr.shape)}; vh16 needs N x 16 x 16 or "
-            "N x 256 patches."
+            f"{p} holds an array of shape {tuple(arr.shape)}; vh16 needs N x 16 x 16, "
+            "N x 1 x 16 x 16 or N x 256 patches."
         )
     if not np.issubdtype(arr.dtype, np.number) or len(arr) < n_blocks:
         raise UserError(f"{p} must hold at least {n_blocks} numeric patches.")
@@ -409,11 +429,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
-    """`stem` like 'train-images-idx3-ubyte'; also accepts '.gz' and 'train-images.idx3-ubyte'."""
+    """`stem` like 'train-images-idx3-ubyte'; also accepts '.gz' and 'train-images.idx3-ubyte',
+    in `folder` or, for torchvision's MNIST/processed, in the `raw` folder beside it."""
     alt = stem.replace("-idx", ".idx")
-    for name in (stem, stem + ".gz", alt, alt + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
+    for place in (folder, folder.parent / "raw"):
+        for name in (stem, stem + ".gz", alt, alt + ".gz"):
+            if (place / name).is_file():
+                return place / name
     raise UserError(f"{folder / stem} (or .gz) is missing; put the four MNIST IDX files there.")
 
 
@@ -458,7 +480,8 @@ def array_file(
     seed: int = 0,
     standardize: bool = True,
 ) -> SourceData:
-    """A user array from .npy or .npz: [N, M] or [N, H, W] (flattened to M = H * W).
+    """A user array from .npy or .npz: square patches [N, S*S], [N, S, S] or [N, 1, S, S]
+    (flattened to M = S * S).
 
     For .npz, `key` picks the array (optional if the file holds exactly one) and
     `labels_key` an optional [N] integer label array. Rows are permuted with `seed`; the
@@ -488,12 +511,18 @@ def array_file(
         if key is not None or labels_key is not None:
             raise UserError(f"{p} is a .npy file; key= and labels_key= only apply to .npz.")
         arr = _load_npy(p)
+    arr = _drop_channel_axis(arr)
     if arr.ndim not in (2, 3) or len(arr) < 2 or not np.issubdtype(arr.dtype, np.number):
         raise UserError(
             f"{p} holds an array of shape {tuple(arr.shape)} ({arr.dtype}); "
-            "it needs numeric N x M or N x H x W samples with N >= 2."
+            "it needs numeric square image patches (N x S*S, N x S x S or N x 1 x S x S) with N >= 2."
         )
     sample_shape = list(arr.shape[1:])
+    if square_side(sample_shape) is None:
+        raise UserError(
+            f"{p} holds samples of shape {tuple(sample_shape)}; fondtrain models square image patches "
+            "(N x S x S or N x S*S, e.g. N x 16 x 16 or N x 256): crop or reshape the array."
+        )
     x = arr.reshape(len(arr), -1).astype(np.float64)
     if not np.isfinite(x).all():
         raise UserError(f"{p} contains NaN or infinite values; clean the array first.")
@@ -563,6 +592,14 @@ def resolve_source_kwargs(
     bound.apply_defaults()
     out = dict(bound.arguments)
     if "path" in out:
+        if out["path"] is None and name in REFERENCE_PATHS:
+            default = Path(REFERENCE_PATHS[name]).expanduser()
+            if not default.exists():
+                raise UserError(
+                    f"dataset {name!r} needs --path: no --path was given and {default} (where the "
+                    "reference code keeps it) does not exist."
+                )
+            out["path"] = default
         if out["path"] is None:
             raise UserError(f"dataset {name!r} needs --path (path=): a file or folder to read.")
         out["path"] = str(Path(out["path"]).expanduser().resolve())

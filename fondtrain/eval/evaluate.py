@@ -355,7 +355,9 @@ def format_summary(metrics: dict) -> str:
                      f"{probe['pixel_acc']:.3f} (chance {probe['chance']:.2f})")
     for kind, summary in (metrics.get("tuning") or {}).items():
         osi, sel = summary.get("osi_median"), summary.get("frac_selective")
-        lines.append(f"  tuning ({kind}s): {summary['n_responsive']}/{summary['n_units']} responsive, "
+        lines.append(f"  tuning ({kind}s): {summary['n_responsive']}/{summary['n_units']} responsive "
+                     f"(>= {summary['responsive_min_spikes']:g} evoked spikes per "
+                     f"{summary['responsive_window']}-step window), "
                      f"median OSI {'-' if osi is None else f'{osi:.3f}'}, "
                      f"selective (OSI > 0.3) {'-' if sel is None else f'{sel:.2f}'}")
     return "\n".join(lines)

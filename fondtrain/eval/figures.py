@@ -5,6 +5,7 @@ Each function draws one figure from plain arrays and writes it to `path`.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,29 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+def _title(fig: Figure, title: str, fontsize: float = 12.0, y: float = 0.995) -> float:
+    """A figure title wrapped to the figure's width; returns its height in inches."""
+    if not title:
+        return 0.0
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))  # ~0.55 em per character
+    lines = textwrap.wrap(title, chars)
+    fig.suptitle("\n".join(lines), fontsize=fontsize, y=y, va="top")
+    return (len(lines) * 1.25 * fontsize + 6) / 72
+
+
+def _top(fig: Figure, title_inches: float, room: float = 0.35) -> float:
+    """subplots_adjust(top=...) leaving a title (and panel titles: room, inches) visible."""
+    return 1 - (title_inches + room) / fig.get_figheight()
+
+
+def _say_in(ax, text: str) -> None:
+    """Write why a panel has nothing to show into the panel itself."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9,
+            transform=ax.transAxes, color="0.3")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,12 +58,12 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def save_grid(grid: np.ndarray, path: str | Path, title: str = "", width: float = 8.0) -> Path:
     """A grid image [H, W] in [0, 1] (gray, 0.5 = zero) with a title."""
     h, w = grid.shape
-    fig = _figure(width, width * h / w + (0.4 if title else 0.0))
-    ax = fig.add_axes((0, 0, 1, 1 if not title else 1 - 0.4 / (width * h / w + 0.4)))
+    fig = _figure(width, width * h / w)
+    room = _title(fig, title, fontsize=10)
+    fig.set_figheight(width * h / w + room)
+    ax = fig.add_axes((0, 0, 1, 1 - room / fig.get_figheight()))
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=10, y=0.995)
     return _save(fig, path)
 
 
@@ -104,9 +128,15 @@ def plot_convergence(table: dict, path: str | Path, title: str = "",
         ax.set_xlabel("inference step")
         ax.grid(alpha=0.3)
         if _key == "r2" and series:
-            ax.set_ylim(*_r2_limits(series[:2]))
+            low, high = _r2_limits(series[:2])
+            ax.set_ylim(low, high)
+            for line, values in zip(ax.get_lines(), series, strict=False):
+                if np.all(~np.isfinite(values) | (values < low)):  # its line lies below the axes
+                    line.set_label(f"{line.get_label()} (below, min {np.nanmin(values):.3g})")
         if _key in ("mse", "loss", "nll", "kl") and series and _spans_decades(series):
             ax.set_yscale("log")
+        else:  # an offset ("1e-6+9.6e-1") would sit on the panel title
+            ax.ticklabel_format(axis="y", useOffset=False)
         if len(series) > 1:
             ax.legend(fontsize=7)
         if t_train:
@@ -120,9 +150,8 @@ def plot_convergence(table: dict, path: str | Path, title: str = "",
     if t_train:
         text += f"\n\ndashed line: training horizon\n(t_train x n_iters_outer = {t_train})"
     last.text(0.0, 1.0, text, va="top", family="monospace", fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.08, top=0.9, wspace=0.25, hspace=0.4)
+    top = _top(fig, _title(fig, title))
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=top, wspace=0.42, hspace=0.4)
     return _save(fig, path)
 
 
@@ -150,6 +179,8 @@ def plot_latent_activity(activity: np.ndarray, usage: np.ndarray, path: str | Pa
         bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()) + 1e-9, 40)
         ax2.hist(positive, bins=bins)
         ax2.set_xscale("log")
+    else:
+        _say_in(ax2, f"all {len(use)} units are silent{'' if discrete else ' or negative'}")
     ax2.set_title(f"mean activity per unit ({int((use <= 0).sum())} of {len(use)} silent"
                   f"{' or negative' if not discrete else ''})", fontsize=9)
     ax2.set_xlabel("mean activity")
@@ -157,9 +188,8 @@ def plot_latent_activity(activity: np.ndarray, usage: np.ndarray, path: str | Pa
     ax3.hist(active, bins=min(50, max(1, int(active.max()) + 1)) if active.size else 10)
     ax3.set_title("active (non-zero) units per sample", fontsize=9)
     ax3.set_xlabel("number of units")
-    if title:
-        fig.suptitle(title)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.83, wspace=0.22)
+    top = _top(fig, _title(fig, title))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=top, wspace=0.22)
     return _save(fig, path)
 
 
@@ -172,6 +202,13 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
     n_rows = max(1, int(np.ceil(len(units) / n_cols)))
     fig = _figure(16, 2.6 * n_rows + 3.2)
     grid = fig.add_gridspec(n_rows + 1, n_cols, height_ratios=[1] * n_rows + [1.2])
+    r = result.responsive
+    threshold = getattr(result, "threshold", None)
+    if len(units) == 0:
+        rule = (f" (at least {threshold * result.window:.3g} evoked spikes over the {result.window}-step "
+                "window)" if threshold is not None else "")
+        _say_in(fig.add_subplot(grid[0, :]), f"no responsive units: none of the {len(r)} units answers "
+                f"a {result.kind} above the blank{rule}, so there are no tuning curves to show")
     side = patch_side(weight.shape[0])
     theta = result.orientations
     for i, k in enumerate(units):
@@ -190,14 +227,17 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
         lim = np.abs(element).max() or 1.0
         inset.imshow(element, cmap="gray", vmin=-lim, vmax=lim, interpolation="nearest")
         inset.set_axis_off()
-    r = result.responsive
     ax_osi = fig.add_subplot(grid[n_rows, 0:2])
-    ax_osi.hist(result.osi[r], bins=np.linspace(0, 1, 21))
     ax_osi.set_title(f"OSI (1 - circ. var.) of {int(r.sum())} responsive units", fontsize=9)
-    ax_osi.set_xlabel("OSI")
     ax_pref = fig.add_subplot(grid[n_rows, 2:4])
-    ax_pref.hist(result.preferred[r], bins=np.linspace(0, 180, len(theta) + 1))
     ax_pref.set_title("preferred orientation (deg)", fontsize=9)
+    if r.any():
+        ax_osi.hist(result.osi[r], bins=np.linspace(0, 1, 21))
+        ax_osi.set_xlabel("OSI")
+        ax_pref.hist(result.preferred[r], bins=np.linspace(0, 180, len(theta) + 1))
+    else:
+        _say_in(ax_osi, "no responsive units")
+        _say_in(ax_pref, "no responsive units")
     ax_stim = fig.add_subplot(grid[n_rows, 4:6])
     picks = result.stimuli[:: max(1, len(theta) // 8), :: max(1, result.stimuli.shape[1] // 4)]
     picks = picks.transpose(1, 0, 2)  # rows: phases, columns: orientations
@@ -206,10 +246,9 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
                    cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax_stim.set_axis_off()
     ax_stim.set_title(f"{result.kind} stimuli (columns: orientations)", fontsize=9)
-    fig.suptitle(title or f"orientation tuning ({result.kind}): most selective units; "
-                 "curve = max evoked response over phases", fontsize=11)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=1 - 0.8 / fig.get_figheight(),
-                        wspace=0.3, hspace=0.55)
+    top = _top(fig, _title(fig, title or f"orientation tuning ({result.kind}): most selective units; "
+                           "curve = max evoked response over phases", fontsize=11))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=top, wspace=0.3, hspace=0.55)
     return _save(fig, path)
 
 
@@ -230,9 +269,8 @@ def plot_compare(tables: dict[str, dict], path: str | Path, title: str = "") -> 
         if key == "r2_pooled":
             ax.set_ylim(*_r2_limits([np.asarray(t[key], float) for t in tables.values() if key in t]))
     axes[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.14, top=0.85, wspace=0.25)
+    top = _top(fig, _title(fig, title))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.14, top=top, wspace=0.25)
     return _save(fig, path)
 
 

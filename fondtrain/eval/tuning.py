@@ -25,9 +25,11 @@ invariant, like a complex cell's; simple cells peak at one phase anyway). Select
 - OSI = 1 - circular variance = |sum R e^{2 i theta}| / sum R (0 untuned, 1 one orientation);
 - pref/orth index = (R_pref - R_orth) / (R_pref + R_orth).
 
-A unit is *responsive* when its peak evoked response exceeds max(1e-3, 1% of the
-largest peak of all units); summaries are over responsive units; *selective* means
-OSI > 0.3.
+A unit is *responsive* when its peak evoked response is at least MIN_EVOKED_SPIKES (5)
+spikes over the measuring window (a rate of 5 / window per step; for Gaussian models the
+same amount of activity) and at least 1% of the largest peak of all units: a unit that
+fires a spike or two by chance is silent, not responsive. Summaries are over responsive
+units; *selective* means OSI > 0.3.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from fondtrain.eval.convergence import latent_responses
 from fondtrain.model.vae import IterativeVAE
 
 SELECTIVE_OSI = 0.3
+MIN_EVOKED_SPIKES = 5.0  # per window, above the blank: fewer is chance firing
 
 
 def _coords(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,7 +100,8 @@ def oriented_stimuli(side: int, kind: str = "bar", n_orientations: int = 16, n_p
 @dataclass
 class TuningResult:
     """responses [n_orient, n_phase, K] (raw), blank [K], tuning [K, n_orient] (evoked,
-    rectified, max over phases), osi / pref_orth / preferred [K], responsive [K] bool."""
+    rectified, max over phases), osi / pref_orth / preferred [K], responsive [K] bool,
+    threshold: the evoked rate (per step) a responsive unit reaches, window: its steps."""
 
     kind: str
     orientations: np.ndarray
@@ -109,6 +113,8 @@ class TuningResult:
     pref_orth: np.ndarray
     preferred: np.ndarray
     responsive: np.ndarray
+    threshold: float
+    window: int
 
     def summary(self) -> dict:
         r = self.responsive
@@ -116,6 +122,9 @@ class TuningResult:
         return {
             "n_units": int(len(r)),
             "n_responsive": int(r.sum()),
+            "responsive_min_spikes": MIN_EVOKED_SPIKES,
+            "responsive_window": self.window,
+            "responsive_threshold": float(self.threshold),
             "osi_mean": Mx.safe_float(np.mean(osi)) if r.any() else None,
             "osi_median": Mx.safe_float(np.median(osi)) if r.any() else None,
             "frac_selective": Mx.safe_float(np.mean(osi > SELECTIVE_OSI)) if r.any() else None,
@@ -160,10 +169,12 @@ def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, wi
     osi, preferred = Mx.circular_selectivity(evoked, theta)
     pref_orth = Mx.pref_orth_index(evoked, theta)
     peak = evoked.amax(1)
-    threshold = max(1e-3, 0.01 * float(peak.max())) if peak.numel() else 1e-3
+    window = max(1, min(window, n_steps))
+    threshold = max(MIN_EVOKED_SPIKES / window, 0.01 * float(peak.max()) if peak.numel() else 0.0)
     return TuningResult(
         kind=kind, orientations=orientations, stimuli=stimuli,
         responses=responses.float().numpy(), blank=blank.float().numpy(),
         tuning=evoked.float().numpy(), osi=osi.numpy(), pref_orth=pref_orth.numpy(),
-        preferred=preferred.numpy(), responsive=(peak > threshold).numpy(),
+        preferred=preferred.numpy(), responsive=(peak >= threshold).numpy(), threshold=threshold,
+        window=window,
     )

@@ -153,15 +153,47 @@ def _resample_n_exp(n_exp: torch.Tensor, length: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int32)
 
 
+def _numpy_scalar_globals() -> list:
+    """What numpy scalars and arrays in a checkpoint's metadata unpickle through."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [np.dtype, np.ndarray, core.multiarray.scalar, core.multiarray._reconstruct,
+            *(type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG")]
+
+
+def _load_weights_only(path: Path):
+    """torch.load with weights_only=True: tensors, containers and numpy scalars, never code.
+
+    The reference trainer saves {'model': state_dict, 'optim': ..., 'metadata': ...}; a
+    file that needs other Python objects is refused (unpickling them could run any code).
+    """
+    import pickle
+    import re
+
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err) and "Unsupported global" not in str(err):
+            raise UserError(f"checkpoint {path} could not be read by torch.load (UnpicklingError).") from err
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        blocked = found.group(1) if found else "a Python object"
+        raise UserError(
+            f"checkpoint {path} holds Python objects beyond tensors ({blocked}), which fondtrain does not "
+            "unpickle because that can run code: if you trust the file, keep only its weights with "
+            "torch.save(torch.load(p, weights_only=False)['model'], 'weights.pt') and import that."
+        ) from None
+    except Exception as err:  # torch raises many types for a bad file
+        raise UserError(f"checkpoint {path} could not be read by torch.load ({err.__class__.__name__}).") from err
+
+
 def load_upstream_checkpoint(path: str | Path) -> IterativeVAE:
     """Load a reference `.pt` checkpoint (and the Config*VAE.json beside it, if present)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give the path of the reference .pt file.")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a bad file
-        raise UserError(f"checkpoint {path} could not be read by torch.load ({err.__class__.__name__}).") from err
+    blob = _load_weights_only(path)
     state_dict = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state_dict, dict):
         raise UserError(f"checkpoint {path} holds no state dict: pass the reference trainer's .pt file.")

@@ -44,6 +44,7 @@ import os
 import pickle
 import random
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,27 @@ def make_backend(config: RunConfig):
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    check_world_size(accelerator.num_processes)
     _check_mixed_precision(tc.mixed_precision, accelerator.device)
     return accelerator
+
+
+def check_world_size(seen: int, environ: Mapping[str, str] = os.environ) -> None:
+    """Stop when the launcher started more processes (WORLD_SIZE) than the back end joined.
+
+    torchrun on a machine without GPUs starts N processes, but Accelerate forms a process
+    group on the CPU only when told to (ACCELERATE_USE_CPU=1): otherwise each process
+    trains alone, N copies racing on one run folder.
+    """
+    launched = environ.get("WORLD_SIZE")
+    if launched is None or not launched.isdigit() or int(launched) == seen:
+        return
+    raise UserError(
+        f"the launcher started {launched} processes (WORLD_SIZE={launched}) but the back end joined "
+        f"{seen}, so each would train alone on the same run folder: on a machine without GPUs set "
+        f"ACCELERATE_USE_CPU=1 (ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {launched} ..., or "
+        f"ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {launched} ...)."
+    )
 
 
 def clip_and_step(accelerator, model, optimizer, max_norm: float):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from fondtrain.model.inference import last_step
+from fondtrain.seeding import stream_seed
 from fondtrain.stats import (
     fraction_zeros,
     lifetime_sparseness,
@@ -50,13 +51,16 @@ def validate(model, val_loader, config, accelerator, values, max_batches: int = 
     must draw the same noise as an uninterrupted one).
     """
     device = accelerator.device
-    generator = torch.Generator(device=device).manual_seed(12345 + accelerator.process_index)
+    generator = torch.Generator(device=device).manual_seed(
+        stream_seed(config.train.seed, "validation", accelerator.process_index))
     temp = 0.0 if model.is_poisson else 1.0
     xs, x_hats, zs, losses = [], [], [], []
     n_steps = config.model.t_total
-    for i, batch in enumerate(val_loader.epoch(0)):
-        if i >= max_batches:
+    used = 0
+    for batch in val_loader.epoch(0):
+        if used >= max_batches:
             break
+        used += 1
         x = batch["x"].to(device)
         out = last_step(model, x, n_steps, temp, values.eps, values.beta, generator=generator)
         xs.append(x)
@@ -65,6 +69,9 @@ def validate(model, val_loader, config, accelerator, values, max_batches: int = 
         losses.append(out.loss.reshape(1))
     x, x_hat, z = (accelerator.gather(torch.cat(v)) for v in (xs, x_hats, zs))
     loss = accelerator.gather(torch.cat(losses)).mean()
+    if used == val_loader.batches_per_epoch and val_loader.n_padded:
+        # the whole split was used: its wrapped-around repeats are the gather's last rows
+        x, x_hat, z = (v[:-val_loader.n_padded] for v in (x, x_hat, z))
     r2 = r2_three_ways(x, x_hat)
     return {
         "val/loss": float(loss),

@@ -13,17 +13,86 @@ depend on the world size and are adapted here:
   seen twice or not at all; an exact continuation needs the same world size.)
 * The RNG state. Each rank's sampler noise comes from its own saved RNG state; a rank that
   did not exist when the checkpoint was written has none and is reseeded (and says so).
+
+`load_latest` picks the checkpoint to resume: the newest complete one that loads. One that
+fails to load (a corrupt model, optimiser or trainer state) is reported in one line and the
+one before it is tried; all ranks agree on the checkpoint they use.
 """
 
 from __future__ import annotations
 
+import json
+import pickle
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fondtrain.errors import UserError
+from fondtrain.run_files import TRAINER_STATE, list_checkpoints
 from fondtrain.seeding import stream_seed
 from fondtrain.train.backends import DEEPSPEED_DIR, rng_file
+
+TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch")
+
+
+def _warn(message: str) -> None:
+    print(f"fondtrain: {message}", file=sys.stderr, flush=True)
+
+
+def load_latest(accelerator, ckpt_root: Path, backend: str,
+                warn: Callable[[str], None] = _warn) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest complete checkpoint under ckpt_root that loads, on every rank.
+
+    Each one that fails is reported (main process) in one line and the previous one is
+    tried; returns (checkpoint, its trainer_state.json) or None when there is none. Raises
+    UserError when checkpoints exist but none loads (or one was written by the other back
+    end). All ranks must call this.
+    """
+    candidates = list_checkpoints(ckpt_root)[::-1]
+    for checkpoint in candidates:
+        check_backend(checkpoint, backend)
+        state, error = _try_load(accelerator, checkpoint)
+        if _failed_anywhere(accelerator, error is not None):
+            if accelerator.is_main_process:
+                warn(f"cannot load {checkpoint} ({error or 'failed on another rank'}); "
+                     "trying the checkpoint before it")
+            continue
+        return checkpoint, state
+    if candidates:
+        raise UserError(f"none of the {len(candidates)} checkpoints in {ckpt_root} loads (see above): "
+                        f"delete {ckpt_root.parent} to start the run again, or give another --name.")
+    return None
+
+
+def _try_load(accelerator, checkpoint: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(trainer state, None) after loading everything, or (None, why it failed)."""
+    from fondtrain.train.checkpoint import verify_checksums
+
+    corrupt = verify_checksums(checkpoint)
+    if corrupt:
+        return None, corrupt
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        missing = [k for k in TRAINER_STATE_KEYS if k not in state]
+        if missing:
+            return None, f"{TRAINER_STATE} lacks {', '.join(missing)}"
+        accelerator.load_state(str(checkpoint))
+    except UserError:
+        raise
+    except Exception as err:  # any reading error: corrupt, truncated or unreadable files
+        first_line = (str(err).strip().splitlines() or [""])[0][:160]
+        return None, f"{err.__class__.__name__}: {first_line}"
+    return state, None
+
+
+def _failed_anywhere(accelerator, failed: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return failed
+    flag = torch.tensor([1.0 if failed else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item() > 0)
 
 
 def adapt_position(saved: dict[str, Any], steps_per_epoch: int, world_size: int,
@@ -51,12 +120,30 @@ def adapt_position(saved: dict[str, Any], steps_per_epoch: int, world_size: int,
 
 
 def reseed_if_rng_missing(checkpoint: Path, rank: int, seed: int, step: int) -> str | None:
-    """Reseed this rank's torch RNG when the checkpoint has no RNG state for it."""
-    if rng_file(checkpoint, rank).is_file():
+    """Reseed this rank's torch RNG when the checkpoint has no RNG state for it, or only an
+    unreadable one (Accelerate skips that without a word). Returns the warning, or None."""
+    path = rng_file(checkpoint, rank)
+    if not path.is_file():
+        why = "has no RNG state for this rank (it was written by fewer processes)"
+    elif not _readable_rng_state(path):
+        why = f"has an unreadable RNG state {path.name} (corrupt file); the run continues but not bit-identically"
+    else:
         return None
     torch.manual_seed(stream_seed(seed, "sampler", rank, step))
-    return (f"rank {rank}: {checkpoint.name} has no RNG state for this rank (it was written by fewer "
-            "processes); reseeded its sampler noise")
+    return f"rank {rank}: {checkpoint.name} {why}; reseeded its sampler noise"
+
+
+def _readable_rng_state(path: Path) -> bool:
+    """Accelerate writes RNG states with torch.save, the DeepSpeed back end with pickle."""
+    try:
+        state = torch.load(path, weights_only=False)  # our own run folder's file, as Accelerate reads it
+    except Exception:
+        try:
+            with open(path, "rb") as f:
+                state = pickle.load(f)
+        except Exception:
+            return False
+    return isinstance(state, dict) and ("torch_manual_seed" in state or "torch" in state)
 
 
 def checkpoint_backend(checkpoint: Path) -> str:
@@ -66,8 +153,6 @@ def checkpoint_backend(checkpoint: Path) -> str:
 
 def check_backend(checkpoint: Path, backend: str) -> None:
     """Stop with one sentence when a checkpoint was written by the other back end."""
-    from fondtrain.errors import UserError
-
     written_by = checkpoint_backend(checkpoint)
     if written_by != backend:
         raise UserError(f"{checkpoint} was written by the {written_by} back end: resume it with "

@@ -5,6 +5,10 @@ loop all-reduces the flag once per batch (after the optimiser step) so that ever
 saves at the same step. On SLURM (`#SBATCH --signal=USR1@120 --requeue`) the main
 process then asks `scontrol requeue` for the job, which resumes from the newest
 complete checkpoint when it starts again.
+
+A launched worker also dies with its launcher (`die_with_parent`): torchrun and
+`accelerate launch` start workers in sessions of their own, so a `kill -9` of the launcher's
+process group would leave them training and writing checkpoints into the run folder.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -40,6 +46,52 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
+
+
+def die_with_parent(poll_s: float = 1.0, force: bool = False) -> str | None:
+    """Make this process end when the process that launched it dies (call it first).
+
+    Only for workers of a launcher (torchrun, `accelerate launch`, the deepspeed launcher:
+    LOCAL_RANK or TORCHELASTIC_RUN_ID is set) unless `force`; a single `python
+    launch/train.py` keeps running when its shell goes (nohup). On Linux the kernel sends
+    SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG); elsewhere, or where prctl fails,
+    a daemon thread polls the parent pid every `poll_s` seconds. SIGKILL, not a stop
+    request: the other ranks die with the same launcher, so no checkpoint could be agreed
+    on; the newest complete checkpoint stands. Returns how it watches, or None.
+    """
+    if not force and not any(v in os.environ for v in LAUNCHER_VARIABLES):
+        return None
+    parent = os.getppid()
+    how = "prctl" if _set_parent_death_signal(signal.SIGKILL) else "watchdog"
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "watchdog":
+        threading.Thread(target=_watch_parent, args=(parent, poll_s), daemon=True,
+                         name="fondtrain-parent-watchdog").start()
+    return how
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(pr_set_pdeathsig, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    print(f"fondtrain: launcher (pid {parent}) is gone; stopping this worker", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def requeue_slurm_job() -> bool:

@@ -30,9 +30,11 @@ from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.backends import make_backend
 from fondtrain.train.metrics import validate
 from fondtrain.train.n_exp import NExpTracker
-from fondtrain.train.resume import adapt_position, check_backend, reseed_if_rng_missing
+from fondtrain.train.resume import adapt_position, load_latest, reseed_if_rng_missing
+from fondtrain.train.run_identity import check_resume, default_run_name
+from fondtrain.train.run_lock import RunLock
 from fondtrain.train.run_log import RunLog
-from fondtrain.train.signals import StopRequest, requeue_slurm_job
+from fondtrain.train.signals import StopRequest, die_with_parent, requeue_slurm_job
 from fondtrain.train.state import RunState
 from fondtrain.train.step import make_inputs, tbptt_step
 
@@ -53,12 +55,13 @@ class TrainResult:
 
 def train(config: RunConfig) -> TrainResult:
     """Train (or resume) the run `runs/<name>` described by `config`."""
+    die_with_parent()  # a worker whose launcher is killed must not train on alone
     stop = StopRequest()  # before the back end starts: a SIGTERM during rendezvous is kept
-    log = None
+    log = lock = None
     try:
         accelerator = make_backend(config)  # an Accelerator, or DeepSpeed behind the same calls
         tc, rank, world = config.train, accelerator.process_index, accelerator.num_processes
-        tc.name = tc.name or run_name(config)
+        tc.name = tc.name or default_run_name(config)
         run_dir = Path(tc.runs_root) / tc.name
         ckpt_root = run_dir / "ckpt"
         train_loader, val_loader = prepare_data(config, accelerator)
@@ -71,7 +74,9 @@ def train(config: RunConfig) -> TrainResult:
         last_step = min(total_steps, tc.max_steps) if tc.max_steps > 0 else total_steps
         n_exp = NExpTracker(config.model.t_total, tc.n_exp_refresh_every, accelerator.device)
         state = RunState(world_size=world, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-        resumed_from, notes = resume_or_start(accelerator, config, ckpt_root, state, n_exp)
+        lock, notes = claim_run_folder(accelerator, config, run_dir)
+        resumed_from, resume_notes = resume_or_start(accelerator, config, ckpt_root, state, n_exp)
+        notes += resume_notes
         if accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(config, run_dir / "config.yaml")
@@ -122,31 +127,26 @@ def train(config: RunConfig) -> TrainResult:
         stop.restore()
         if log is not None:
             log.close()
+        if lock is not None:
+            lock.release()
     return TrainResult(run_dir, core, state.global_step, stopped, validation)
-
-
-def run_name(config: RunConfig) -> str:
-    """Deterministic default run name, so that re-running a command resumes its run."""
-    m = config.model
-    return (f"{config.data.dataset}-{m.preset}-k{m.n_latents}-t{m.t_train}"
-            f"-b{m.beta_outer:g}-s{config.train.seed}")
 
 
 def prepare_data(config: RunConfig, accelerator):
     """Build the shards on the main process if missing (the others wait), then loaders."""
-    from fondtrain.data.loader import ShardLoader
-    from fondtrain.data.shards import ensure_shards
+    from fondtrain.data.loader import ShardLoader, validation_loader
+    from fondtrain.data.shards import ensure_shards, shard_folder
 
     d, t = config.data, config.train
     if accelerator.is_main_process:
         ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed)
     accelerator.wait_for_everyone()
-    shard_dir = Path(d.shards_root) / d.dataset
+    shard_dir = shard_folder(d.shards_root, d.dataset, d.path)
     common = dict(rank=accelerator.process_index, world_size=accelerator.num_processes,
                   seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
                   pin_memory=accelerator.device.type == "cuda")  # so non_blocking copies overlap
     train_loader = ShardLoader(shard_dir, "train", batch_size=t.batch_size * t.grad_accum, **common)
-    val_loader = ShardLoader(shard_dir, "val", batch_size=t.batch_size, shuffle=False, **common)
+    val_loader = validation_loader(shard_dir, t.batch_size, **common)
     if train_loader.batches_per_epoch < 1:
         raise UserError(f"the {d.dataset} training split has fewer samples than one batch "
                         f"per process: lower --batch_size (now {t.batch_size}).")
@@ -171,15 +171,13 @@ def resume_or_start(accelerator, config: RunConfig, ckpt_root: Path, state: RunS
     position and the n_exp sums into `state` / `n_exp`), or seed a new run's sampler noise.
     Returns (the checkpoint or None, notes to print)."""
     tc, rank, world = config.train, accelerator.process_index, accelerator.num_processes
-    checkpoint = run_files.latest_checkpoint(ckpt_root)
-    if checkpoint is None:
+    found = load_latest(accelerator, ckpt_root, tc.backend)  # falls back past a corrupt one
+    if found is None:
         torch.manual_seed(stream_seed(tc.seed, "sampler", rank))  # every rank its own noise
         return None, []
-    check_backend(checkpoint, tc.backend)
-    accelerator.load_state(str(checkpoint))
+    checkpoint, saved = found
     # Another world size (or batch size) moves the data position and schedule clock.
-    saved, moved = adapt_position(run_files.read_trainer_state(checkpoint), state.steps_per_epoch,
-                                  world, tc.epochs)
+    saved, moved = adapt_position(saved, state.steps_per_epoch, world, tc.epochs)
     loaded = RunState.from_json(saved)
     state.global_step, state.epoch, state.batch_in_epoch = loaded.global_step, loaded.epoch, loaded.batch_in_epoch
     state.eps = loaded.eps
@@ -189,6 +187,24 @@ def resume_or_start(accelerator, config: RunConfig, ckpt_root: Path, state: RunS
     if reseeded:
         print(f"fondtrain: {reseeded}", file=sys.stderr, flush=True)
     return checkpoint, [moved] if moved else []
+
+
+def claim_run_folder(accelerator, config: RunConfig, run_dir: Path) -> tuple[RunLock | None, list[str]]:
+    """Lock the run folder for this run's life (main process) and check that a checkpoint
+    found there was trained with the same meaningful settings, before anything is written
+    or loaded. Returns (the lock on the main process, notes to print); raises UserError
+    naming the other process, or listing the changed settings."""
+    lock, notes = None, []
+    if accelerator.is_main_process:
+        lock = RunLock(run_dir).acquire()
+        try:
+            resume_note = check_resume(run_dir, run_files.latest_checkpoint(run_dir / "ckpt"), config)
+        except BaseException:
+            lock.release()
+            raise
+        notes = [n for n in (lock.note, resume_note) if n]
+    accelerator.wait_for_everyone()
+    return lock, notes
 
 
 def agree_stop_and_save(accelerator, step: int, stop: StopRequest, tc, saved_at: float) -> tuple[bool, bool]:
