@@ -212,10 +212,13 @@ def test_misspelt_shard_flag_writes_nothing(tmp_path):
 def test_shard_boolean_reaches_the_command(tmp_path):
     _npy(tmp_path)
     base = FONDTRAIN + ["shard", "--dataset", "npy", "--path", "arr.npy", "--out", "sh"]
-    assert run(base, tmp_path).returncode == 0
+    first = run(base, tmp_path)  # an array file gets its own folder, npy-<stem>-<hash>
+    assert first.returncode == 0
     assert "--overwrite" in one_error_line(run(base + ["--overwrite", "false"], tmp_path))
     proc = run(base + ["--overwrite", "Yes"], tmp_path)
-    assert proc.returncode == 0 and proc.stdout.strip() == str(Path("sh") / "npy"), proc.stderr
+    folder = proc.stdout.strip()
+    assert proc.returncode == 0 and folder == first.stdout.strip(), proc.stderr
+    assert Path(folder).parent == Path("sh") and Path(folder).name.startswith("npy-arr-")
 
 
 # ------------------------------------------------------------------ one command line

@@ -11,6 +11,7 @@ from fondtrain.eval.convergence import latent_responses, rank_seed, run_converge
 from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.schedules import ScheduleValues
+from fondtrain.seeding import stream_seed
 from fondtrain.train.metrics import validate
 
 CASES = [("ipvae", 1, 0.0), ("ipvae", 2, 0.3), ("igvae", 1, 1.0), ("igrelu", 2, 1.0)]
@@ -110,6 +111,8 @@ class _Batches:
 
     def __init__(self, x: torch.Tensor, size: int):
         self.x, self.size = x, size
+        self.batches_per_epoch = -(-len(x) // size)
+        self.n_padded = 0
 
     def epoch(self, epoch: int):
         for start in range(0, len(self.x), self.size):
@@ -130,7 +133,7 @@ def test_validation_is_the_engines_last_step(engine_calls, preset: str, n_inner:
     metrics = validate(model, _Batches(x, 8), config, Accelerator(cpu=True), values)
     t_total = model.config.t_total
     assert engine_calls == [[t_total]] * 3
-    gen = _gen(12345)
+    gen = _gen(stream_seed(config.train.seed, "validation", 0))  # validate's generator on rank 0
     x_hats, losses = [], []
     for start in range(0, N, 8):
         traces = inference.run(model, x[start:start + 8], t_total, temp, 0.6, 2.0,

@@ -53,7 +53,7 @@ def test_more_processes_and_old_checkpoints_without_steps_per_epoch():
 
 
 def test_rank_without_rng_state_is_reseeded(tmp_path):
-    (tmp_path / "random_states_0.pkl").write_bytes(b"x")
+    torch.save({"torch_manual_seed": torch.get_rng_state()}, tmp_path / "random_states_0.pkl")
     torch.manual_seed(0)
     assert reseed_if_rng_missing(tmp_path, 0, seed=3, step=10) is None
     untouched = torch.rand(3)
