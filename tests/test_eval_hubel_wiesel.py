@@ -61,7 +61,7 @@ def angle_diff(a, b, period: float = 360.0):
 
 
 # ----------------------------------------------------------------------------- stimulus
-def test_bar_geometry_and_pixels_are_the_display_averaged():
+def test_bar_geometry_and_pixels_hold_the_covered_area():
     bars = H.MovingBars(SIDE, [0.0, 90.0, 30.0], n_blank=3, n_sweep=41, thickness=0.2)
     assert len(bars) == 44 and bars.batch_size == 3
     assert bars[0].abs().sum() == 0 and bars[2].abs().sum() == 0  # blank
@@ -71,9 +71,16 @@ def test_bar_geometry_and_pixels_are_the_display_averaged():
     assert mid[0].sum() == pytest.approx(width * SIDE, rel=0.05)
     assert np.allclose(mid[0], mid[0][:, :1])  # horizontal bar: constant along rows
     assert np.allclose(mid[1], mid[1][:1, :])  # vertical bar: constant along columns
-    hi = bars.display(23)
+    # the exact covered area: a 64 x 64 sub-pixel count agrees to its resolution, at
+    # every orientation and position; the display frame is the same bar at 8 x 8
+    fine = H.MovingBars(SIDE, np.arange(0, 360, 7.5), n_blank=1, n_sweep=9)
+    fine.super = 64
+    fine._d_display = fine._project(SIDE, 64)
+    for t in range(1, 10):
+        counted = fine.display(t).reshape(-1, SIDE, 64, SIDE, 64).mean((2, 4)).reshape(-1, SIDE * SIDE)
+        assert np.abs(counted - fine[t].numpy()).max() < 0.04
     s = bars.super
-    assert np.allclose(hi.reshape(3, SIDE, s, SIDE, s).mean((2, 4)), mid)
+    assert np.abs(bars.display(23).reshape(3, SIDE, s, SIDE, s).mean((2, 4)) - mid).max() < 0.3
     # theta = 0 moves up (towards 90 degrees): the bar's row goes from the bottom to the top
     rows = [np.argmax(bars[t].numpy().reshape(3, SIDE, SIDE)[0].sum(1)) for t in (13, 33)]
     assert rows[0] > rows[1]
@@ -115,10 +122,14 @@ def test_gabor_unit_prefers_its_orientation(theta0):
     evoked = tuning.evoked[0]
     best = orientations[np.argmax(evoked)]
     assert min(angle_diff(best, theta0), angle_diff(best, theta0 + 180)) <= 15
+    # least near the orthogonal: the orientation (both directions summed) with the fewest
+    # spikes, and on average a small fraction of the spikes near the preferred one
+    axis = evoked[:12] + evoked[12:]
+    assert angle_diff(orientations[np.argmin(axis)], theta0 + 90, 180.0) <= 15
     near_orth = angle_diff(orientations, theta0 + 90, 180.0) <= 15
-    assert evoked[near_orth].max() <= 0.1 * evoked.max()
-    assert evoked[near_orth].max() == pytest.approx(evoked.min(), abs=0.1 * evoked.max())
-    assert angle_diff(tuning.preferred[0], theta0, 180.0) <= 15 and tuning.osi[0] > 0.5
+    near_pref = angle_diff(orientations, theta0, 180.0) <= 15
+    assert evoked[near_orth].mean() <= 0.25 * evoked[near_pref].mean()
+    assert angle_diff(tuning.preferred[0], theta0, 180.0) <= 15 and tuning.osi[0] > 0.3  # "selective"
     assert H.choose_unit(tuning) == 0
 
 

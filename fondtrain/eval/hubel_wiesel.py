@@ -8,9 +8,9 @@ counter-clockwise from horizontal as displayed, 0 <= theta < 360). It sweeps alo
 normal (-sin theta, cos theta), i.e. moving towards theta + 90 degrees, from just outside
 the patch (centre at -span) to just outside the other side (+span), span = P / sqrt(2) +
 width / 2 (outside for every orientation, so that all sweep at the same speed), in
-`n_sweep` frames after `n_blank` blank frames. A model pixel holds the fraction of its area
-the bar covers (the mean of an S x S supersampled display frame, S = ceil(128 / P)), so the
-high-resolution bar in the figures is exactly what the model sees, averaged into pixels.
+`n_sweep` frames after `n_blank` blank frames. A model pixel holds `contrast` times the
+exact fraction of its area the bar covers (anti-aliased; the reference thresholds pixel
+centres instead); the figures draw the same bar on S x S sub-pixels (S = ceil(128 / P)).
 
 Inference: one frame per inference step from u_init, the state carried across frames
 (never reset), at the evaluation temperature (Poisson 0: exact spike counts; Gaussian 1),
@@ -119,12 +119,32 @@ class MovingBars:
         self.width = thickness * side
         span = side / math.sqrt(2.0) + self.width / 2.0
         self.centres = np.linspace(-span, span, n_sweep)
-        s = self.super
-        # sub-pixel centres of the display grid, x right and y up, in model pixels
+        theta = np.deg2rad(self.orientations)
+        self._normal = np.stack([-np.sin(theta), np.cos(theta)], 1)  # [B, 2] (x, y)
+        # d of every model pixel centre [B, P*P], and of every display sub-pixel centre
+        self._d_pixels = self._project(side, 1).reshape(len(theta), -1)
+        self._d_display = self._project(side, self.super).astype(np.float32)  # [B, Ps, Ps]
+        # |d| of a uniform point of a pixel about its centre is the sum of two uniforms
+        # with widths p <= q: its CDF is piecewise quadratic (see `_pixel_cdf`)
+        extent = np.sort(np.abs(self._normal), 1)
+        self._p, self._q = extent[:, :1], extent[:, 1:]
+
+    def _project(self, side: int, s: int) -> np.ndarray:
+        """d = -x sin(theta) + y cos(theta) at the (sub-)pixel centres, [B, side*s, side*s]."""
         coords = (np.arange(side * s) + 0.5) / s - side / 2.0
         x, y = np.meshgrid(coords, -coords)
-        theta = np.deg2rad(self.orientations)[:, None, None]
-        self._d = (-x * np.sin(theta) + y * np.cos(theta)).astype(np.float32)  # [B, Ps, Ps]
+        return self._normal[:, 0, None, None] * x + self._normal[:, 1, None, None] * y
+
+    def _pixel_cdf(self, u: np.ndarray) -> np.ndarray:
+        """Fraction of each pixel where d - d_centre <= u, [B, M]."""
+        p, q = self._p, self._q
+        half_in, half_out = (q - p) / 2.0, (q + p) / 2.0
+        pq = np.maximum(2.0 * p * q, 1e-12)
+        rising = np.clip(u + half_out, 0.0, None) ** 2 / pq
+        falling = 1.0 - np.clip(half_out - u, 0.0, None) ** 2 / pq
+        flat = (u + half_in) / q + p / (2.0 * q)
+        out = np.where(u < -half_in, rising, np.where(u > half_in, falling, flat))
+        return np.clip(out, 0.0, 1.0)
 
     @property
     def n_frames(self) -> int:
@@ -136,17 +156,20 @@ class MovingBars:
 
     def display(self, t: int, rows=slice(None)) -> np.ndarray:
         """The high-resolution frame t, [b, P*S, P*S] (0 background, `contrast` bar)."""
-        d = self._d[rows]
+        d = self._d_display[rows]
         if t < self.n_blank:
             return np.zeros_like(d)
         centre = self.centres[t - self.n_blank]
         return (np.abs(d - centre) <= self.width / 2.0).astype(np.float32) * self.contrast
 
     def __getitem__(self, t: int) -> torch.Tensor:
-        hi = self.display(t)
-        p, s = self.side, self.super
-        pixels = hi.reshape(-1, p, s, p, s).mean(axis=(2, 4))
-        return torch.from_numpy(pixels.reshape(-1, p * p))
+        b, m = self._d_pixels.shape
+        if t < self.n_blank:
+            return torch.zeros(b, m)
+        offset = self.centres[t - self.n_blank] - self._d_pixels
+        half = self.width / 2.0
+        covered = self._pixel_cdf(offset + half) - self._pixel_cdf(offset - half)
+        return torch.from_numpy((covered * self.contrast).astype(np.float32))
 
     def __len__(self) -> int:
         return self.n_frames

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from scipy import ndimage
 from scipy.io import wavfile
@@ -118,14 +119,15 @@ def plot_raster(bars, spikes: np.ndarray, rate: np.ndarray, pref: int, orth: int
     order = np.argsort(theta)
     frames = np.arange(spikes.shape[1]) - bars.n_blank
     fig = _figure(10.0, 8.0)
-    ax = fig.add_axes((0.08, 0.5, 0.78, 0.42))
+    ax = fig.add_axes((0.08, 0.5, 0.74, 0.42))
     top = max(1.0, float(spikes.max()))
     # rows in orientation order, each as tall as its spacing (orientations may be uneven)
     edges = np.concatenate([[theta[order][0]], (theta[order][1:] + theta[order][:-1]) / 2, [theta[order][-1]]])
     edges[0] -= (edges[1] - edges[0])
     edges[-1] += (edges[-1] - edges[-2])
+    # square-root colour scale: single spikes stay visible beside bursts of many
     image = ax.pcolormesh(np.append(frames - 0.5, frames[-1] + 0.5), edges, spikes[order], cmap="Greys",
-                          vmin=0, vmax=top, shading="flat", rasterized=True)
+                          norm=PowerNorm(0.5, vmin=0, vmax=top), shading="flat", rasterized=True)
     ax.set_ylim(edges[-1], edges[0])
     for row, color, name in ((pref, "C3", "pref."), (orth, "C0", "orth.")):
         ax.annotate(f"< {name} {theta[row]:g}", xy=(frames[-1], theta[row]), xytext=(4, 0),
@@ -134,23 +136,21 @@ def plot_raster(bars, spikes: np.ndarray, rate: np.ndarray, pref: int, orth: int
     ax.axvline(0, color="C2", lw=0.8)
     ax.set_ylabel("bar orientation (deg)", fontsize=9)
     ax.set_xlabel("frame from sweep onset (green; before it the patch is blank)", fontsize=8)
-    cax = fig.add_axes((0.95, 0.5, 0.012, 0.42))
+    cax = fig.add_axes((0.9, 0.5, 0.012, 0.42))
     bar = fig.colorbar(image, cax=cax)
     bar.set_label("spikes per frame", fontsize=8)
-    bar.set_ticks(np.unique(np.linspace(0, top, min(int(top), 5) + 1).round()))
     for i, (row, color, name) in enumerate(((pref, "C3", "preferred"), (orth, "C0", "orthogonal"))):
-        a = fig.add_axes((0.08, 0.25 - 0.18 * i, 0.78, 0.13))
-        _spike_stems(a, frames, spikes[row], "0.3")
-        twin = a.twinx()
-        twin.plot(frames, rate[row], color=color, lw=1.2)
-        twin.set_ylabel("rate", color=color, fontsize=8)
-        twin.set_ylim(0, max(1e-9, float(rate[[pref, orth]].max())) * 1.05)
+        a = fig.add_axes((0.08, 0.25 - 0.18 * i, 0.74, 0.13))
+        _spike_stems(a, frames, spikes[row], "0.25")
+        # the posterior rate is the expected count per frame: the same axis as the spikes
+        a.plot(frames, rate[row], color=color, lw=1.0, alpha=0.8)
         a.set_xlim(frames[0], frames[-1])
-        a.set_ylim(0, top * 1.05)
+        a.set_ylim(0, max(top, float(rate[[pref, orth]].max())) * 1.05)
         a.axvline(0, color="C2", lw=0.8)
-        a.set_ylabel("spikes", fontsize=8)
-        a.set_title(f"{name} {theta[row]:g} deg: {spikes[row, bars.n_blank:].sum():.0f} spikes in the sweep "
-                    "(grey), posterior rate per frame (colour)", fontsize=8, loc="left")
+        a.set_ylabel("spikes / frame", fontsize=8)
+        a.set_title(f"{name} {theta[row]:g} deg: {spikes[row, bars.n_blank:].sum():.0f} spikes in the sweep; "
+                    "grey: spikes per frame, colour: posterior rate (expected spikes per frame)",
+                    fontsize=8, loc="left")
         if i == 1:
             a.set_xlabel("frame from sweep onset (1 frame = 1 inference step)", fontsize=8)
         else:
@@ -257,7 +257,7 @@ class MovieFrames:
         theta = self.bars.orientations[row]
         hi = self.bars.display(t, [row])[0] > 0
         overlay = np.zeros((*hi.shape, 4))
-        overlay[hi] = (1.0, 0.85, 0.0, 0.55)
+        overlay[hi] = (1.0, 0.85, 0.0, 0.45)
         self.bar_image.set_data(overlay)
         self.input_image.set_data(self.bars[t][row].numpy().reshape(self.bars.side, self.bars.side))
         x, s = self.x[: j + 1], self.spikes[seg, : j + 1]
