@@ -111,6 +111,16 @@ def test_the_replay_pass_reproduces_the_counts():
     assert np.array_equal(second.spikes[:, 10:].sum(1), first.counts[:, 0])
 
 
+def test_gaussian_spikes_are_integrate_and_fire_of_the_rectified_activity():
+    model = IterativeVAE(ModelConfig(preset="igvae", input_dim=16, n_latents=2))
+    readout = H.SpikeReadout(model)
+    drive = torch.tensor([[0.4, -1.0], [0.7, 2.5], [-0.3, 0.2], [0.95, 0.3]])
+    fired = torch.stack([readout.spikes(row[None])[0] for row in drive])
+    running = torch.cumsum(drive.clamp(min=0), 0)
+    assert torch.equal(fired.cumsum(0), torch.floor(running + 1e-6))
+    assert torch.equal(fired[:, 1], torch.tensor([0.0, 2.0, 0.0, 1.0]))
+
+
 # ----------------------------------------------------------------------------- tuning
 @pytest.mark.parametrize("theta0", [30.0, 120.0])
 def test_gabor_unit_prefers_its_orientation(theta0):
@@ -212,5 +222,7 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(tmp_path):
         H.hubel_wiesel(run, options=H.HubelWieselOptions(**FAST, min_spikes=10**6, out=str(out)))
     with pytest.raises(UserError, match="at least two"):
         H.HubelWieselOptions(orientations=(45,))
+    with pytest.raises(UserError, match="--slow_down must be a positive number"):
+        H.HubelWieselOptions(slow_down="fast")
     assert not out.exists()
     assert not (run / "hubel-wiesel").exists() and not (tmp_path / "flat" / "hubel-wiesel").exists()

@@ -42,6 +42,14 @@ from fondtrain.model.vae import IterativeVAE, State
 DISPLAY_SIDE = 128  # the high-resolution bar is drawn on at least this many pixels
 
 
+def _number(value) -> float:
+    """value as a float; NaN (failing every comparison) for anything that is not a number."""
+    try:
+        return float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
 @dataclass
 class HubelWieselOptions:
     """What `hubel_wiesel` does (each is a `fondtrain hubel-wiesel --flag`).
@@ -83,11 +91,11 @@ class HubelWieselOptions:
         if isinstance(self.lead, bool) or not isinstance(self.lead, int) or not 0 <= self.lead <= self.n_blank:
             raise UserError(f"--lead must be a whole number from 0 to --n_blank ({self.n_blank}), got {self.lead!r}.")
         for name in ("orientation_step", "thickness", "contrast", "frame_ms", "slow_down"):
-            if not float(getattr(self, name)) > 0:
-                raise UserError(f"--{name} must be positive, got {getattr(self, name)!r}.")
-        if float(self.min_spikes) < 0:
+            if not _number(getattr(self, name)) > 0:
+                raise UserError(f"--{name} must be a positive number, got {getattr(self, name)!r}.")
+        if not _number(self.min_spikes) >= 0:
             raise UserError(f"--min_spikes must be zero or positive, got {self.min_spikes!r}.")
-        if self.temp is not None and float(self.temp) < 0:
+        if self.temp is not None and not _number(self.temp) >= 0:
             raise UserError(f"--temp must be zero or positive, got {self.temp!r}.")
         if self.orientations is None:
             self.orientations = tuple(np.arange(0.0, 360.0, float(self.orientation_step)).tolist())

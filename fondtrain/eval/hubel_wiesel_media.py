@@ -87,6 +87,7 @@ def plot_tuning(orientations: np.ndarray, counts: np.ndarray, baseline: float, n
     polar.plot(np.linspace(0, 2 * np.pi, 181), np.full(181, baseline * n_sweep), "k--", lw=0.8)
     polar.set_title("spikes per sweep (polar)", fontsize=9, pad=14)
     polar.tick_params(labelsize=7)
+    polar.set_rlabel_position(112.5)  # radial labels off the horizontal, where tuning peaks often lie
     ax = fig.add_axes((0.45, 0.14, 0.52, 0.64))
     ax.plot(theta, r, color="C3", lw=1.5, marker=".", ms=4, label="sweep")
     ax.axhline(baseline * n_sweep, color="k", ls="--", lw=0.8, label="blank rate x sweep length")
