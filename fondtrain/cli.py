@@ -225,6 +225,46 @@ class FondtrainCLI:
             figures=figures, tensorboard=tensorboard, device=device, seed=seed)
         evaluate(run, checkpoint, opts)  # prints a summary and where it wrote the results
 
+    def hubel_wiesel(self, run: str | None = None, checkpoint: str | None = None, unit: int | None = None,
+                     orientations: Any = None, orientation_step: float = 1.0, n_blank: int = 300,
+                     n_sweep: int = 400, thickness: float = 0.2, contrast: float = 1.0,
+                     min_spikes: int = 10, temp: float | None = None, frame_ms: float = 10.0,
+                     slow_down: float = 4.0, lead: int = 50, movie: bool = True,
+                     out: str | None = None, device: str | None = None, seed: int = 0) -> None:
+        """The Hubel & Wiesel bar of light: a bar sweeps across one unit's receptive field at
+        many orientations; writes its RF, tuning curve, raster, clicks (WAV) and a movie
+        (MP4 with sound, or GIF) to RUN/hubel-wiesel and prints a summary naming them.
+
+        Args:
+            run: run directory (its newest complete checkpoint is used).
+            checkpoint: a checkpoint directory, model.safetensors or reference .pt instead.
+            unit: the model neuron (default: the most orientation-selective responsive unit).
+            orientations: bar orientations in degrees, e.g. 0,45,90 (default: 0 to 359 in
+                steps of ORIENTATION_STEP), counter-clockwise from horizontal.
+            orientation_step: spacing of the default orientations in degrees.
+            n_blank: blank frames before the sweep (one frame = one inference step).
+            n_sweep: frames the bar takes from outside the patch to outside the other side.
+            thickness: bar width as a fraction of the patch side.
+            contrast: pixel value of the bar (the background is 0).
+            min_spikes: evoked spikes per sweep that make a unit responsive.
+            temp: sampling temperature (default: Poisson 0, Gaussian 1).
+            frame_ms: nominal milliseconds of one frame, for the audio and movie clock.
+            slow_down: the audio and movie play this many times slower than FRAME_MS per frame.
+            lead: blank frames before each sweep in the audio and movie.
+            movie: write the movie (MP4 through imageio-ffmpeg, else GIF).
+            out: output folder (default RUN/hubel-wiesel).
+            device: e.g. cpu or cuda (default: cuda if available).
+            seed: seed of the sampling noise.
+        """
+        from fondtrain.eval.hubel_wiesel import HubelWieselOptions, hubel_wiesel
+
+        opts = HubelWieselOptions(
+            unit=unit, orientations=orientations, orientation_step=orientation_step, n_blank=n_blank,
+            n_sweep=n_sweep, thickness=thickness, contrast=contrast, min_spikes=min_spikes, temp=temp,
+            frame_ms=frame_ms, slow_down=slow_down, lead=lead, movie=movie, out=out, device=device,
+            seed=seed)
+        hubel_wiesel(run, checkpoint, opts)  # prints a summary naming the files
+
     def compare(self, *runs: str, out: str = "compare.md") -> None:
         """Put several runs' eval metrics side by side: a table and their convergence curves.
 
