@@ -226,7 +226,7 @@ class FondtrainCLI:
         evaluate(run, checkpoint, opts)  # prints a summary and where it wrote the results
 
     def hubel_wiesel(self, run: str | None = None, checkpoint: str | None = None, unit: int | None = None,
-                     orientations: Any = None, orientation_step: float = 1.0, n_blank: int = 300,
+                     orientations: tuple[float, ...] | None = None, orientation_step: float = 1.0, n_blank: int = 300,
                      n_sweep: int = 400, thickness: float = 0.2, contrast: float = 1.0,
                      min_spikes: int = 10, temp: float | None = None, frame_ms: float = 10.0,
                      slow_down: float = 4.0, lead: int = 50, movie: bool = True,

@@ -37,6 +37,7 @@ import torch
 
 from fondtrain import stats as Mx
 from fondtrain.errors import UserError
+from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE, State
 
 DISPLAY_SIDE = 128  # the high-resolution bar is drawn on at least this many pixels
@@ -187,15 +188,16 @@ class MovingBars:
 @torch.no_grad()
 def run_frames(model: IterativeVAE, feeder, temp: float, eps: float,
                generator: torch.Generator | None, on_frame) -> None:
-    """The inference loop over a movie: frame t is step t's input, the state is carried
-    from frame to frame (never reset). on_frame(t, state, z) sees the state after step t
-    and its fresh sample z [B, K] (what `model.step` outputs as z)."""
+    """The inference loop over a movie (the model's one inference engine): frame t is step
+    t's input, the state is carried from frame to frame (never reset). on_frame(t, state,
+    z) sees the state after step t and its fresh sample z [B, K] (what `model.step` outputs
+    as z)."""
     device = model.W.device
-    state = model.init_state(feeder.batch_size)
-    for t in range(len(feeder)):
-        x = feeder[t].to(device)
-        state = model.step(x, state, temp, 0.0, eps, t, generator=generator, outputs=False).state
-        on_frame(t, state, model.sample(state, temp, None, generator, t))
+    frames = [feeder[t].to(device) for t in range(len(feeder))] if device.type != "cpu" else feeder
+    batch = torch.empty(feeder.batch_size, model.config.input_dim, device=device)
+    for step, out in inference.steps(model, batch, len(feeder), temp, eps, generator=generator,
+                                     feeder=frames, outputs=False):
+        on_frame(step - 1, out.state, out.z)
 
 
 class SpikeReadout:
@@ -323,9 +325,9 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
                  options: HubelWieselOptions | None = None, verbose: bool = True) -> dict:
     """Run the experiment on a run's newest checkpoint (or `checkpoint`), write its figures,
     WAV and movie, print a summary naming them; returns the summary as a dict."""
-    from fondtrain.eval.convergence import checkpoint_eps, eval_temperature
+    from fondtrain.eval.convergence import eval_temperature
     from fondtrain.eval.hubel_wiesel_media import write_media
-    from fondtrain.run_files import load_model, resolve_checkpoint
+    from fondtrain.run_files import checkpoint_eps, load_model, resolve_checkpoint
 
     opts = options or HubelWieselOptions()
     if run is None and checkpoint is None:
