@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from fondtrain.data.loader import ShardLoader
-from fondtrain.data.shards import build_shards, load_manifest
+from fondtrain.data.shard_reader import load_manifest
+from fondtrain.data.shards import build_shards
 
 
 def time_epochs(loader: ShardLoader, epochs: int) -> list[float]:

@@ -81,7 +81,7 @@ class FondtrainCLI:
         Args:
             path: the shard folder (e.g. shards/natural16).
         """
-        from fondtrain.data.shards import verify_shards
+        from fondtrain.data.shard_reader import verify_shards
 
         manifest = verify_shards(path)
         counts = ", ".join(f"{k} {v['n_samples']}" for k, v in manifest["splits"].items())

@@ -9,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from fondtrain.data.shards import VERIFIED, build_shards, ensure_shards, shard_folder
+from fondtrain.data.shard_reader import VERIFIED
+from fondtrain.data.shards import build_shards, ensure_shards, shard_folder
 from fondtrain.data.sources import load_source
 from fondtrain.errors import UserError
 

@@ -95,7 +95,7 @@ def test_skip_batches_out_of_range(shard_dir):
 
 @pytest.mark.parametrize("mode", ["memory", "stream"])
 def test_no_shuffle_keeps_stored_order(shard_dir, mode):
-    from fondtrain.data.shards import read_split
+    from fondtrain.data.shard_reader import read_split
 
     _, stored = read_split(shard_dir, "train")
     loader = ShardLoader(shard_dir, batch_size=100, shuffle=False, **MODES[mode])

@@ -13,14 +13,8 @@ import pytest
 import webdataset as wds
 
 from fondtrain.data import shards
-from fondtrain.data.shards import (
-    default_samples_per_shard,
-    ensure_shards,
-    load_manifest,
-    read_split,
-    verify_shards,
-    write_shards,
-)
+from fondtrain.data.shard_reader import load_manifest, read_split, verify_shards
+from fondtrain.data.shards import default_samples_per_shard, ensure_shards, write_shards
 from fondtrain.errors import UserError
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fondtrain.data.loader import ShardLoader, validation_loader
-from fondtrain.data.shards import read_split
+from fondtrain.data.shard_reader import read_split
 from fondtrain.errors import UserError
 
 

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from fondtrain.data.shards import load_manifest, read_split, split_entries
+from fondtrain.data.shard_reader import load_manifest, read_split, split_entries
 from fondtrain.errors import UserError
 from fondtrain.seeding import stream_seed
 

@@ -39,7 +39,8 @@ def load_eval_data(dataset: str, path: str | None = None, shards_root: str | Pat
                    seed: int = 0, need_train: bool = False) -> EvalData:
     """Load `dataset` (shards if built, else the source). need_train: also the train split
     (probes); without it the train split may be an empty [0, M] array."""
-    from fondtrain.data.shards import MANIFEST, load_manifest, read_split, shard_folder
+    from fondtrain.data.shard_reader import MANIFEST, load_manifest, read_split
+    from fondtrain.data.shards import shard_folder
 
     folder = shard_folder(shards_root, dataset, path) if shards_root else None
     if folder is not None and (folder / MANIFEST).is_file():
