@@ -133,7 +133,7 @@ def test_start_banner_and_end_line_say_what_runs(digits_shards, tmp_path, capsys
     assert f"new run {run}" in out
     assert "1 process(es) x batch 32; 44 steps per epoch; 132 steps in 3 epoch(s); stopping at step 10" in out
     assert "done: 10 steps (stopped at 10 of 132 scheduled steps; use --epochs for a short run)" in out
-    assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == ["5/10", "10/10"]
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("told: step ")] == ["5/10", "10/10"]
     train(tiny_config(digits_shards, tmp_path / "runs", "told", epochs=3, max_steps=15))
     out = capsys.readouterr().out
     assert f"resuming {run} from step-00000010 (step 10)" in out and "new run" not in out

@@ -28,7 +28,7 @@ class RunLog:
 
     def __init__(self, run_dir: Path, is_main: bool, name: str, start_step: int, last_step: int,
                  log_every: int, samples_per_step: int):
-        self.run_dir, self.is_main, self.last_step = run_dir, is_main, last_step
+        self.run_dir, self.is_main, self.name, self.last_step = run_dir, is_main, name, last_step
         self.log_every, self.samples_per_step = log_every, samples_per_step
         self._t, self._step = time.perf_counter(), start_step
         self.writer = self.bar = None
@@ -78,7 +78,7 @@ class RunLog:
         if self.bar is not None:
             self.bar.set_postfix_str(text.replace(" ", ", "))
         elif self.is_main:
-            print(f"step {step:,}/{self.last_step:,} {text}", flush=True)
+            print(f"{self.name}: step {step:,}/{self.last_step:,} {text}", flush=True)
 
     def validation(self, values: dict[str, float], model, step: int) -> None:
         self.scalars(values, step)

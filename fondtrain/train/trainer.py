@@ -30,7 +30,7 @@ from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.backends import make_backend
 from fondtrain.train.metrics import validate
 from fondtrain.train.n_exp import NExpTracker
-from fondtrain.train.resume import adapt_position, load_latest, reseed_if_rng_missing
+from fondtrain.train.resume import adapt_position, check_backend, load_latest, reseed_if_rng_missing
 from fondtrain.train.run_identity import check_resume, default_run_name
 from fondtrain.train.run_lock import RunLock
 from fondtrain.train.run_log import RunLog
@@ -198,7 +198,10 @@ def claim_run_folder(accelerator, config: RunConfig, run_dir: Path) -> tuple[Run
     if accelerator.is_main_process:
         lock = RunLock(run_dir).acquire()
         try:
-            resume_note = check_resume(run_dir, run_files.latest_checkpoint(run_dir / "ckpt"), config)
+            latest = run_files.latest_checkpoint(run_dir / "ckpt")
+            if latest is not None:
+                check_backend(latest, config.train.backend)  # the more precise message first
+            resume_note = check_resume(run_dir, latest, config)
         except BaseException:
             lock.release()
             raise
