@@ -15,7 +15,7 @@ from fondtrain.images import paired_grid
 def plot_gabor_summary(fits: GaborFits, path: str | Path, title: str = "") -> Path:
     """Six panels: variance explained, orientation, frequency, size and aspect ratio of the
     good fits, and the tiling (each good fit as its 1-sigma envelope ellipse with a bar
-    along its stripes, at its position in the patch, drawn as the dictionary is shown)."""
+    along its stripes, at its position in the patch, y down as the dictionary is shown)."""
     tab, good = fits.table(), fits.good
     fig = _figure(13.0, 7.6)
     grid = fig.add_gridspec(2, 3, left=0.06, right=0.98, bottom=0.08, top=0.88,
@@ -40,14 +40,15 @@ def plot_gabor_summary(fits: GaborFits, path: str | Path, title: str = "") -> Pa
     side = fits.side
     for i in np.flatnonzero(good):
         x0, y0, theta, _, _, sx, sy, _ = fits.params[i]
-        angle = np.degrees(theta)  # sx lies along the wave vector
-        ax.add_patch(Ellipse((x0, y0), 2 * sx, 2 * sy, angle=angle, fill=False, lw=0.6,
-                             color="C0", alpha=0.7))
-        along = np.array([-np.sin(theta), np.cos(theta)]) * sy
-        ax.plot([x0 - along[0], x0 + along[0]], [y0 - along[1], y0 + along[1]], color="C3",
-                lw=1.0)
+        # half-lengths capped at a quarter patch: edge-like elements span the whole patch
+        # and would otherwise cover the figure with full-length lines
+        across, along = min(sx, side / 4), min(sy, side / 4)
+        ax.add_patch(Ellipse((x0, y0), 2 * across, 2 * along, angle=np.degrees(theta),
+                             fill=False, lw=0.5, color="C0", alpha=0.5))
+        d = np.array([-np.sin(theta), np.cos(theta)]) * along  # along the stripes
+        ax.plot([x0 - d[0], x0 + d[0]], [y0 - d[1], y0 + d[1]], color="C3", lw=1.2)
     ax.set(xlim=(-0.5, side - 0.5), ylim=(side - 0.5, -0.5), aspect="equal",
-           title="tiling: envelope (1 sigma) and stripe direction")
+           title="tiling: envelope (1 sigma, capped at P/4) and stripes")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
