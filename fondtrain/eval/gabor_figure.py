@@ -48,7 +48,7 @@ def plot_gabor_summary(fits: GaborFits, path: str | Path, title: str = "") -> Pa
         d = np.array([-np.sin(theta), np.cos(theta)]) * along  # along the stripes
         ax.plot([x0 - d[0], x0 + d[0]], [y0 - d[1], y0 + d[1]], color="C3", lw=1.2)
     ax.set(xlim=(-0.5, side - 0.5), ylim=(side - 0.5, -0.5), aspect="equal",
-           title="tiling: envelope (1 sigma, capped at P/4) and stripes")
+           title="tiling (1 sigma, capped at P/4)")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
