@@ -53,10 +53,11 @@ def test_white_noise_fits_badly():
 
 
 def test_only_used_units_are_fitted_and_constant_elements_are_safe():
+    """Used = mean activity not 0 (a Gaussian unit's mean may be negative)."""
     rng = np.random.default_rng(2)
     weight = np.stack([gabor(_random_gabor(rng), 16) for _ in range(4)], axis=1)
     weight[:, 2] = 0.0
-    fits = fit_dictionary(weight, usage=np.array([0.5, 0.0, 0.1, 2.0]))
+    fits = fit_dictionary(weight, usage=np.array([0.5, 0.0, -0.1, 2.0]))
     np.testing.assert_array_equal(fits.units, [0, 2, 3])
     assert fits.r2[1] == 0.0 and fits.good.tolist() == [True, False, True]
     s = fits.summary()

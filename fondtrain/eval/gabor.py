@@ -194,7 +194,9 @@ def fit_dictionary(weight: np.ndarray, usage: np.ndarray | None = None,
 
     Args:
         weight: [M, K] dictionary, M = P * P.
-        usage: [K] mean activity per unit; units with usage > 0 are fitted (None: all).
+        usage: [K] mean activity per unit; units whose usage is not 0 are fitted (a
+            silent Poisson or ReLU unit has usage 0; a Gaussian unit's mean may have
+            either sign), None: all.
         side: patch side P (default sqrt(M)).
 
     Returns:
@@ -205,7 +207,7 @@ def fit_dictionary(weight: np.ndarray, usage: np.ndarray | None = None,
     side = side or int(round(np.sqrt(m)))
     if side * side != m:
         raise ValueError(f"input size {m} is not a square patch; the Gabor fit needs one")
-    units = np.arange(k) if usage is None else np.flatnonzero(np.asarray(usage) > 0)
+    units = np.arange(k) if usage is None else np.flatnonzero(np.asarray(usage) != 0)
     params = np.zeros((len(units), 8))
     r2 = np.zeros(len(units))
     for i, unit in enumerate(units):
