@@ -44,9 +44,12 @@ def rate_distortion(found: dict[str, dict], path: Path) -> None:
     fig = Figure(figsize=(6.4, 4.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    trend = sorted((m["model"]["beta_outer"], m) for label, m in found.items()
-                   if label.startswith("qs-") and m["model"]["preset"] == "ipvae"
-                   and m["training_step"] == 1000)
+    # the beta trend: ipvae runs of the quickstart recipe on the current photo list (the
+    # shards under sci-shards/natonly; qs-baseline used the list before issue 14)
+    trend = sorted(((m["model"]["beta_outer"], m) for label, m in found.items()
+                    if label.startswith("qs-") and m["model"]["preset"] == "ipvae"
+                    and m["training_step"] == 1000 and "/natonly/" in str(m["data"].get("from"))),
+                   key=lambda item: item[0])
     if trend:
         ax.plot([m["final"]["frac_zeros"] for _, m in trend],
                 [m["final"]["r2_pooled"] for _, m in trend], "o-", color="C0",
