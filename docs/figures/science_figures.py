@@ -57,7 +57,12 @@ def rate_distortion(found: dict[str, dict], path: Path) -> None:
         for beta, m in trend:
             ax.annotate(f"{beta:g}", (m["final"]["frac_zeros"], m["final"]["r2_pooled"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
+    in_trend = {id(m) for _, m in trend}
     for label, m in found.items():
+        if label.startswith("qs-") and id(m) not in in_trend:
+            ax.plot(m["final"]["frac_zeros"], m["final"]["r2_pooled"], "D", ms=7,
+                    label=f"{label} (ipvae beta {m['model']['beta_outer']:g}, step "
+                          f"{m['training_step']}, photo list before issue 14)")
         if label.startswith("full-"):
             ax.plot(m["final"]["frac_zeros"], m["final"]["r2_pooled"], "s", ms=8,
                     label=f"{m['model']['preset']} beta {m['model']['beta_outer']:g}, "
