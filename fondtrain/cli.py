@@ -41,12 +41,12 @@ class FondtrainCLI:
         """Convert a data set to WebDataset shards in OUT/DATASET and print that folder.
 
         Args:
-            dataset: natural16 | digits (built in) | vh16 | mnist | npy | npz | images.
+            dataset: natural16 | deadleaves16 | digits (built in) | vh16 | mnist | npy | npz | images.
             path: the file or folder to read (vh16: processed.npy, mnist: IDX folder, ...).
             out: the shards root; the shards go to OUT/DATASET.
             seed: seeds patch positions and splits; the same seed gives the same shards.
-            n_train: training samples to cut (natural16, images).
-            n_val: validation samples to cut (natural16, images).
+            n_train: training samples to cut (natural16, deadleaves16, images).
+            n_val: validation samples to cut (natural16, deadleaves16, images).
             overwrite: replace an existing OUT/DATASET.
         """
         from fondtrain.data.shards import build_shards
