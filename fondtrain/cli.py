@@ -61,12 +61,12 @@ class FondtrainCLI:
         """Convert a data set to WebDataset shards in OUT/DATASET and print that folder.
 
         Args:
-            dataset: natural16 | digits (built in) | vh16 | mnist | npy | npz | images.
+            dataset: natural16 | deadleaves16 | digits (built in) | vh16 | mnist | npy | npz | images.
             path: the file or folder to read (vh16: processed.npy, mnist: IDX folder, ...).
             out: the shards root; the shards go to OUT/DATASET.
             seed: seeds patch positions and splits; the same seed gives the same shards.
-            n_train: training samples to cut (natural16, images).
-            n_val: validation samples to cut (natural16, images).
+            n_train: training samples to cut (natural16, deadleaves16, images).
+            n_val: validation samples to cut (natural16, deadleaves16, images).
             overwrite: replace an existing OUT/DATASET.
         """
         from fondtrain.data.shards import build_shards
@@ -183,8 +183,9 @@ class FondtrainCLI:
              window: int = 100, probe: bool = True, mnist: str | None = None,
              probe_steps: int | None = None, probe_max_samples: int = 10_000,
              tuning: bool = True, tuning_steps: int | None = None, n_orientations: int = 16,
-             shards_root: str | None = None, out: str | None = None, figures: bool = True,
-             tensorboard: bool = True, device: str | None = None, seed: int = 0) -> None:
+             gabor: bool = True, shards_root: str | None = None, out: str | None = None,
+             figures: bool = True, tensorboard: bool = True, device: str | None = None,
+             seed: int = 0) -> None:
         """Evaluate a run: convergence over N_STEPS inference steps, figures, probes, tuning.
 
         Writes RUN/eval/metrics.json, RUN/eval/figures/*.png and TensorBoard RUN/tb/eval
@@ -208,6 +209,7 @@ class FondtrainCLI:
             tuning: the bar-of-light orientation-tuning experiment.
             tuning_steps: inference steps per stimulus (default N_STEPS).
             n_orientations: orientations of bars and gratings in [0, 180).
+            gabor: fit a 2-D Gabor to every used dictionary element (--nogabor: skip).
             shards_root: where built shards are looked for (default: the run's).
             out: output folder (default RUN/eval or RUN/eval-DATASET).
             figures: draw the PNG figures.
@@ -221,8 +223,8 @@ class FondtrainCLI:
             n_steps=n_steps, temp=temp, dataset=dataset, path=path, shards_root=shards_root,
             n_val=n_val, batch_size=batch_size, window=window, probe=probe,
             probe_steps=probe_steps, probe_max_samples=probe_max_samples, mnist=mnist,
-            tuning=tuning, tuning_steps=tuning_steps, n_orientations=n_orientations, out=out,
-            figures=figures, tensorboard=tensorboard, device=device, seed=seed)
+            tuning=tuning, tuning_steps=tuning_steps, n_orientations=n_orientations, gabor=gabor,
+            out=out, figures=figures, tensorboard=tensorboard, device=device, seed=seed)
         evaluate(run, checkpoint, opts)  # prints a summary and where it wrote the results
 
     def hubel_wiesel(self, run: str | None = None, checkpoint: str | None = None, unit: int | None = None,

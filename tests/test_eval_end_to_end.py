@@ -15,7 +15,8 @@ from fondtrain.errors import UserError
 from fondtrain.eval.evaluate import EvalOptions, compare, evaluate
 from fondtrain.model.vae import IterativeVAE
 
-FIGURES = ("convergence", "dictionary", "reconstructions", "latents", "tuning_bar", "tuning_grating")
+FIGURES = ("convergence", "dictionary", "reconstructions", "latents", "tuning_bar", "tuning_grating",
+           "gabor", "gabor_fits")
 # Small but complete: every part of the evaluation runs, on a few hundred samples.
 FAST = dict(n_steps=100, window=20, n_val=200, probe_steps=50, tuning_steps=50, n_orientations=8,
             probe_max_samples=600, batch_size=512)
@@ -92,7 +93,7 @@ def test_eval_writes_metrics_figures_and_tensorboard(tiny_run: Path, evaluated: 
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["final"] == evaluated["final"]
     for key in ("convergence", "final", "at_training_horizon", "probe", "tuning", "usage", "model",
-                "dataset", "n_samples", "n_steps", "temp", "figures", "training_step"):
+                "dataset", "n_samples", "n_steps", "temp", "figures", "training_step", "gabor"):
         assert key in on_disk, key
     table = on_disk["convergence"]
     for key in ("step", "mse", "r2_mean", "r2_pooled", "r2_median", "frac_zeros",
@@ -106,6 +107,9 @@ def test_eval_writes_metrics_figures_and_tensorboard(tiny_run: Path, evaluated: 
         assert on_disk["figures"][name] == f"figures/{name}.png"
         _check_png(out / "figures" / f"{name}.png")
     assert (out / "tuning.npz").is_file()
+    gabor = on_disk["gabor"]
+    assert gabor["n_used"] == on_disk["usage"]["n_units"] - on_disk["usage"]["n_silent"]
+    assert 0 <= gabor["n_good"] <= gabor["n_used"] and (out / "gabor.npz").is_file()
     assert list((tiny_run / "tb" / "eval").glob("events.out.tfevents.*"))
 
 

@@ -57,6 +57,7 @@ class EvalOptions:
     probes (digits always, MNIST when `mnist` gives its folder, and the data set itself
     when labelled); probe_steps / tuning_steps: inference steps there (default n_steps);
     probe_max_samples: cap per split; tuning: run the bar-of-light experiment;
+    gabor: fit a 2-D Gabor to every used dictionary element (fondtrain.eval.gabor);
     out: output folder; figures: draw the PNG figures; tensorboard: also log to
     TensorBoard; device: e.g. cpu, cuda:1
     (default: Accelerate's choice); seed: sampling seed.
@@ -77,6 +78,7 @@ class EvalOptions:
     tuning: bool = True
     tuning_steps: int | None = None
     n_orientations: int = 16
+    gabor: bool = True
     out: str | None = None
     figures: bool = True
     tensorboard: bool = True
@@ -246,6 +248,24 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
             conv.activity.numpy(), usage, fig_dir / "latents.png",
             f"{title}: latent activity at step {opts.n_steps}", discrete=model.is_poisson)
 
+    # ------------------------------------------------------------------ Gabor fits
+    if opts.gabor and ranks.is_main:
+        from fondtrain.eval import gabor_figure
+        from fondtrain.eval.gabor import fit_dictionary
+
+        t0 = time.time()
+        say("Gabor fits of the used dictionary elements")
+        fits = fit_dictionary(weight, usage)
+        metrics["gabor"] = fits.summary()
+        np.savez_compressed(out_dir / "gabor.npz", units=fits.units, **fits.table())
+        if opts.figures:
+            figures["gabor"] = gabor_figure.plot_gabor_summary(
+                fits, fig_dir / "gabor.png", f"{title}: Gabor fits of the used elements")
+            figures["gabor_fits"] = gabor_figure.plot_gabor_fits(
+                fits, weight, np.argsort(-usage, kind="stable"), fig_dir / "gabor_fits.png",
+                f"{title}: element | fitted Gabor, most used first")
+        timing["gabor_s"] = time.time() - t0
+
     # ------------------------------------------------------------------ linear probes
     if opts.probe:
         from fondtrain.eval.probe import linear_probe
@@ -336,6 +356,9 @@ def log_tensorboard(metrics: dict, figures: dict[str, Path], tb_dir: Path) -> No
             for key in ("osi_mean", "osi_median", "frac_selective", "n_responsive"):
                 if summary.get(key) is not None:
                     writer.add_scalar(f"{prefix}/tuning_{kind}/{key}", summary[key], step)
+        for key in ("frac_good", "r2_median", "frequency_median", "size_median"):
+            if (metrics.get("gabor") or {}).get(key) is not None:
+                writer.add_scalar(f"{prefix}/gabor/{key}", metrics["gabor"][key], step)
         for name, path in figures.items():
             writer.add_image(f"{prefix}/{name}", Fg.png_as_array(path), step, dataformats="HWC")
     finally:
@@ -353,6 +376,10 @@ def format_summary(metrics: dict) -> str:
     for name, probe in (metrics.get("probe") or {}).items():
         lines.append(f"  probe {name}: latents {probe['latent_acc']:.3f}, pixels "
                      f"{probe['pixel_acc']:.3f} (chance {probe['chance']:.2f})")
+    if metrics.get("gabor"):
+        g = metrics["gabor"]
+        lines.append(f"  Gabor fits: {g['n_good']}/{g['n_used']} used units with variance explained "
+                     f">= {g['good_r2']}")
     for kind, summary in (metrics.get("tuning") or {}).items():
         osi, sel = summary.get("osi_median"), summary.get("frac_selective")
         lines.append(f"  tuning ({kind}s): {summary['n_responsive']}/{summary['n_units']} responsive "
@@ -380,6 +407,7 @@ COMPARE_COLUMNS = (
     ("KL", lambda m: m["final"].get("kl", m["final"].get("kl_reference"))),
     ("probe digits", lambda m: ((m.get("probe") or {}).get("digits") or {}).get("latent_acc")),
     ("pixels digits", lambda m: ((m.get("probe") or {}).get("digits") or {}).get("pixel_acc")),
+    ("Gabor", lambda m: (m.get("gabor") or {}).get("frac_good")),
     ("OSI median", lambda m: ((m.get("tuning") or {}).get("bar") or {}).get("osi_median")),
     ("selective", lambda m: ((m.get("tuning") or {}).get("bar") or {}).get("frac_selective")),
 )

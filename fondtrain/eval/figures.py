@@ -17,7 +17,7 @@ from fondtrain.images import dictionary_grid, paired_grid, patch_side, tile_patc
 DPI = 110
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -46,7 +46,7 @@ def _say_in(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # fixed margins instead of tight_layout / bbox_inches="tight": those measure every
@@ -58,13 +58,13 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def save_grid(grid: np.ndarray, path: str | Path, title: str = "", width: float = 8.0) -> Path:
     """A grid image [H, W] in [0, 1] (gray, 0.5 = zero) with a title."""
     h, w = grid.shape
-    fig = _figure(width, width * h / w)
+    fig = new_figure(width, width * h / w)
     room = _title(fig, title, fontsize=10)
     fig.set_figheight(width * h / w + room)
     ax = fig.add_axes((0, 0, 1, 1 - room / fig.get_figheight()))
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_dictionary(weight: np.ndarray, usage: np.ndarray, path: str | Path,
@@ -114,7 +114,7 @@ def plot_convergence(table: dict, path: str | Path, title: str = "",
                      t_train: int | None = None) -> Path:
     """Every per-step metric against the inference step (log x), one panel each."""
     steps = np.asarray(table["step"], dtype=float)
-    fig = _figure(15, 6.5)
+    fig = new_figure(15, 6.5)
     axes = fig.subplots(2, 4).ravel()
     for ax, (_key, label, keys) in zip(axes, _PANELS, strict=False):
         series = []
@@ -152,14 +152,14 @@ def plot_convergence(table: dict, path: str | Path, title: str = "",
     last.text(0.0, 1.0, text, va="top", family="monospace", fontsize=9)
     top = _top(fig, _title(fig, title))
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=top, wspace=0.42, hspace=0.4)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latent_activity(activity: np.ndarray, usage: np.ndarray, path: str | Path,
                          title: str = "", discrete: bool = False) -> Path:
     """Histograms of latent activity at the last step: all values, each unit's mean
     activity (usage), and the number of active (non-zero) units per sample."""
-    fig = _figure(14, 3.8)
+    fig = new_figure(14, 3.8)
     ax1, ax2, ax3 = fig.subplots(1, 3)
     values = np.asarray(activity, dtype=float).ravel()
     if discrete and values.size:
@@ -190,7 +190,7 @@ def plot_latent_activity(activity: np.ndarray, usage: np.ndarray, path: str | Pa
     ax3.set_xlabel("number of units")
     top = _top(fig, _title(fig, title))
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=top, wspace=0.22)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
@@ -200,7 +200,7 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
     units = result.most_selective(n_units)
     n_cols = 6
     n_rows = max(1, int(np.ceil(len(units) / n_cols)))
-    fig = _figure(16, 2.6 * n_rows + 3.2)
+    fig = new_figure(16, 2.6 * n_rows + 3.2)
     grid = fig.add_gridspec(n_rows + 1, n_cols, height_ratios=[1] * n_rows + [1.2])
     r = result.responsive
     threshold = getattr(result, "threshold", None)
@@ -249,14 +249,14 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
     top = _top(fig, _title(fig, title or f"orientation tuning ({result.kind}): most selective units; "
                            "curve = max evoked response over phases", fontsize=11))
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=top, wspace=0.3, hspace=0.55)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_compare(tables: dict[str, dict], path: str | Path, title: str = "") -> Path:
     """Convergence curves of several runs in one figure (MSE, pooled R^2, zeros, loss)."""
     panels = (("mse", "MSE"), ("r2_pooled", "R^2 (pooled)"), ("frac_zeros", "fraction of zeros"),
               ("population_sparseness", "population sparseness"), ("loss", "loss"))
-    fig = _figure(18, 3.8)
+    fig = new_figure(18, 3.8)
     axes = fig.subplots(1, len(panels))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for name, table in tables.items():
@@ -271,7 +271,7 @@ def plot_compare(tables: dict[str, dict], path: str | Path, title: str = "") -> 
     axes[0].legend(fontsize=7)
     top = _top(fig, _title(fig, title))
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.14, top=top, wspace=0.25)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def png_as_array(path: str | Path) -> np.ndarray:

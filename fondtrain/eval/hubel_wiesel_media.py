@@ -30,13 +30,14 @@ MOVIE_SIZE = (9.6, 5.44)  # inches at DPI: 960 x 544 px, a multiple of 16 for H.
 RF_CMAP = "RdBu_r"  # ON (positive weight) red, OFF blue, zero white
 
 
-def _figure(width: float, height: float) -> Figure:
+def media_figure(width: float, height: float) -> Figure:
+    """A figure at this module's DPI: the movie's frames need exact pixel sizes."""
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_media_figure(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -56,7 +57,7 @@ def _orientation_line(ax, theta_deg: float, size: int, **style) -> None:
 
 
 def plot_rf(w: np.ndarray, side: int, factor: int, unit: int, preferred: float | None, path: Path) -> Path:
-    fig = _figure(8.0, 3.9)
+    fig = media_figure(8.0, 3.9)
     lim = float(np.abs(w).max()) or 1.0
     axes = [fig.add_axes((0.02, 0.06, 0.36, 0.74)), fig.add_axes((0.42, 0.06, 0.36, 0.74))]
     axes[0].imshow(w.reshape(side, side), cmap=RF_CMAP, vmin=-lim, vmax=lim, interpolation="nearest")
@@ -72,7 +73,7 @@ def plot_rf(w: np.ndarray, side: int, factor: int, unit: int, preferred: float |
     cax = fig.add_axes((0.81, 0.06, 0.022, 0.74))
     fig.colorbar(image, cax=cax).set_label("weight (red ON, blue OFF)", fontsize=8)
     fig.suptitle(f"unit {unit}: receptive field = its dictionary column W[:, {unit}]", fontsize=11)
-    return _save(fig, path)
+    return save_media_figure(fig, path)
 
 
 def plot_tuning(orientations: np.ndarray, counts: np.ndarray, baseline: float, n_sweep: int,
@@ -80,7 +81,7 @@ def plot_tuning(orientations: np.ndarray, counts: np.ndarray, baseline: float, n
     """Spikes per sweep against bar orientation, polar and linear; counts [B] (raw)."""
     order = np.argsort(orientations)
     theta, r = orientations[order], counts[order]
-    fig = _figure(10.0, 4.2)
+    fig = media_figure(10.0, 4.2)
     polar = fig.add_axes((0.04, 0.12, 0.3, 0.68), projection="polar")
     closed = np.append(theta, theta[0] + 360.0)
     polar.plot(np.deg2rad(closed), np.append(r, r[0]), color="C3", lw=1.5, marker=".", ms=3)
@@ -104,7 +105,7 @@ def plot_tuning(orientations: np.ndarray, counts: np.ndarray, baseline: float, n
     osi_text = "-" if osi is None else f"{osi:.2f}"
     pref_text = "" if preferred is None else f", preferred {preferred:.0f} / {preferred + 180:.0f} deg (dotted)"
     fig.suptitle(f"unit {unit}: orientation tuning to a moving bar, OSI {osi_text}{pref_text}", fontsize=11)
-    return _save(fig, path)
+    return save_media_figure(fig, path)
 
 
 def _spike_stems(ax, frames: np.ndarray, spikes: np.ndarray, color: str) -> None:
@@ -119,7 +120,7 @@ def plot_raster(bars, spikes: np.ndarray, rate: np.ndarray, pref: int, orth: int
     theta = bars.orientations
     order = np.argsort(theta)
     frames = np.arange(spikes.shape[1]) - bars.n_blank
-    fig = _figure(10.0, 8.0)
+    fig = media_figure(10.0, 8.0)
     ax = fig.add_axes((0.08, 0.5, 0.74, 0.42))
     top = max(1.0, float(spikes.max()))
     # rows in orientation order, each as tall as its spacing (orientations may be uneven)
@@ -158,7 +159,7 @@ def plot_raster(bars, spikes: np.ndarray, rate: np.ndarray, pref: int, orth: int
             a.set_xticklabels([])
     fig.suptitle(f"unit {unit}: spikes per frame at every orientation (raster) and at two of them",
                  fontsize=11)
-    return _save(fig, path)
+    return save_media_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- sound
@@ -213,7 +214,7 @@ class MovieFrames:
         self.spikes = record.spikes[list(rows)][:, self.frames]
         self.rate = record.rate[list(rows)][:, self.frames]
         side, factor = bars.side, bars.super
-        self.fig = fig = _figure(*MOVIE_SIZE)
+        self.fig = fig = media_figure(*MOVIE_SIZE)
         lim = float(np.abs(w).max()) or 1.0
         ax_rf = fig.add_axes((0.66, 0.42, 0.32, 0.48))
         ax_rf.imshow(upsampled_rf(w, side, factor), cmap=RF_CMAP, vmin=-lim, vmax=lim)
