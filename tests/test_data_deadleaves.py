@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fondtrain.data.shards import build_shards, load_manifest
+from fondtrain.data.shard_reader import load_manifest
+from fondtrain.data.shards import build_shards
 from fondtrain.data.sources import load_source
 from fondtrain.data.whiten import dead_leaves
 from fondtrain.errors import UserError

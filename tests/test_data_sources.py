@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from fondtrain.data import sources
+from fondtrain.data import photo_sources
 from fondtrain.data.sources import load_source, read_idx, vh16_split
 from fondtrain.data.whiten import sample_patches, whiten_image
 from fondtrain.errors import UserError
@@ -37,8 +37,8 @@ def test_natural16_shapes_and_standardisation(nat_small):
 def test_natural16_val_from_held_out_images(nat_small):
     train_names = set(nat_small.meta["train_images"])
     val_names = set(nat_small.meta["val_images"])
-    assert train_names == set(sources.TRAIN_IMAGES)
-    assert val_names == set(sources.VAL_IMAGES)
+    assert train_names == set(photo_sources.TRAIN_IMAGES)
+    assert val_names == set(photo_sources.VAL_IMAGES)
     assert not train_names & val_names
     assert sum(v["n_patches"] for v in nat_small.meta["val_images"].values()) == 600
     # no val row equals a train row
@@ -63,7 +63,7 @@ def _band_amplitude(img: np.ndarray, lo: float, hi: float) -> float:
 
 
 def test_whitening_flattens_a_natural_spectrum():
-    img = sources._builtin_image("camera")
+    img = photo_sources._builtin_image("camera")
     raw_ratio = _band_amplitude(img, 0.01, 0.03) / _band_amplitude(img, 0.08, 0.15)
     white = whiten_image(img)
     white_ratio = _band_amplitude(white, 0.01, 0.03) / _band_amplitude(white, 0.08, 0.15)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from sklearn.decomposition import FastICA
 
-from fondtrain.data import sources
+from fondtrain.data import photo_sources, sources
 from fondtrain.eval.gabor import fit_dictionary
 
 OLD_TRAIN_IMAGES = ("astronaut", "brick", "camera", "chelsea", "china", "clock", "coins",
@@ -26,7 +26,7 @@ if __name__ == "__main__":
     name = sys.argv[1]
     started = time.time()
     if name == "old16":
-        sources.TRAIN_IMAGES = OLD_TRAIN_IMAGES
+        photo_sources.TRAIN_IMAGES = OLD_TRAIN_IMAGES
         name = "natural16"
     x = sources.load_source(name, seed=0, n_train=20_000, n_val=10).x_train
     ica = FastICA(n_components=100, whiten="unit-variance", random_state=0, max_iter=400, tol=1e-3)

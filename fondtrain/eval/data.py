@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fondtrain.data.sources import SourceData
+from fondtrain.data.source_data import SourceData
 from fondtrain.errors import UserError
 from fondtrain.images import patch_side
 
