@@ -117,7 +117,7 @@ def test_values_convert_to_their_types():
     (["--backend", "horovod"], "--backend 'horovod' is not one of accelerate, deepspeed"),
     (["--mixed_precision", "fp8"], "is not one of no, bf16, fp16"),
     (["--poisson_kl", "exakt"], "is not one of reference, exact"),
-    (["--dataset", "cifar"], "--dataset 'cifar' is not one of natural16, digits"),
+    (["--dataset", "cifar"], "--dataset 'cifar' is not one of natural16, deadleaves16, digits"),
     (["--model", "vae"], "--model 'vae' is not one of ipvae, igvae, igrelu"),
     (["--compile", "maybe"], "takes only --flags, not 'maybe'"),
     (["--in_memory=maybe"], "--in_memory got 'maybe', which is not a valid bool"),

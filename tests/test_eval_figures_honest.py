@@ -22,14 +22,14 @@ LONG_TITLE = ("runs/natural16-ipvae-k512-t16-b24-s0-1a2b3c/ckpt/step-00150000 (i
 def _figures(monkeypatch):
     """Capture every Figure the module draws (the real drawing, kept for inspection)."""
     drawn = []
-    original = Fg._figure
+    original = Fg.new_figure
 
     def keep(width, height):
         fig = original(width, height)
         drawn.append(fig)
         return fig
 
-    monkeypatch.setattr(Fg, "_figure", keep)
+    monkeypatch.setattr(Fg, "new_figure", keep)
     return drawn
 
 
