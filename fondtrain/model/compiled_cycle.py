@@ -142,7 +142,9 @@ class _WindowLoss(nn.Module):
         last_x = inputs if inputs.dim() == 2 else inputs[-1]
         stats = dict(step_losses=step_losses.detach(), recon=torch.stack(recons),
                      kl=torch.stack(kls), last_z=z.detach(), last_x_hat=x_hat.detach(),
-                     last_x=last_x, max_rate=torch.stack(max_rates) if max_rates else None)
+                     last_x=last_x)
+        if max_rates:  # (torch.func's outputs must be tensors: no None entries)
+            stats["max_rate"] = torch.stack(max_rates)
         return step_losses.mean(), new_carry, stats
 
 
@@ -255,6 +257,7 @@ class CompiledCycle:
         for name, value in dict(lr=lr, beta=beta, eps=eps, temp=temp, max_norm=max_norm).items():
             self._scalars[name].fill_(value)
         s = self._scalars
+        self.optimizer.param_groups[0]["lr"] = lr  # as the eager trainer leaves it (checkpoints)
         micro_inputs = inputs.chunk(self.grad_accum, dim=-2)
         carries = tuple(tuple(u0.detach().expand(mi.shape[-2], -1).contiguous() for u0 in model.u_init)
                         for mi in micro_inputs)
@@ -277,12 +280,12 @@ class CompiledCycle:
                 return None
             if fresh:
                 compile_s += time.perf_counter() - start
-            if stats[0]["max_rate"] is not None:
+            if "max_rate" in stats[0]:
                 rates.append(torch.stack([st["max_rate"] for st in stats]).amax(0))
         last = stats[-1]
         out = CycleOutput(loss=last["step_losses"].mean(), state=State(carries[-1]),
                           step_losses=last["step_losses"], recon=last["recon"], kl=last["kl"],
-                          max_rate=last["max_rate"], last_z=last["last_z"],
+                          max_rate=last.get("max_rate"), last_z=last["last_z"],
                           last_x_hat=last["last_x_hat"], last_x=last["last_x"])
         return BatchOutput(out, grad_norm, torch.cat(rates) if rates else None, compile_s)
 

@@ -3,10 +3,10 @@
 The eager samplers (distributions.py) use a custom autograd Function, numpy random words
 and, on CPU, a working set that shrinks as entries finish: fast in eager mode, but none
 of it can live inside one captured graph. The samplers here are plain tensor expressions
-with fixed shapes, a loop length fixed when the graph is built, no host reads, and their
-random numbers drawn on the device inside the graph (`torch.rand_like` /
-`torch.randn_like` for the Gaussian, whose
-sampler is `distributions.gaussian_sample` itself), or taken from explicit noise for exact replay.
+with fixed shapes, a loop length fixed when the graph is built and no host reads; their
+random numbers are drawn on the device inside the graph (`torch.rand_like`), or taken
+from explicit noise for exact replay. (The Gaussian sampler needs nothing new:
+`distributions.gaussian_sample` with `torch.randn_like` noise.)
 
 Relaxed Poisson (SPEC 4): z = sum_{j < n} sigmoid((1 - S_j / r) / tau), r = exp(u) + eps,
 S_j the running sum of Exp(1) draws. The loop runs over arrivals with [B, K] running sums
