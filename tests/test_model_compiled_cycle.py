@@ -15,7 +15,7 @@ import torch
 from fondtrain.config import ModelConfig
 from fondtrain.model import distributions as D
 from fondtrain.model.compiled_cycle import CompiledCycle, n_exp_bucket
-from fondtrain.model.graph_sampler import relaxed_poisson_graph
+from fondtrain.model.graph_sampler import hashed_exponential, relaxed_poisson_graph
 from fondtrain.model.vae import IterativeVAE
 
 # Schedule values of successive batches: every one differs, none may recompile.
@@ -24,6 +24,12 @@ SCHEDULES = [dict(lr=5e-3, beta=1.0, eps=0.3, temp=0.7, max_norm=900.0),
 
 
 # ----------------------------------------------------------------------------- sampler
+def _check_mean(sample: torch.Tensor, expected: float) -> None:
+    sample = sample.double()
+    se = float(sample.std()) / math.sqrt(sample.numel())
+    assert abs(float(sample.mean()) - expected) < 5 * se, (float(sample.mean()), expected, se)
+
+
 @pytest.mark.parametrize("temp", [0.05, 0.5])
 def test_graph_sampler_equals_eager_sampler_given_noise(temp: float):
     """Value and pathwise gradient equal distributions.relaxed_poisson's on the first n_exp
@@ -41,18 +47,39 @@ def test_graph_sampler_equals_eager_sampler_given_noise(temp: float):
     torch.testing.assert_close(g, g_eager, rtol=1e-12, atol=1e-12)
 
 
+def test_hashed_exponential_is_standard_and_independent():
+    """The hashed draws: Exp(1) moments, the cell-midpoint uniforms of the eager CPU
+    sampler, and no correlation between neighbouring elements, draws or keys."""
+    u = torch.zeros(500, 400)
+    keys = torch.tensor([12345, 678910])
+    e = hashed_exponential(u, keys, 0).double()
+    n = e.numel()
+    assert abs(float(e.mean()) - 1.0) < 5 / math.sqrt(n)
+    assert abs(float(e.var()) - 1.0) < 5 * math.sqrt(8 / n)
+    uniform = torch.exp(-e) * 2**23 - 0.5  # integer cell indices m
+    assert torch.allclose(uniform, uniform.round(), atol=1e-3)
+    others = (hashed_exponential(u, keys, 1), hashed_exponential(u, keys + 1, 0),
+              e.flatten().roll(1).view_as(u))
+    for other in others:
+        corr = float(torch.corrcoef(torch.stack([e.flatten(), other.double().flatten()]))[0, 1])
+        assert abs(corr) < 5 / math.sqrt(n), corr
+
+
 @pytest.fixture(scope="module")
 def compiled_sampler():
-    """The sampler drawing its arrivals inside one compiled graph (float32, 32 arrivals)."""
-    def sample(u, temp, n_exp):
-        return relaxed_poisson_graph(u, temp, 32, n_exp)
-    return torch.compile(sample, fullgraph=True, dynamic=False)
+    """The sampler drawing its arrivals inside one compiled graph, float32, 32 arrivals,
+    hashed draws with fresh keys per call (the CPU training path)."""
+    graph = torch.compile(lambda u, temp, n_exp, keys: relaxed_poisson_graph(
+        u, temp, 32, n_exp, keys=keys), fullgraph=True, dynamic=False)
+    return lambda u, temp, n_exp: graph(u, temp, n_exp, torch.randint(2**31, (2,)))
 
 
-def _check_mean(sample: torch.Tensor, expected: float) -> None:
-    sample = sample.double()
-    se = float(sample.std()) / math.sqrt(sample.numel())
-    assert abs(float(sample.mean()) - expected) < 5 * se, (float(sample.mean()), expected, se)
+def test_rand_like_sampler_mean():
+    """The device-generator path (GPUs), eager here: Campbell's mean at tau 0.5."""
+    torch.manual_seed(2)
+    u = torch.full((200, 300), math.log(0.5))
+    z = relaxed_poisson_graph(u, 0.5, D.n_exp_for_rate(0.5, 1e-9))
+    _check_mean(z, 0.5 * 0.5 * math.log1p(math.exp(2.0)))
 
 
 @pytest.mark.parametrize("rate", [0.05, 1.0, 3.0])
@@ -197,7 +224,7 @@ def test_in_graph_noise_trains_without_recompiling(drawing_cycle):
     graphs = counters["stats"]["unique_graphs"]
     before = [p.detach().clone() for p in model.parameters()]
     second = cycle.train_batch(inputs, **SCHEDULES[1])
-    model.set_n_exp([0.05, 0.3, 1.5, 2.0])  # other n_exp, same bucket
+    model.set_n_exp([0.05, 0.3, 2.5, 1.5])  # other n_exp (2, 3, 9, 6), same bucket (10)
     third = cycle.train_batch(inputs, **SCHEDULES[0])
     assert counters["stats"]["unique_graphs"] == graphs
     assert first.compile_s > 0 and second.compile_s == third.compile_s == 0.0

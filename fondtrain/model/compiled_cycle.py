@@ -82,19 +82,22 @@ class _WindowLoss(nn.Module):
         self.vae = vae
         self.n_max = n_max
 
-    def forward(self, micro_inputs, carries, n_exp, temp, beta, eps, noise):
+    def forward(self, micro_inputs, carries, n_exp, temp, beta, eps, noise, keys):
         total, new_carries, stats = 0.0, [], []
         for j, (x, carry) in enumerate(zip(micro_inputs, carries, strict=True)):
             loss, new_carry, stat = self.cycle(x, carry, n_exp, temp, beta, eps,
-                                               None if noise is None else noise[j])
+                                               None if noise is None else noise[j], keys, j)
             total = total + loss / len(micro_inputs)
             new_carries.append(new_carry)
             stats.append(stat)
         return total, (tuple(new_carries), stats)
 
-    def sample(self, state: State, temp, n_exp, noise) -> Tensor:
+    def sample(self, state: State, temp, n_exp, noise, keys, sample_index: int) -> Tensor:
+        """z [B, K]; `sample_index` numbers the window's samples of this micro-batch, so
+        that the hashed sampler gives every arrival its own counter."""
         if self.vae.is_poisson:
-            return relaxed_poisson_graph(state.components[0], temp, self.n_max, n_exp, noise)
+            return relaxed_poisson_graph(state.components[0], temp, self.n_max, n_exp, noise,
+                                         keys, sample_index * self.n_max)
         mu, xi = state.components
         return gaussian_sample(mu, xi, temp, torch.randn_like(mu) if noise is None else noise)
 
@@ -108,12 +111,13 @@ class _WindowLoss(nn.Module):
             for i, (value, grad) in enumerate(zip(state.components, grads, strict=True))
         ))
 
-    def cycle(self, inputs, carry, n_exp, temp, beta, eps, noise):
+    def cycle(self, inputs, carry, n_exp, temp, beta, eps, noise, keys, micro_index: int):
         """t_train steps of one micro-batch from `carry` (state values, C x [B, K]).
 
         inputs [B, M] or [t_train, B, M]; n_exp [t_train] int; noise None or per step and
         sample: Poisson [t_train, n_inner + 1, n_max, B, K], Gaussian [t_train,
-        n_inner + 1, B, K]. Returns (loss, reattached carry, detached statistics).
+        n_inner + 1, B, K]; keys: the hashed sampler's (or None). Returns (loss, the
+        reattached carry, detached statistics).
         """
         vae = self.vae
         n_inner = vae.config.n_iters_inner
@@ -121,13 +125,16 @@ class _WindowLoss(nn.Module):
         # (init_state at t = 0, reattach_to_init after: SPEC 6)
         state = State(tuple(c + (u0 - u0.detach()) for c, u0 in zip(carry, vae.u_init, strict=True)))
         losses, recons, kls, max_rates = [], [], [], []
+        samples = (micro_index * vae.config.t_train) * (n_inner + 1)  # numbers the samples
         for i in range(vae.config.t_train):
             x = inputs if inputs.dim() == 2 else inputs[i]
             prior = state
             for n in range(n_inner):
-                z = self.sample(state, temp, n_exp[i], None if noise is None else noise[i, n])
+                z = self.sample(state, temp, n_exp[i], None if noise is None else noise[i, n],
+                                keys, samples + i * (n_inner + 1) + n)
                 state = self.update(x, state, z, eps, temp, prior)
-            z = self.sample(state, temp, n_exp[i], None if noise is None else noise[i, n_inner])
+            z = self.sample(state, temp, n_exp[i], None if noise is None else noise[i, n_inner],
+                            keys, samples + i * (n_inner + 1) + n_inner)
             x_hat = vae.decode(z)
             recon = gaussian_nll(x, x_hat, vae.dec_log_sigma_effective())
             kl = vae.kl(state, prior, temp)
@@ -210,10 +217,11 @@ class CompiledCycle:
         names, adamax = ["vae." + n for n in self.names], self.adamax
 
         def window(params, exp_avgs, exp_infs, steps, micro_inputs, carries, n_exp,
-                   temp, beta, eps, lr, max_norm, noise):
+                   temp, beta, eps, lr, max_norm, noise, keys):
             def loss_fn(param_dict):
                 return torch.func.functional_call(
-                    loss_module, param_dict, (micro_inputs, carries, n_exp, temp, beta, eps, noise))
+                    loss_module, param_dict,
+                    (micro_inputs, carries, n_exp, temp, beta, eps, noise, keys))
 
             grads, (_, (new_carries, stats)) = torch.func.grad_and_value(loss_fn, has_aux=True)(
                 dict(zip(names, params, strict=True)))
@@ -229,6 +237,17 @@ class CompiledCycle:
         if n_max not in self._graphs:
             self._graphs[n_max] = torch.compile(self._window_fn(n_max), **self._compile_kwargs)
         return self._graphs[n_max]
+
+    def _keys(self, windows, n_max: int) -> Tensor | None:
+        """Fresh keys (int64 [2], from torch's generator) for the hashed sampler on CPU,
+        where it beats the compiled torch.rand_like; None (rand_like) on other devices or
+        when a window's draws would overflow its 32-bit counters."""
+        cfg = self.model.config
+        draws = len(windows) * cfg.t_train * (cfg.n_iters_inner + 1) * n_max
+        numel = max(w.shape[-2] for w in windows) * cfg.n_latents
+        if not self.model.is_poisson or self.model.W.device.type != "cpu" or draws * numel >= 2**32:
+            return None
+        return torch.randint(2**31, (2,), dtype=torch.int64)
 
     def _optimizer_state(self):
         """Adamax's per-parameter tensors, created as torch.optim.Adamax creates them."""
@@ -272,7 +291,7 @@ class CompiledCycle:
                 grad_norm, carries, stats = self._graph(n_max)(
                     self.params, *self._optimizer_state(), windows, carries,
                     model.n_exp[t0:t0 + cfg.t_train].clone(), s["temp"], s["beta"], s["eps"], s["lr"],
-                    s["max_norm"], None if noise is None else noise[outer])
+                    s["max_norm"], None if noise is None else noise[outer], self._keys(windows, n_max))
             except Exception as exc:  # noqa: BLE001 - any compiler failure: back to eager
                 if outer:  # an optimiser step was taken: the batch cannot be redone eagerly
                     raise

@@ -26,21 +26,51 @@ from torch import Tensor
 
 from fondtrain.model.distributions import FLOAT32_EPS
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer mixer (xor-shift-multiply rounds, as in murmur / lowbias32) on
+    int64 tensors holding values in [0, 2^32); multipliers below 2^31 keep every product
+    below 2^63 (no signed overflow in any backend)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & _MASK32
+    return x ^ (x >> 16)
+
+
+def hashed_exponential(u: Tensor, keys: Tensor, draw: int) -> Tensor:
+    """Exp(1) draws of u's shape from a counter-based hash: element i of draw number
+    `draw` hashes (draw * numel + i) under the two keys (int64 [2], fresh random values
+    per call), mix(mix(c ^ k0) ^ k1). Its top 23 bits m give U = (m + 1/2) 2^-23, the
+    cell midpoints of `distributions.log_uniform_`, and -log U. Plain integer tensor
+    operations that vectorise on CPUs, where the compiled `torch.rand_like` is several
+    times slower; `draw * numel + i` must stay below 2^32 (checked by the caller)."""
+    counter = torch.arange(u.numel(), device=u.device, dtype=torch.int64).view(u.shape)
+    counter = (counter + draw * u.numel()) ^ keys[0]
+    bits = _mix32(_mix32(counter) ^ keys[1])
+    uniform = ((bits >> 9).to(u.dtype) + 0.5) * 2.0**-23
+    return -torch.log(uniform)
+
 
 def exponential_like(u: Tensor) -> Tensor:
-    """Exp(1) draws of u's shape, on u's device: -log(1 - U), U in [0, 1), so never
-    infinite (an infinite arrival would make s (1 - s) S a NaN)."""
+    """Exp(1) draws of u's shape from torch's device generator: -log(1 - U), U in [0, 1),
+    so never infinite (an infinite arrival would make s (1 - s) S a NaN)."""
     return torch.rand_like(u).neg_().log1p_().neg_()
 
 
 def relaxed_poisson_graph(u: Tensor, temp: Tensor | float, n_max: int,
-                          n_exp: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+                          n_exp: Tensor | None = None, noise: Tensor | None = None,
+                          keys: Tensor | None = None, first_draw: int = 0) -> Tensor:
     """Relaxed Poisson sample [B, K] from log-rates u [B, K] at temperature tau > 0.
 
     n_max: static number of arrivals computed; n_exp: 0-dim integer tensor, the arrivals
-    that count (None: all n_max); noise: Exp(1) draws [n_max, B, K] to replay (None: drawn
-    inside the graph). With noise[:n_exp] this equals `distributions.relaxed_poisson(u,
-    temp, noise[:n_exp])` in value and gradient to float rounding (tested).
+    that count (None: all n_max); noise: Exp(1) draws [n_max, B, K] to replay; else drawn
+    inside the graph: with `keys` (int64 [2]) from `hashed_exponential`, draws
+    first_draw .. first_draw + n_max - 1, otherwise from `torch.rand_like`. Given
+    noise[:n_exp] as noise it equals `distributions.relaxed_poisson(u, temp,
+    noise[:n_exp])` in value and gradient to float rounding (tested).
     """
     u_value = u.detach()
     exp_u = torch.exp(u_value)
@@ -51,7 +81,13 @@ def relaxed_poisson_graph(u: Tensor, temp: Tensor | float, n_max: int,
     z = torch.zeros_like(u_value)
     slope_sum = torch.zeros_like(u_value)  # sum_j s_j (1 - s_j) S_j
     for j in range(n_max):
-        arrival = arrival + (exponential_like(u_value) if noise is None else noise[j])
+        if noise is not None:
+            e = noise[j]
+        elif keys is not None:
+            e = hashed_exponential(u_value, keys, first_draw + j)
+        else:
+            e = exponential_like(u_value)
+        arrival = arrival + e
         s = torch.sigmoid(inv_temp - arrival * k)
         if n_exp is not None:
             s = s * (n_exp > j).to(s.dtype)
