@@ -15,7 +15,7 @@ import torch
 from fondtrain.config import ModelConfig
 from fondtrain.model import distributions as D
 from fondtrain.model.compiled_cycle import CompiledCycle, n_exp_bucket
-from fondtrain.model.graph_sampler import hashed_exponential, relaxed_poisson_graph
+from fondtrain.model.graph_sampler import hashed_exponential, hashed_normal, relaxed_poisson_graph
 from fondtrain.model.vae import IterativeVAE
 
 # Schedule values of successive batches: every one differs, none may recompile.
@@ -45,6 +45,18 @@ def test_graph_sampler_equals_eager_sampler_given_noise(temp: float):
     (g,) = torch.autograd.grad(z.sum(), u)
     torch.testing.assert_close(z, z_eager, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g, g_eager, rtol=1e-12, atol=1e-12)
+
+
+def test_hashed_normal_is_standard():
+    """Box-Muller on the hashed uniforms: N(0, 1) mean, variance, kurtosis, and the
+    fraction beyond 2 sigma."""
+    e = hashed_normal(torch.zeros(500, 400), torch.tensor([3, 5]), 7).double().flatten()
+    n = e.numel()
+    assert abs(float(e.mean())) < 5 / math.sqrt(n)
+    assert abs(float(e.var()) - 1.0) < 5 * math.sqrt(2 / n)
+    assert abs(float((e**4).mean()) - 3.0) < 5 * math.sqrt(96 / n)
+    tail = 2 * (1 - 0.5 * (1 + math.erf(2 / math.sqrt(2))))
+    assert abs(float((e.abs() > 2).double().mean()) - tail) < 5 * math.sqrt(tail / n)
 
 
 def test_hashed_exponential_is_standard_and_independent():

@@ -16,13 +16,18 @@ torch.nn.utils.clip_grad_norm_'s and torch.optim.Adamax's formulas as tensor ope
 that update the parameters and the optimiser's own state tensors in place. So checkpoints
 (model and optimizer state dicts) are the eager trainer's, and eager and compiled steps
 can alternate. Inside a window: fixed shapes, no host reads, no Python branch on a tensor
-value, random numbers drawn on the device, schedules (lr, beta, eps, temp, max_norm) as
-0-dim tensors, so that their changes never recompile.
+value, random numbers drawn on the device inside the graph (CPU: the hashed draws of
+graph_sampler.py, keyed by two numbers from torch's generator per window; other devices:
+torch.rand_like, inductor's Philox), schedules (lr, beta, eps, temp, max_norm) as 0-dim
+tensors, so that their changes never recompile. Both draw through torch's generator
+state, so a checkpoint's RNG state replays them (resume equals uninterrupted).
 
 The sampler length: one graph per length bucket n_max (N_EXP_BUCKETS) >= the largest
 n_exp[t]; the per-step n_exp enter as a tensor and mask the arrivals beyond them (same
 distribution, n_max - n_exp wasted arrivals). An n_exp refresh that stays within the
-bucket costs nothing; crossing into a new bucket compiles a new graph once.
+bucket costs nothing; crossing into a new bucket compiles a new graph once (as long as
+the first; dynamo keeps at most `torch._dynamo.config.recompile_limit` graphs, 8 by
+default, per process: beyond that the cycle warns and the trainer goes eager).
 
 Scope: one process (DDP gradient averaging and DeepSpeed are not part of the graph),
 float32 without autocast, torch.optim.Adamax with one parameter group.
@@ -38,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from fondtrain.model.distributions import gaussian_nll, gaussian_sample
-from fondtrain.model.graph_sampler import relaxed_poisson_graph
+from fondtrain.model.graph_sampler import hashed_normal, relaxed_poisson_graph
 from fondtrain.model.vae import CycleOutput, IterativeVAE, State
 
 # Sampler lengths a graph is built for (then any n_exp up to the bucket reuses it).
@@ -99,7 +104,9 @@ class _WindowLoss(nn.Module):
             return relaxed_poisson_graph(state.components[0], temp, self.n_max, n_exp, noise,
                                          keys, sample_index * self.n_max)
         mu, xi = state.components
-        return gaussian_sample(mu, xi, temp, torch.randn_like(mu) if noise is None else noise)
+        if noise is None:
+            noise = torch.randn_like(mu) if keys is None else hashed_normal(mu, keys, sample_index)
+        return gaussian_sample(mu, xi, temp, noise)
 
     def update(self, x, state: State, z, eps, temp, prior: State) -> State:
         """The plain update of SPEC 3.3-3.4 (IterativeVAE.update with fast_path False)."""
@@ -239,13 +246,14 @@ class CompiledCycle:
         return self._graphs[n_max]
 
     def _keys(self, windows, n_max: int) -> Tensor | None:
-        """Fresh keys (int64 [2], from torch's generator) for the hashed sampler on CPU,
+        """Fresh keys (int64 [2], from torch's generator) for the hashed samplers on CPU,
         where it beats the compiled torch.rand_like; None (rand_like) on other devices or
         when a window's draws would overflow its 32-bit counters."""
         cfg = self.model.config
-        draws = len(windows) * cfg.t_train * (cfg.n_iters_inner + 1) * n_max
+        per_sample = n_max if self.model.is_poisson else 2  # arrivals, or Box-Muller's pair
+        draws = len(windows) * cfg.t_train * (cfg.n_iters_inner + 1) * per_sample
         numel = max(w.shape[-2] for w in windows) * cfg.n_latents
-        if not self.model.is_poisson or self.model.W.device.type != "cpu" or draws * numel >= 2**32:
+        if self.model.W.device.type != "cpu" or draws * numel >= 2**32:
             return None
         return torch.randint(2**31, (2,), dtype=torch.int64)
 

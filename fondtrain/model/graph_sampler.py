@@ -4,9 +4,10 @@ The eager samplers (distributions.py) use a custom autograd Function, numpy rand
 and, on CPU, a working set that shrinks as entries finish: fast in eager mode, but none
 of it can live inside one captured graph. The samplers here are plain tensor expressions
 with fixed shapes, a loop length fixed when the graph is built and no host reads; their
-random numbers are drawn on the device inside the graph (`torch.rand_like`), or taken
+random numbers are drawn on the device inside the graph (counter-based hashes on CPUs,
+`torch.rand_like` elsewhere), or taken
 from explicit noise for exact replay. (The Gaussian sampler needs nothing new:
-`distributions.gaussian_sample` with `torch.randn_like` noise.)
+`distributions.gaussian_sample` with noise from `hashed_normal` or torch.randn_like.)
 
 Relaxed Poisson (SPEC 4): z = sum_{j < n} sigmoid((1 - S_j / r) / tau), r = exp(u) + eps,
 S_j the running sum of Exp(1) draws. The loop runs over arrivals with [B, K] running sums
@@ -20,6 +21,8 @@ added term is 0), the pathwise gradient dz/du, and backward keeps one [B, K] ten
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -40,18 +43,29 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def hashed_exponential(u: Tensor, keys: Tensor, draw: int) -> Tensor:
-    """Exp(1) draws of u's shape from a counter-based hash: element i of draw number
-    `draw` hashes (draw * numel + i) under the two keys (int64 [2], fresh random values
-    per call), mix(mix(c ^ k0) ^ k1). Its top 23 bits m give U = (m + 1/2) 2^-23, the
-    cell midpoints of `distributions.log_uniform_`, and -log U. Plain integer tensor
-    operations that vectorise on CPUs, where the compiled `torch.rand_like` is several
-    times slower; `draw * numel + i` must stay below 2^32 (checked by the caller)."""
+def hashed_uniform(u: Tensor, keys: Tensor, draw: int) -> Tensor:
+    """Uniform draws of u's shape from a counter-based hash: element i of draw number
+    `draw` hashes c = draw * numel + i under the two keys (int64 [2], fresh random values
+    per window), mix(mix(c ^ k0) ^ k1); its top 23 bits m give U = (m + 1/2) 2^-23, the
+    cell midpoints of `distributions.log_uniform_` (never 0 or 1). Plain integer tensor
+    operations that fuse into the sampler's kernel on CPUs, where the compiled
+    torch.rand_like / randn_like are scalar code several times slower (and make the whole
+    fused kernel scalar). `draw * numel + i` must stay below 2^32 (the caller checks)."""
     counter = torch.arange(u.numel(), device=u.device, dtype=torch.int64).view(u.shape)
-    counter = (counter + draw * u.numel()) ^ keys[0]
-    bits = _mix32(_mix32(counter) ^ keys[1])
-    uniform = ((bits >> 9).to(u.dtype) + 0.5) * 2.0**-23
-    return -torch.log(uniform)
+    bits = _mix32(_mix32((counter + draw * u.numel()) ^ keys[0]) ^ keys[1])
+    return ((bits >> 9).to(u.dtype) + 0.5) * 2.0**-23
+
+
+def hashed_exponential(u: Tensor, keys: Tensor, draw: int) -> Tensor:
+    """Exp(1) draws -log U of `hashed_uniform` (largest value 24 ln 2 = 16.6)."""
+    return -torch.log(hashed_uniform(u, keys, draw))
+
+
+def hashed_normal(u: Tensor, keys: Tensor, draw: int) -> Tensor:
+    """N(0, 1) draws by Box-Muller from the hashed uniforms of draws 2 draw and
+    2 draw + 1: sqrt(-2 log U1) cos(2 pi U2)."""
+    radius = torch.sqrt(-2.0 * torch.log(hashed_uniform(u, keys, 2 * draw)))
+    return radius * torch.cos((2.0 * math.pi) * hashed_uniform(u, keys, 2 * draw + 1))
 
 
 def exponential_like(u: Tensor) -> Tensor:
