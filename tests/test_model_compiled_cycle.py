@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from fondtrain.config import ModelConfig
-from fondtrain.model import distributions as D
 from fondtrain.model.compiled_cycle import CompiledCycle, n_exp_bucket
 from fondtrain.model.graph_sampler import hashed_exponential, hashed_normal, relaxed_poisson_graph
+from fondtrain.model.n_exp import n_exp_for_rate
+from fondtrain.model.poisson import relaxed_poisson
 from fondtrain.model.vae import IterativeVAE
 
 # Schedule values of successive batches: every one differs, none may recompile.
@@ -39,7 +40,7 @@ def test_graph_sampler_equals_eager_sampler_given_noise(temp: float):
     u = (torch.randn(30, 40, generator=gen, dtype=torch.float64) - 1.0).requires_grad_()
     n_exp, n_max = 7, 10
     noise = torch.empty(n_max, 30, 40, dtype=torch.float64).exponential_(generator=gen)
-    z_eager = D.relaxed_poisson(u, temp, noise[:n_exp])
+    z_eager = relaxed_poisson(u, temp, noise[:n_exp])
     (g_eager,) = torch.autograd.grad(z_eager.sum(), u)
     z = relaxed_poisson_graph(u, torch.tensor(temp, dtype=torch.float64), n_max,
                               torch.tensor(n_exp), noise)
@@ -91,7 +92,7 @@ def test_rand_like_sampler_mean():
     """The device-generator path (GPUs), eager here: Campbell's mean at tau 0.5."""
     torch.manual_seed(2)
     u = torch.full((200, 300), math.log(0.5))
-    z = relaxed_poisson_graph(u, 0.5, D.n_exp_for_rate(0.5, 1e-9))
+    z = relaxed_poisson_graph(u, 0.5, n_exp_for_rate(0.5, 1e-9))
     _check_mean(z, 0.5 * 0.5 * math.log1p(math.exp(2.0)))
 
 
@@ -99,7 +100,7 @@ def test_rand_like_sampler_mean():
 def test_compiled_sampler_low_temperature_is_poisson(compiled_sampler, rate: float):
     """At tau = 0.01, n_exp the 1e-3 quantile: mean r and variance r (1 - tau) (Campbell,
     as for the eager sampler), drawn inside the graph."""
-    temp, n_exp = 0.01, D.n_exp_for_rate(rate, 1e-3)
+    temp, n_exp = 0.01, n_exp_for_rate(rate, 1e-3)
     torch.manual_seed(int(rate * 100))
     u = torch.full((200, 600), math.log(rate))
     z = compiled_sampler(u, torch.tensor(temp), torch.tensor(n_exp)).double().flatten()
@@ -114,7 +115,7 @@ def test_compiled_sampler_low_temperature_is_poisson(compiled_sampler, rate: flo
 def test_compiled_sampler_mean_and_pathwise_gradient(compiled_sampler, rate: float, temp: float):
     """E z = r tau log(1 + e^{1/tau}) (Campbell, untruncated: n_exp at the 1e-9 quantile,
     <= 32) and E dz/du = d E z / du = E z (r = e^u), the gradient through the graph."""
-    n_exp = D.n_exp_for_rate(rate, 1e-9)
+    n_exp = n_exp_for_rate(rate, 1e-9)
     assert n_exp <= 32
     torch.manual_seed(int(rate * 1000 + temp * 10))
     u = torch.full((400, 500), math.log(rate), requires_grad=True)

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fondtrain.model.distributions import gaussian_nll, gaussian_sample
+from fondtrain.model.gaussian import gaussian_nll, gaussian_sample
 from fondtrain.model.graph_sampler import hashed_normal, relaxed_poisson_graph
-from fondtrain.model.vae import CycleOutput, IterativeVAE, State
+from fondtrain.model.vae import CycleOutput, IterativeVAE, State, plain_update
 
 # Sampler lengths a graph is built for (then any n_exp up to the bucket reuses it).
 N_EXP_BUCKETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)
@@ -109,14 +109,8 @@ class _WindowLoss(nn.Module):
         return gaussian_sample(mu, xi, temp, noise)
 
     def update(self, x, state: State, z, eps, temp, prior: State) -> State:
-        """The plain update of SPEC 3.3-3.4 (IterativeVAE.update with fast_path False)."""
-        vae = self.vae
-        grads = vae.free_energy_grad(x, state, z, temp, prior)
-        return State(tuple(
-            vae.clamp_state_step(value + vae.clamp_state_step(
-                -torch.exp(vae.log_lr[i]) * grad, i, "du", eps), i, "u", eps)
-            for i, (value, grad) in enumerate(zip(state.components, grads, strict=True))
-        ))
+        """The plain update of SPEC 3.3-3.4 (the model's `plain_update`: what compiles)."""
+        return State(plain_update(self.vae, x, state.components, z, eps, temp, prior.components))
 
     def cycle(self, inputs, carry, n_exp, temp, beta, eps, noise, keys, micro_index: int):
         """t_train steps of one micro-batch from `carry` (state values, C x [B, K]).

@@ -1,13 +1,13 @@
 """Posterior samplers written for whole-graph capture (torch.compile fullgraph, CUDA graphs).
 
-The eager samplers (distributions.py) use a custom autograd Function, numpy random words
+The eager samplers (poisson.py) use a custom autograd Function, numpy random words
 and, on CPU, a working set that shrinks as entries finish: fast in eager mode, but none
 of it can live inside one captured graph. The samplers here are plain tensor expressions
 with fixed shapes, a loop length fixed when the graph is built and no host reads; their
 random numbers are drawn on the device inside the graph (counter-based hashes on CPUs,
 `torch.rand_like` elsewhere), or taken
 from explicit noise for exact replay. (The Gaussian sampler needs nothing new:
-`distributions.gaussian_sample` with noise from `hashed_normal` or torch.randn_like.)
+`gaussian.gaussian_sample` with noise from `hashed_normal` or torch.randn_like.)
 
 Relaxed Poisson (SPEC 4): z = sum_{j < n} sigmoid((1 - S_j / r) / tau), r = exp(u) + eps,
 S_j the running sum of Exp(1) draws. The loop runs over arrivals with [B, K] running sums
@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from fondtrain.model.distributions import FLOAT32_EPS
+from fondtrain.model.poisson import FLOAT32_EPS
 
 _MASK32 = 0xFFFFFFFF
 
@@ -47,7 +47,7 @@ def hashed_uniform(u: Tensor, keys: Tensor, draw: int) -> Tensor:
     """Uniform draws of u's shape from a counter-based hash: element i of draw number
     `draw` hashes c = draw * numel + i under the two keys (int64 [2], fresh random values
     per window), mix(mix(c ^ k0) ^ k1); its top 23 bits m give U = (m + 1/2) 2^-23, the
-    cell midpoints of `distributions.log_uniform_` (never 0 or 1). Plain integer tensor
+    cell midpoints of `random_streams.log_uniform_` (never 0 or 1). Plain integer tensor
     operations that fuse into the sampler's kernel on CPUs, where the compiled
     torch.rand_like / randn_like are scalar code several times slower (and make the whole
     fused kernel scalar). `draw * numel + i` must stay below 2^32 (the caller checks)."""
@@ -83,7 +83,7 @@ def relaxed_poisson_graph(u: Tensor, temp: Tensor | float, n_max: int,
     that count (None: all n_max); noise: Exp(1) draws [n_max, B, K] to replay; else drawn
     inside the graph: with `keys` (int64 [2]) from `hashed_exponential`, draws
     first_draw .. first_draw + n_max - 1, otherwise from `torch.rand_like`. Given
-    noise[:n_exp] as noise it equals `distributions.relaxed_poisson(u, temp,
+    noise[:n_exp] as noise it equals `poisson.relaxed_poisson(u, temp,
     noise[:n_exp])` in value and gradient to float rounding (tested).
     """
     u_value = u.detach()
