@@ -146,8 +146,9 @@ class TrainConfig:
     # directly, launched with torchrun or the deepspeed launcher; config JSON below).
     backend: str = "accelerate"
     deepspeed_config: str = ""
-    # torch.compile the state update and the step outputs (IterativeVAE.enable_compile):
-    # 1.5-1.9x faster cycles on an H200, about 1.1x on a CPU; eager if compiling fails.
+    # Each TBPTT window as one compiled graph (fondtrain.model.compiled_cycle): on this CPU
+    # 1.2x (ipvae) to 2.3x (igvae) faster cycles after a long first compile; off by default
+    # until GPU figures exist (benchmarks/RESULTS.md); eager with a warning if it fails.
     compile: bool = False
     seed: int = 0
     log_every: int = 20

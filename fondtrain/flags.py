@@ -82,7 +82,8 @@ DESCRIPTIONS = {
     "mixed_precision": "autocast precision: no, bf16 or fp16 (only matmul-class ops run low)",
     "backend": "accelerate (DDP through Accelerate) or deepspeed (a ZeRO engine, see --deepspeed_config)",
     "deepspeed_config": "DeepSpeed JSON config for --backend deepspeed (e.g. launch/deepspeed/zero1.json)",
-    "compile": "torch.compile the state update and step outputs (eager if compiling fails)",
+    "compile": "each TBPTT window (forward, backward, clip, Adamax) as one torch.compile graph; one process, "
+               "accelerate back end, float32 (else, or if compiling fails, eager with a warning)",
     "log_every": "steps between logged training scalars",
     "eval_every": "steps between validations (0: never)",
     "ckpt_every": "steps between checkpoints (0: at the end and on a signal only)",

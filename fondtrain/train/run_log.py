@@ -57,6 +57,9 @@ class RunLog:
     def train_step(self, step: int, result, model, values, accelerator) -> None:
         """After the step that reached global step `step`: every log_every steps (and at
         the last) the batch metrics, averaged over ranks (all ranks call this)."""
+        if result.compile_s:
+            self._t += result.compile_s  # compiling is not training: keep it out of samples/s
+            self.say(f"compiled the TBPTT cycle in {result.compile_s:.1f} s")
         if step % self.log_every == 0 or step == self.last_step:
             metrics = batch_metrics(result.out, model, values, result.grad_norm)
             reduced = accelerator.reduce(torch.stack(list(metrics.values())), "mean").tolist()

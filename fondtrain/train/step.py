@@ -24,6 +24,7 @@ class StepResult:
     out: object
     grad_norm: torch.Tensor | float
     max_rates: torch.Tensor | None
+    compile_s: float = 0.0  # seconds this step spent compiling (kept out of samples/s)
 
 
 def make_inputs(config: RunConfig, x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -38,13 +39,20 @@ def make_inputs(config: RunConfig, x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def tbptt_step(model, core, optimizer, accelerator, inputs: torch.Tensor, values: ScheduleValues,
-               config: RunConfig) -> StepResult:
+               config: RunConfig, compiled=None) -> StepResult:
     """Train on one batch: inputs [B, M] or [t_total, B, M] with B = batch_size x grad_accum.
 
     model: what `accelerator.prepare` returned (called for a cycle); core: the unwrapped
     IterativeVAE. Each micro-batch keeps its own posterior state across the windows; the
     state is re-attached to u_init between windows (gradients do not cross a window).
+    compiled: a `CompiledCycle` (--compile): the same windows as one captured graph each;
+    once it fails it returns None and the eager windows below take over.
     """
+    if compiled is not None:
+        done = compiled.train_batch(inputs, lr=values.lr, beta=values.beta, eps=values.eps,
+                                    temp=values.temp, max_norm=values.max_norm)
+        if done is not None:
+            return StepResult(done.out, done.grad_norm, done.max_rates, done.compile_s)
     m, grad_accum = config.model, config.train.grad_accum
     for group in optimizer.param_groups:
         group["lr"] = values.lr

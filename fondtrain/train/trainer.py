@@ -66,7 +66,7 @@ def train(config: RunConfig) -> TrainResult:
         ckpt_root = run_dir / "ckpt"
         train_loader, val_loader = prepare_data(config, accelerator)
         config.model = dataclasses.replace(config.model, input_dim=train_loader.input_dim)
-        model, optimizer = build_model(config, accelerator)
+        model, optimizer, compiled = build_model(config, accelerator)
         core: IterativeVAE = accelerator.unwrap_model(model)
         steps_per_epoch = train_loader.batches_per_epoch
         total_steps = tc.epochs * steps_per_epoch
@@ -94,7 +94,7 @@ def train(config: RunConfig) -> TrainResult:
                 values = schedule.at(state.global_step)
                 x = batch["x"].to(accelerator.device, non_blocking=True)
                 inputs = make_inputs(config, x, stream_seed(config.data.seed, "feeder", rank, state.global_step))
-                result = tbptt_step(model, core, optimizer, accelerator, inputs, values, config)
+                result = tbptt_step(model, core, optimizer, accelerator, inputs, values, config, compiled)
                 state.advance(values.eps)
                 step = state.global_step
                 n_exp.observe(result.max_rates)
@@ -154,15 +154,32 @@ def prepare_data(config: RunConfig, accelerator):
 
 
 def build_model(config: RunConfig, accelerator):
-    """The model (initial weights from config.model.seed) and its Adamax, prepared."""
+    """The model (initial weights from config.model.seed), its Adamax, both prepared, and
+    with --compile the compiled TBPTT cycle (None where it does not apply: then eager)."""
     tc = config.train
     model = IterativeVAE(config.model)
     optimizer = torch.optim.Adamax(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                                    eps=1e-8, weight_decay=tc.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if tc.compile:
-        accelerator.unwrap_model(model).enable_compile()
-    return model, optimizer
+    return model, optimizer, compiled_cycle(config, accelerator, model, optimizer) if tc.compile else None
+
+
+def compiled_cycle(config: RunConfig, accelerator, model, optimizer):
+    """--compile: each TBPTT window (forward, backward, clip, Adamax) as one graph
+    (`fondtrain.model.compiled_cycle`), for one process of the Accelerate back end in float32;
+    anything else warns in one line and trains eagerly."""
+    from fondtrain.model.compiled_cycle import CompiledCycle
+
+    tc = config.train
+    try:
+        if accelerator.num_processes > 1 or tc.backend != "accelerate" or tc.mixed_precision != "no":
+            raise ValueError("the compiled cycle runs one process of the accelerate back end in float32")
+        return CompiledCycle(accelerator.unwrap_model(model), getattr(optimizer, "optimizer", optimizer),
+                             tc.grad_accum)
+    except ValueError as err:
+        if accelerator.is_main_process:
+            print(f"fondtrain: --compile: {err}; training eagerly", file=sys.stderr, flush=True)
+        return None
 
 
 def resume_or_start(accelerator, config: RunConfig, ckpt_root: Path, state: RunState,
