@@ -54,6 +54,7 @@ import torch
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
 from fondtrain.runtime import quiet_deepspeed_on_cpu
+from fondtrain.train.population_optim import clip_grad_norm_per_member_
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint tag inside a fondtrain checkpoint
 RNG_FILE = "random_states_{rank}.pkl"  # the file name Accelerate uses, one per rank
@@ -96,12 +97,17 @@ def check_world_size(seen: int, environ: Mapping[str, str] = os.environ) -> None
     )
 
 
-def clip_and_step(accelerator, model, optimizer, max_norm: float):
+def clip_and_step(accelerator, model, optimizer, max_norm, population: bool = False):
     """Clip the global gradient norm to `max_norm`, take the optimiser step and clear the
-    gradients. Returns the norm before clipping (a tensor or float, for logging)."""
+    gradients. Returns the norm before clipping (a tensor or float, for logging).
+    A population: each member's own norm clipped to its max_norm [P]; returns [P]."""
     if isinstance(accelerator, DeepSpeedBackend):
         return accelerator.clip_and_step(max_norm)
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    if population:
+        accelerator.unscale_gradients()
+        grad_norm = clip_grad_norm_per_member_(model.parameters(), max_norm)
+    else:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm

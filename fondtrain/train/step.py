@@ -39,15 +39,21 @@ def make_inputs(config: RunConfig, x: torch.Tensor, seed: int) -> torch.Tensor:
 
 def tbptt_step(model, core, optimizer, accelerator, inputs: torch.Tensor, values: ScheduleValues,
                config: RunConfig) -> StepResult:
-    """Train on one batch: inputs [B, M] or [t_total, B, M] with B = batch_size x grad_accum.
+    """Train on one batch: inputs [B, M] or [t_total, B, M] with B = batch_size x grad_accum
+    (a population, `core.n_members` P: [B, M], [P, B, M] or [t_total, P, B, M], values
+    `PopulationValues` [P], a `PopulationAdamax`, each member clipped to its own norm).
 
     model: what `accelerator.prepare` returned (called for a cycle); core: the unwrapped
     IterativeVAE. Each micro-batch keeps its own posterior state across the windows; the
     state is re-attached to u_init between windows (gradients do not cross a window).
     """
     m, grad_accum = config.model, config.train.grad_accum
-    for group in optimizer.param_groups:
-        group["lr"] = values.lr
+    population = core.n_members is not None
+    if population:
+        getattr(optimizer, "optimizer", optimizer).set_lr(values.lr)  # under accelerate's wrapper
+    else:
+        for group in optimizer.param_groups:
+            group["lr"] = values.lr
     micro_inputs = inputs.chunk(grad_accum, dim=-2)
     states = [core.init_state(mi.shape[-2]) for mi in micro_inputs]
     batch_rates = []
@@ -55,16 +61,17 @@ def tbptt_step(model, core, optimizer, accelerator, inputs: torch.Tensor, values
         t0 = outer * m.t_train
         window_rates = []
         for j, mi in enumerate(micro_inputs):
-            window = mi if mi.dim() == 2 else mi[t0:t0 + m.t_train]
+            window = mi[t0:t0 + m.t_train] if core.is_sequence(mi) else mi
             # Gradients are synchronised only on the last micro-batch of a window.
             last_micro = j == len(micro_inputs) - 1
             with nullcontext() if last_micro else accelerator.no_sync(model):
                 out = model(window, states[j], t0, m.t_train, values.temp, values.beta, values.eps)
-                accelerator.backward(out.loss / grad_accum)
+                # a population's loss is [P]: the sum gives each member its own gradient
+                accelerator.backward(out.loss.sum() / grad_accum)
             states[j] = core.reattach_to_init(out.state)
             if out.max_rate is not None:
                 window_rates.append(out.max_rate)
-        grad_norm = clip_and_step(accelerator, model, optimizer, values.max_norm)
+        grad_norm = clip_and_step(accelerator, model, optimizer, values.max_norm, population)
         if window_rates:
             batch_rates.append(torch.stack(window_rates).amax(0))
     return StepResult(out, grad_norm, torch.cat(batch_rates) if batch_rates else None)
