@@ -163,10 +163,16 @@ class TrainConfig:
     # auto: resume runs/<name> only if its settings match; force: resume anyway (recorded in
     # runs/<name>/resume_log.txt); never: stop if runs/<name> already has a checkpoint.
     resume: str = "auto"
+    # A population run (SPEC 9): the members' settings as a grid "beta_outer=8,16 seed=0,1"
+    # or YAML / JSON text (a YAML file's `sweep:` section lands here); "" trains one model.
+    sweep: str = ""
 
     def __post_init__(self) -> None:
         if self.resume not in RESUME_MODES:
             raise UserError(f"resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}.")
+        if self.sweep and self.backend == "deepspeed":
+            raise UserError("a population run (--sweep) trains with the accelerate back end: drop "
+                            "--backend deepspeed, or train the members as separate runs.")
         if self.backend not in BACKENDS:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}.")
         if self.mixed_precision not in MIXED_PRECISIONS:

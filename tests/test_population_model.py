@@ -59,7 +59,7 @@ def _batches(config: RunConfig) -> list[torch.Tensor]:
 def _refresh_n_exp(core: IterativeVAE, max_rates: torch.Tensor | None) -> None:
     """The n_exp refresh after every step: each member's table from its own rates."""
     if max_rates is not None:
-        core.set_n_exp(max_rates if core.n_members is None else max_rates.T)
+        core.set_n_exp(max_rates)
 
 
 def _train_single(config: RunConfig, batches) -> dict:

@@ -100,6 +100,12 @@ class NExpTable:
         self.n_exp.copy_(values.view_as(self.n_exp))
         self._n_exp_host = None
 
+    def load_n_exp_table(self, table: Tensor) -> None:
+        """Set the whole table (int, the buffer's shape): a population's refresh, where
+        members past their warm-up take new rows and the others keep theirs."""
+        self.n_exp.copy_(table.to(self.n_exp.device))
+        self._n_exp_host = None
+
     def fill_n_exp(self, n_exp: int) -> None:
         """Use the same sampler length `n_exp` at every step (benchmarks, fixed-length runs)."""
         self.n_exp.fill_(int(n_exp))

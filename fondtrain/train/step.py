@@ -19,7 +19,7 @@ class StepResult:
     """What the rest of the loop needs from a step: the last micro-batch's output of the
     last window (CycleOutput, for the logged metrics), the gradient norm of the last
     optimiser step, and the largest rate at each inference step t over the micro-batches,
-    [t_total] (None for Gaussian posteriors)."""
+    [t_total] (a population's [P, t_total]; None for Gaussian posteriors)."""
 
     out: object
     grad_norm: torch.Tensor | float
@@ -74,4 +74,5 @@ def tbptt_step(model, core, optimizer, accelerator, inputs: torch.Tensor, values
         grad_norm = clip_and_step(accelerator, model, optimizer, values.max_norm, population)
         if window_rates:
             batch_rates.append(torch.stack(window_rates).amax(0))
-    return StepResult(out, grad_norm, torch.cat(batch_rates) if batch_rates else None)
+    rates = torch.cat(batch_rates) if batch_rates else None  # [t_total] or [t_total, P]
+    return StepResult(out, grad_norm, rates.T if population and rates is not None else rates)

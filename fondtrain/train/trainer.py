@@ -26,10 +26,17 @@ from fondtrain.errors import UserError
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.schedules import schedule_for
 from fondtrain.seeding import stream_seed
+from fondtrain.sweep import members_from_sweep
 from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.backends import make_backend
 from fondtrain.train.metrics import validate
 from fondtrain.train.n_exp import NExpTracker
+from fondtrain.train.population import (
+    PopulationLog,
+    build_population,
+    population_schedule,
+    seed_member_generators,
+)
 from fondtrain.train.resume import adapt_position, load_latest, reseed_if_rng_missing
 from fondtrain.train.run_identity import check_resume, default_run_name
 from fondtrain.train.run_lock import RunLock
@@ -44,13 +51,14 @@ STOP_CHECK_EVERY = 5
 @dataclass
 class TrainResult:
     """What `train` leaves: the run directory, the trained model (this rank's copy), the
-    global step reached, whether a stop signal ended it early, and the last validation."""
+    global step reached, whether a stop signal ended it early, and the last validation
+    (a population's: one dict per member)."""
 
     run_dir: Path
     model: IterativeVAE
     step: int
     stopped: bool
-    validation: dict[str, float]
+    validation: dict[str, float] | list[dict[str, float]]
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -66,13 +74,15 @@ def train(config: RunConfig) -> TrainResult:
         ckpt_root = run_dir / "ckpt"
         train_loader, val_loader = prepare_data(config, accelerator)
         config.model = dataclasses.replace(config.model, input_dim=train_loader.input_dim)
-        model, optimizer = build_model(config, accelerator)
+        members = members_from_sweep(config, tc.sweep) if tc.sweep else None  # a population
+        model, optimizer = build_model(config, accelerator, members)
         core: IterativeVAE = accelerator.unwrap_model(model)
         steps_per_epoch = train_loader.batches_per_epoch
         total_steps = tc.epochs * steps_per_epoch
-        schedule = schedule_for(config, total_steps)
+        schedule = schedule_for(config, total_steps) if members is None else \
+            population_schedule(members, total_steps, accelerator.device)
         last_step = min(total_steps, tc.max_steps) if tc.max_steps > 0 else total_steps
-        n_exp = NExpTracker(config.model.t_total, tc.n_exp_refresh_every, accelerator.device)
+        n_exp = NExpTracker(config.model.t_total, tc.n_exp_refresh_every, accelerator.device, core.n_members)
         state = RunState(world_size=world, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
         lock, notes = claim_run_folder(accelerator, config, run_dir)
         resumed_from, resume_notes = resume_or_start(accelerator, config, ckpt_root, state, n_exp)
@@ -80,8 +90,9 @@ def train(config: RunConfig) -> TrainResult:
         if accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(config, run_dir / "config.yaml")
-        log = RunLog(run_dir, accelerator.is_main_process, tc.name, state.global_step, last_step,
-                     tc.log_every, tc.batch_size * tc.grad_accum * world)
+        log_args = (run_dir, accelerator.is_main_process, tc.name, state.global_step, last_step,
+                    tc.log_every, tc.batch_size * tc.grad_accum * world)
+        log = RunLog(*log_args) if members is None else PopulationLog(*log_args, members)
         log.banner(resumed_from, state.global_step, world, config, steps_per_epoch, total_steps)
         for note in notes:
             log.say(f"note: {note}")
@@ -94,6 +105,9 @@ def train(config: RunConfig) -> TrainResult:
                 values = schedule.at(state.global_step)
                 x = batch["x"].to(accelerator.device, non_blocking=True)
                 inputs = make_inputs(config, x, stream_seed(config.data.seed, "feeder", rank, state.global_step))
+                if members is not None:
+                    seed_member_generators(core, members, rank, state.global_step)
+                    inputs = inputs if inputs.dim() == 2 else inputs.unsqueeze(1)  # [t, 1, B, M]
                 result = tbptt_step(model, core, optimizer, accelerator, inputs, values, config)
                 state.advance(values.eps)
                 step = state.global_step
@@ -102,7 +116,8 @@ def train(config: RunConfig) -> TrainResult:
                     n_exp.refresh(core, step, values.warming_up, accelerator)
                 log.train_step(step, result, core, values, accelerator)
                 if tc.eval_every and step % tc.eval_every == 0:
-                    validation, validated_at = validate(core, val_loader, config, accelerator, values), step
+                    validation, validated_at = validate(core, val_loader, config, accelerator, values,
+                                                        members=members), step
                     log.validation(validation, core, step)
                 stopped, save_now = agree_stop_and_save(accelerator, step, stop, tc, saved_at)
                 if save_now:
@@ -120,7 +135,8 @@ def train(config: RunConfig) -> TrainResult:
                 final = save(accelerator, ckpt_root, state, n_exp, config)
             validated = validated_at == state.global_step
             if not validated:  # else the loop has just validated this very model
-                validation = validate(core, val_loader, config, accelerator, schedule.at(max(state.global_step - 1, 0)))
+                validation = validate(core, val_loader, config, accelerator,
+                                      schedule.at(max(state.global_step - 1, 0)), members=members)
             log.finish(config, final, core, validation, state.global_step, total_steps, logged=validated)
             accelerator.wait_for_everyone()
     finally:
@@ -153,8 +169,11 @@ def prepare_data(config: RunConfig, accelerator):
     return train_loader, val_loader
 
 
-def build_model(config: RunConfig, accelerator):
-    """The model (initial weights from config.model.seed) and its Adamax, prepared."""
+def build_model(config: RunConfig, accelerator, members: list | None = None):
+    """The model (initial weights from config.model.seed) and its Adamax, prepared; a
+    sweep's `members`: the population and its PopulationAdamax."""
+    if members is not None:
+        return build_population(config, members, accelerator)
     tc = config.train
     model = IterativeVAE(config.model)
     optimizer = torch.optim.Adamax(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),

@@ -1,0 +1,73 @@
+"""`fondtrain train --sweep`: a population trained in one process, its outputs, and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fondtrain.cli import train_command
+from fondtrain.errors import UserError
+from fondtrain.flags import parse_args
+from fondtrain.members_table import read_members_tsv
+from fondtrain.train.trainer import train
+from tests.train_helpers import scalars, tiny_config, tiny_flags
+
+SWEEP = "beta_outer=8,16 seed=0,1"
+NAMES = ["b8-s0", "b8-s1", "b16-s0", "b16-s1"]
+
+
+def _population(digits_shards, tmp_path, name: str, **train_overrides):
+    config = tiny_config(digits_shards, tmp_path / "runs", name, sweep=SWEEP, **train_overrides)
+    return train(config)
+
+
+def test_sweep_flag_trains_every_member_with_its_own_outputs(digits_shards, tmp_path):
+    run_dir = train_command(tiny_flags(digits_shards, tmp_path / "runs", "pop", sweep=SWEEP, epochs=1,
+                                       eval_every=10))
+    rows = read_members_tsv(run_dir)
+    assert [r.name for r in rows] == NAMES
+    assert all(math.isfinite(r.r2) and 0.0 <= r.zeros_pct <= 100.0 for r in rows)
+    assert [r.settings for r in rows][1] == {"beta_outer": 8.0, "seed": 1}
+    losses = {}
+    for name in NAMES:
+        tags = scalars(run_dir / "members" / name / "tb")
+        assert {"train/loss", "train/r2", "sched/beta", "val/r2_pooled", "sched/n_exp_first"} <= tags.keys()
+        losses[name] = dict(tags["train/loss"])
+        assert dict(tags["sched/beta"])[max(dict(tags["sched/beta"]))] == pytest.approx(
+            float(name[1:name.index("-")]))
+    assert len({tuple(v.values()) for v in losses.values()}) == len(NAMES), "members trained alike"
+    assert "perf/samples_per_s" in scalars(run_dir / "tb")
+
+
+def test_population_resume_equals_uninterrupted(digits_shards, tmp_path):
+    whole = _population(digits_shards, tmp_path, "whole", ckpt_every=10)
+    first = _population(digits_shards, tmp_path, "split", ckpt_every=10, max_steps=27)
+    assert first.step == 27
+    second = _population(digits_shards, tmp_path, "split", ckpt_every=10)
+    assert second.step == whole.step
+    assert whole.model.W.shape[0] == len(NAMES)
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    a = dict(scalars(whole.run_dir / "members" / NAMES[2] / "tb")["train/loss"])
+    b = dict(scalars(second.run_dir / "members" / NAMES[2] / "tb")["train/loss"])
+    assert [b[k] for k in sorted(a)] == [a[k] for k in sorted(a)]
+
+
+def test_yaml_sweep_section_and_bad_sweeps(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: ipvae\nsweep:\n  beta_outer: [8, 16]\n  seed: [0, 1, 2]\n")
+    config = parse_args([f"--config={path}"])
+    assert config.train.sweep
+    from fondtrain.sweep import members_from_sweep
+
+    assert len(members_from_sweep(config, config.train.sweep)) == 6
+    assert len(members_from_sweep(parse_args([f"--config={path}", "--sweep=seed=3,4"]),
+                                  parse_args([f"--config={path}", "--sweep=seed=3,4"]).train.sweep)) == 2
+    with pytest.raises(UserError, match="accelerate back end"):
+        parse_args(["--sweep=seed=0,1", "--backend=deepspeed"])
+    with pytest.raises(UserError, match="separate runs"):
+        parse_args(["--sweep=n_latents=8,16"])
+    with pytest.raises(UserError, match="twice"):
+        parse_args(["--sweep=[{seed: 1}, {seed: 1}]"])
