@@ -95,7 +95,7 @@ class FondtrainCLI:
               quick: bool = False, scaling: bool = True, processes: str = "1,2",
               memory: bool = True, n_train: int = 0, epochs: int = 300,
               compile: bool = False, train_temp: float = 0.5, checkpoint: str | None = None,
-              out: str | None = None) -> None:
+              population: str = "", out: str | None = None) -> None:
         """Time training cycles and T-step evaluation (vH16 sizes) against the machine's
         matrix-product limit and, with --reference_dir, the reference implementation.
 
@@ -121,6 +121,8 @@ class FondtrainCLI:
             checkpoint: a fondtrain run or checkpoint: time its trained parameters and n_exp
                 (both implementations) at its sizes instead of a fresh initialisation
                 (skips the scaling, process and memory figures).
+            population: member counts P of population cycles to time against P single
+                cycles, e.g. "1,4,16,64" ("" to skip).
             out: write every figure as JSON here (or Markdown tables: a path ending in .md).
         """
         from fondtrain import bench
@@ -135,7 +137,8 @@ class FondtrainCLI:
             n_exp=n_exp, reference_dir=reference_dir, threads=threads, scaling=scaling,
             processes=tuple(int(p) for p in as_tuple(processes)), memory=memory,
             n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs, compile=compile,
-            train_temp=train_temp, checkpoint=checkpoint)
+            train_temp=train_temp, checkpoint=checkpoint,
+            population=tuple(int(p) for p in as_tuple(population)))
         if quick:
             s.repeats, s.eval_steps = min(repeats, 2), min(eval_steps, 200)
             s.scaling, s.processes = False, ()
