@@ -156,17 +156,18 @@ class FondtrainCLI:
         """
         return str(train_command(list(argv)))
 
-    def export(self, run: str, out: str, format: str = "safetensors") -> str:
+    def export(self, run: str, out: str, format: str = "safetensors", member: str | None = None) -> str:
         """Export a run's (or checkpoint's) model: safetensors + config.yaml, or upstream .pt.
 
         Args:
             run: a run folder or one of its checkpoints.
             out: the folder to write.
             format: safetensors (model.safetensors + config.yaml) or upstream (the reference's .pt).
+            member: a population run's member to export (default: every member, to OUT/MEMBER).
         """
         from fondtrain.export import export_model
 
-        return str(export_model(run, out, format))
+        return str(export_model(run, out, format, member))
 
     def import_upstream(self, path: str, out: str, dataset: str | None = None) -> str:
         """Turn a reference IterativeVAE checkpoint (.pt) into a fondtrain run directory.

@@ -6,11 +6,15 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from fondtrain import run_files
 from fondtrain.cli import train_command
 from fondtrain.errors import UserError
+from fondtrain.export import export_model
 from fondtrain.flags import parse_args
 from fondtrain.members_table import read_members_tsv
+from fondtrain.run_files import load_model
 from fondtrain.train.trainer import train
 from tests.train_helpers import scalars, tiny_config, tiny_flags
 
@@ -23,9 +27,14 @@ def _population(digits_shards, tmp_path, name: str, **train_overrides):
     return train(config)
 
 
-def test_sweep_flag_trains_every_member_with_its_own_outputs(digits_shards, tmp_path):
-    run_dir = train_command(tiny_flags(digits_shards, tmp_path / "runs", "pop", sweep=SWEEP, epochs=1,
-                                       eval_every=10))
+@pytest.fixture(scope="module")
+def population_run(digits_shards, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("population") / "runs"
+    return train_command(tiny_flags(digits_shards, runs, "pop", sweep=SWEEP, epochs=1, eval_every=10))
+
+
+def test_sweep_flag_trains_every_member_with_its_own_outputs(population_run):
+    run_dir = population_run
     rows = read_members_tsv(run_dir)
     assert [r.name for r in rows] == NAMES
     assert all(math.isfinite(r.r2) and 0.0 <= r.zeros_pct <= 100.0 for r in rows)
@@ -71,3 +80,23 @@ def test_yaml_sweep_section_and_bad_sweeps(tmp_path):
         parse_args(["--sweep=n_latents=8,16"])
     with pytest.raises(UserError, match="twice"):
         parse_args(["--sweep=[{seed: 1}, {seed: 1}]"])
+
+
+def test_export_member_is_a_single_runs_export(population_run, tmp_path):
+    one = export_model(str(population_run), str(tmp_path / "one"), member="b16-s0")
+    assert sorted(p.name for p in one.iterdir()) == ["config.yaml", "model.safetensors"]
+    model, config = load_model(one / "model.safetensors")
+    assert model.n_members is None and config.train.sweep == "" and config.model.beta_outer == 16
+    full = load_file(str(run_files.resolve_checkpoint(population_run) / run_files.MODEL_FILE))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, full[name][2]), name  # b16-s0 is the third member
+    every = export_model(str(population_run), str(tmp_path / "all"))
+    assert sorted(p.name for p in every.iterdir()) == sorted(NAMES)
+    again, _ = load_model(every / "b16-s0" / "model.safetensors")
+    for name, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value)
+    with pytest.raises(UserError, match="choose one with --member"):
+        load_model(population_run)
+    with pytest.raises(UserError, match="no member 'b99'"):
+        export_model(str(population_run), str(tmp_path / "bad"), member="b99")
+    assert not (tmp_path / "bad").exists()
