@@ -190,6 +190,8 @@ class FondtrainCLI:
              shards_root: str | None = None, out: str | None = None, figures: bool = True,
              tensorboard: bool = True, device: str | None = None, seed: int = 0) -> None:
         """Evaluate a run: convergence over N_STEPS inference steps, figures, probes, tuning.
+        A population run (--sweep): every member, then RUN/eval/sweep_summary.tsv and
+        rate_distortion.png.
 
         Writes RUN/eval/metrics.json, RUN/eval/figures/*.png and TensorBoard RUN/tb/eval
         (RUN/eval-DATASET with --dataset another data set). Data-parallel under
@@ -227,6 +229,14 @@ class FondtrainCLI:
             probe_steps=probe_steps, probe_max_samples=probe_max_samples, mnist=mnist,
             tuning=tuning, tuning_steps=tuning_steps, n_orientations=n_orientations, out=out,
             figures=figures, tensorboard=tensorboard, device=device, seed=seed)
+        from fondtrain.run_files import run_members
+
+        source = checkpoint if checkpoint is not None else run
+        if source is not None and run_members(source) is not None:
+            from fondtrain.eval.population import evaluate_population
+
+            evaluate_population(run, checkpoint, opts)  # every member, then the sweep summary
+            return
         evaluate(run, checkpoint, opts)  # prints a summary and where it wrote the results
 
     def hubel_wiesel(self, run: str | None = None, checkpoint: str | None = None, unit: int | None = None,

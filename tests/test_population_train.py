@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from fondtrain import run_files
-from fondtrain.cli import train_command
+from fondtrain.cli import FondtrainCLI, train_command
 from fondtrain.errors import UserError
 from fondtrain.export import export_model
 from fondtrain.flags import parse_args
@@ -100,3 +101,17 @@ def test_export_member_is_a_single_runs_export(population_run, tmp_path):
     with pytest.raises(UserError, match="no member 'b99'"):
         export_model(str(population_run), str(tmp_path / "bad"), member="b99")
     assert not (tmp_path / "bad").exists()
+
+
+def test_eval_evaluates_every_member_and_writes_the_sweep_summary(population_run):
+    FondtrainCLI().eval(str(population_run), n_steps=8, n_val=64, batch_size=64, probe=False,
+                        tuning=False, figures=False, tensorboard=False)
+    finals = {}
+    for name in NAMES:
+        metrics = json.loads((population_run / "eval" / "members" / name / "metrics.json").read_text())
+        finals[name] = metrics["final"]["r2_pooled"]
+        assert math.isfinite(finals[name])
+    assert len(set(finals.values())) == len(NAMES)
+    summary = (population_run / "eval" / "sweep_summary.tsv").read_text().splitlines()
+    assert summary[0].startswith("group\tbeta_outer") and len(summary) == 3  # b8, b16 over 2 seeds
+    assert (population_run / "eval" / "rate_distortion.png").stat().st_size > 0
