@@ -156,7 +156,7 @@ class FondtrainCLI:
         """
         return str(train_command(list(argv)))
 
-    def export(self, run: str, out: str, format: str = "safetensors", member: str | None = None) -> str:
+    def export(self, run: str, out: str, format: str = "safetensors", *, member: str | None = None) -> str:
         """Export a run's (or checkpoint's) model: safetensors + config.yaml, or upstream .pt.
 
         Args:

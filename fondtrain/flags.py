@@ -20,6 +20,7 @@ from typing import Any
 from fondtrain.commandline import BOOLEAN_NOTE, Option, convert, format_options, parse_flags, unknown_option, wants_help
 from fondtrain.config import (
     BACKENDS,
+    MEMBER_DATA_ORDERS,
     MIXED_PRECISIONS,
     POISSON_KL_FORMS,
     PRESETS,
@@ -66,6 +67,7 @@ DESCRIPTIONS = {
     "in_memory": "hold the decoded shards in memory instead of streaming them",
     # train
     "batch_size": "inputs per gradient step and process",
+    "member_data_order": "a population's batches: shared (every member the same) or own (each member its own order)",
     "sweep": "train a population in one run: a grid such as 'beta_outer=8,16 seed=0,1' or a YAML list of members",
     "epochs": "passes over the training split; sets the length of every schedule",
     "lr": "peak learning rate (AdamW) after warm-up",
@@ -107,7 +109,8 @@ def field_choices() -> dict[str, tuple[str, ...]]:
     from fondtrain.data.sources import SOURCES
 
     return {"preset": PRESETS, "poisson_kl": POISSON_KL_FORMS, "backend": BACKENDS,
-            "mixed_precision": MIXED_PRECISIONS, "resume": RESUME_MODES, "feeder": tuple(FEEDERS),
+            "mixed_precision": MIXED_PRECISIONS, "resume": RESUME_MODES,
+            "member_data_order": MEMBER_DATA_ORDERS, "feeder": tuple(FEEDERS),
             "dataset": tuple(SOURCES)}
 
 

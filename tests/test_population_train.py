@@ -115,3 +115,29 @@ def test_eval_evaluates_every_member_and_writes_the_sweep_summary(population_run
     summary = (population_run / "eval" / "sweep_summary.tsv").read_text().splitlines()
     assert summary[0].startswith("group\tbeta_outer") and len(summary) == 3  # b8, b16 over 2 seeds
     assert (population_run / "eval" / "rate_distortion.png").stat().st_size > 0
+
+
+def test_own_member_data_order_gives_each_seed_its_own_batches(digits_shards):
+    from fondtrain.data.loader import ShardLoader
+    from fondtrain.sweep import members_from_sweep
+    from fondtrain.train.population import MemberOrderLoader
+
+    config = tiny_config(digits_shards, digits_shards, "x", sweep="beta_outer=8,16 seed=0,1")
+    members = members_from_sweep(config, config.train.sweep)
+    shared = ShardLoader(digits_shards / "digits", "train", batch_size=32, in_memory=True)
+    own = MemberOrderLoader(shared, members, data_seed=0)
+    first, second = (next(iter(own.epoch(0, skip_batches=s)))["x"] for s in (0, 3))
+    assert first.shape == (4, 32, 64)
+    assert torch.equal(first[0], first[2]) and torch.equal(first[1], first[3])  # seed 0, seed 1
+    assert not torch.equal(first[0], first[1])
+    # a resumed position is each member's own: batch 3 of its own order
+    assert torch.equal(second[1], list(own.loaders[1].epoch(0))[3]["x"])
+    assert own.loaders[0]._x is shared._x, "one copy of the split"
+
+
+def test_own_member_data_order_trains(digits_shards, tmp_path):
+    run_dir = train_command(tiny_flags(digits_shards, tmp_path / "runs", "own", sweep="seed=0,1",
+                                       member_data_order="own", epochs=1))
+    assert [r.name for r in read_members_tsv(run_dir)] == ["s0", "s1"]
+    with pytest.raises(UserError, match="--sweep"):
+        parse_args(["--member_data_order=own"])

@@ -14,11 +14,13 @@ What differs from a single run, and where:
 - the output (`PopulationLog`): every member its own TensorBoard run
   (runs/<sweep>/members/<member>/tb), the member table members.tsv; runs/<sweep>/tb
   keeps the run's throughput.
-Members all see the same batches.
+Members see the same batches, or with --member_data_order own each its own order
+(`MemberOrderLoader`: one in-memory copy of the split, gathered per member).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -35,6 +37,7 @@ from fondtrain.train.member_logs import MemberLogs
 from fondtrain.train.population_optim import PopulationAdamax
 from fondtrain.train.population_schedules import PopulationSchedule
 from fondtrain.train.run_log import RunLog
+from fondtrain.train.step import make_inputs
 
 
 def build_population(config: RunConfig, members: list[Member], accelerator):
@@ -60,6 +63,38 @@ def seed_member_generators(core: IterativeVAE, members: list[Member], rank: int,
     device = core.W.device
     core.generators = [torch.Generator(device=device).manual_seed(
         stream_seed(m.config.train.seed, "sampler", rank, step)) for m in members]
+
+
+class MemberOrderLoader:
+    """The training batches of every member in its own order: `loader` (a ShardLoader
+    holding its split in memory) copied once per member with the member's order seed,
+    all copies sharing the one array. Batches are {'x': [P, B, M]}; the epoch length and
+    resume position are the shared loader's."""
+
+    def __init__(self, loader, members: list[Member], data_seed: int):
+        if not loader.in_memory:
+            raise ValueError("member orders gather from an in-memory split")
+        self.loaders = []
+        for m in members:
+            own = copy.copy(loader)
+            own.seed = stream_seed(data_seed, "data_order", m.config.train.seed)  # keyed by member
+            self.loaders.append(own)
+        self.batches_per_epoch, self.input_dim = loader.batches_per_epoch, loader.input_dim
+
+    def epoch(self, epoch: int, skip_batches: int = 0):
+        streams = [loader.epoch(epoch, skip_batches=skip_batches) for loader in self.loaders]
+        for batches in zip(*streams, strict=True):
+            yield {"x": torch.stack([b["x"] for b in batches])}
+
+
+def population_inputs(config: RunConfig, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """A population's inputs from a batch x [B, M] (shared) or [P, B, M] (own orders):
+    itself when stationary, else the feeder's frames [t_total, P or 1, B, M]."""
+    if config.data.feeder == "stationary":
+        return x
+    if x.dim() == 2:
+        return make_inputs(config, x, seed).unsqueeze(1)
+    return torch.stack([make_inputs(config, xi, seed) for xi in x], dim=1)
 
 
 def member_batch_metrics(out, model: IterativeVAE, values, grad_norm) -> dict[str, torch.Tensor]:

@@ -32,8 +32,10 @@ from fondtrain.train.backends import make_backend
 from fondtrain.train.metrics import validate
 from fondtrain.train.n_exp import NExpTracker
 from fondtrain.train.population import (
+    MemberOrderLoader,
     PopulationLog,
     build_population,
+    population_inputs,
     population_schedule,
     seed_member_generators,
 )
@@ -75,6 +77,8 @@ def train(config: RunConfig) -> TrainResult:
         train_loader, val_loader = prepare_data(config, accelerator)
         config.model = dataclasses.replace(config.model, input_dim=train_loader.input_dim)
         members = members_from_sweep(config, tc.sweep) if tc.sweep else None  # a population
+        if members is not None and tc.member_data_order == "own":
+            train_loader = MemberOrderLoader(train_loader, members, config.data.seed)
         model, optimizer = build_model(config, accelerator, members)
         core: IterativeVAE = accelerator.unwrap_model(model)
         steps_per_epoch = train_loader.batches_per_epoch
@@ -104,10 +108,12 @@ def train(config: RunConfig) -> TrainResult:
             for batch in train_loader.epoch(state.epoch, skip_batches=state.batch_in_epoch):
                 values = schedule.at(state.global_step)
                 x = batch["x"].to(accelerator.device, non_blocking=True)
-                inputs = make_inputs(config, x, stream_seed(config.data.seed, "feeder", rank, state.global_step))
-                if members is not None:
+                feeder_seed = stream_seed(config.data.seed, "feeder", rank, state.global_step)
+                if members is None:
+                    inputs = make_inputs(config, x, feeder_seed)
+                else:
                     seed_member_generators(core, members, rank, state.global_step)
-                    inputs = inputs if inputs.dim() == 2 else inputs.unsqueeze(1)  # [t, 1, B, M]
+                    inputs = population_inputs(config, x, feeder_seed)
                 result = tbptt_step(model, core, optimizer, accelerator, inputs, values, config)
                 state.advance(values.eps)
                 step = state.global_step
@@ -161,7 +167,9 @@ def prepare_data(config: RunConfig, accelerator):
     common = dict(rank=accelerator.process_index, world_size=accelerator.num_processes,
                   seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
                   pin_memory=accelerator.device.type == "cuda")  # so non_blocking copies overlap
-    train_loader = ShardLoader(shard_dir, "train", batch_size=t.batch_size * t.grad_accum, **common)
+    own_orders = t.member_data_order == "own"  # gathered per member from one in-memory copy
+    train_loader = ShardLoader(shard_dir, "train", batch_size=t.batch_size * t.grad_accum,
+                               **(common | {"in_memory": d.in_memory or own_orders}))
     val_loader = validation_loader(shard_dir, t.batch_size, **common)
     if train_loader.batches_per_epoch < 1:
         raise UserError(f"the {d.dataset} training split has fewer samples than one batch "
