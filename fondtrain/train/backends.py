@@ -97,17 +97,22 @@ def check_world_size(seen: int, environ: Mapping[str, str] = os.environ) -> None
     )
 
 
-def clip_and_step(accelerator, model, optimizer, max_norm, population: bool = False):
+def clip_and_step(accelerator, model, optimizer, max_norm: float):
     """Clip the global gradient norm to `max_norm`, take the optimiser step and clear the
-    gradients. Returns the norm before clipping (a tensor or float, for logging).
-    A population: each member's own norm clipped to its max_norm [P]; returns [P]."""
+    gradients. Returns the norm before clipping (a tensor or float, for logging)."""
     if isinstance(accelerator, DeepSpeedBackend):
         return accelerator.clip_and_step(max_norm)
-    if population:
-        accelerator.unscale_gradients()
-        grad_norm = clip_grad_norm_per_member_(model.parameters(), max_norm)
-    else:
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def clip_and_step_members(accelerator, model, optimizer, max_norm):
+    """`clip_and_step` of a population (Accelerate only): each member's own gradient norm
+    clipped to its max_norm [P]; returns the norms before clipping [P]."""
+    accelerator.unscale_gradients()
+    grad_norm = clip_grad_norm_per_member_(model.parameters(), max_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm

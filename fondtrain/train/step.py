@@ -11,7 +11,7 @@ import torch
 
 from fondtrain.config import RunConfig
 from fondtrain.schedules import ScheduleValues
-from fondtrain.train.backends import clip_and_step
+from fondtrain.train.backends import clip_and_step, clip_and_step_members
 
 
 @dataclass
@@ -71,7 +71,8 @@ def tbptt_step(model, core, optimizer, accelerator, inputs: torch.Tensor, values
             states[j] = core.reattach_to_init(out.state)
             if out.max_rate is not None:
                 window_rates.append(out.max_rate)
-        grad_norm = clip_and_step(accelerator, model, optimizer, values.max_norm, population)
+        step_fn = clip_and_step_members if population else clip_and_step
+        grad_norm = step_fn(accelerator, model, optimizer, values.max_norm)
         if window_rates:
             batch_rates.append(torch.stack(window_rates).amax(0))
     rates = torch.cat(batch_rates) if batch_rates else None  # [t_total] or [t_total, P]
