@@ -43,3 +43,32 @@ def test_two_process_population_resume_equals_uninterrupted(digits_shards, tmp_p
     member = "b1-s1"
     a, b = (dict(scalars(tmp_path / "runs" / n / "members" / member / "tb")["train/loss"]) for n in ("whole", "split"))
     assert sorted(b) == sorted(a) and [b[k] for k in sorted(a)] == [a[k] for k in sorted(a)]
+
+
+def test_population_saved_on_two_ranks_resumes_on_one_and_on_three(digits_shards, tmp_path):
+    """The members' weights, PopulationAdamax state and per-member n_exp sums load on any
+    number of processes; the position maps to the new epoch length as for one model."""
+    from fondtrain import run_files
+    from fondtrain.flags import parse_args
+    from fondtrain.train.trainer import train
+
+    runs = tmp_path / "runs"
+    flags = tiny_flags(digits_shards, runs, "elastic", epochs=3, sweep="beta_outer=0.1,1", log_every=5,
+                       n_exp_refresh_every=5)
+    ckpt_root = runs / "elastic" / "ckpt"
+    proc = subprocess.run([*ACCELERATE_2PROC, str(REPO / "launch" / "train.py"), *flags, "--max_steps=12"],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_files.read_trainer_state(run_files.latest_checkpoint(ckpt_root))["world_size"] == 2
+    one = train(parse_args([*flags, "--max_steps=40"]))
+    assert one.step == 40 and one.model.W.shape[0] == 2
+    three = [*ACCELERATE_2PROC, str(REPO / "launch" / "train.py"), *flags]
+    three[three.index("--num_processes") + 1] = "3"
+    proc = subprocess.run(three, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming" in proc.stdout and "written by 1 process(es)" in proc.stdout and "now 3" in proc.stdout
+    state = run_files.read_trainer_state(run_files.latest_checkpoint(ckpt_root))
+    assert state["world_size"] == 3 and state["global_step"] == state["total_steps"]
+    assert len(state["rate_sum"]) == 3 and len(state["rate_sum"][0]) == 2
+    optimizer = torch.load(run_files.latest_checkpoint(ckpt_root) / "optimizer.bin", weights_only=False)
+    assert {tuple(g["lr"].shape) for g in optimizer["param_groups"]} == {(2,)}
