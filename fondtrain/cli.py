@@ -95,7 +95,7 @@ class FondtrainCLI:
               quick: bool = False, scaling: bool = True, processes: str = "1,2",
               memory: bool = True, n_train: int = 0, epochs: int = 300,
               compile: bool = False, train_temp: float = 0.5, checkpoint: str | None = None,
-              out: str | None = None) -> None:
+              population: str = "", out: str | None = None) -> None:
         """Time training cycles and T-step evaluation (vH16 sizes) against the machine's
         matrix-product limit and, with --reference_dir, the reference implementation.
 
@@ -121,6 +121,8 @@ class FondtrainCLI:
             checkpoint: a fondtrain run or checkpoint: time its trained parameters and n_exp
                 (both implementations) at its sizes instead of a fresh initialisation
                 (skips the scaling, process and memory figures).
+            population: member counts P of population cycles to time against P single
+                cycles, e.g. "1,4,16,64" ("" to skip).
             out: write every figure as JSON here (or Markdown tables: a path ending in .md).
         """
         from fondtrain import bench
@@ -135,7 +137,8 @@ class FondtrainCLI:
             n_exp=n_exp, reference_dir=reference_dir, threads=threads, scaling=scaling,
             processes=tuple(int(p) for p in as_tuple(processes)), memory=memory,
             n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs, compile=compile,
-            train_temp=train_temp, checkpoint=checkpoint)
+            train_temp=train_temp, checkpoint=checkpoint,
+            population=tuple(int(p) for p in as_tuple(population)))
         if quick:
             s.repeats, s.eval_steps = min(repeats, 2), min(eval_steps, 200)
             s.scaling, s.processes = False, ()
@@ -153,17 +156,18 @@ class FondtrainCLI:
         """
         return str(train_command(list(argv)))
 
-    def export(self, run: str, out: str, format: str = "safetensors") -> str:
+    def export(self, run: str, out: str, format: str = "safetensors", *, member: str | None = None) -> str:
         """Export a run's (or checkpoint's) model: safetensors + config.yaml, or upstream .pt.
 
         Args:
             run: a run folder or one of its checkpoints.
             out: the folder to write.
             format: safetensors (model.safetensors + config.yaml) or upstream (the reference's .pt).
+            member: a population run's member to export (default: every member, to OUT/MEMBER).
         """
         from fondtrain.export import export_model
 
-        return str(export_model(run, out, format))
+        return str(export_model(run, out, format, member))
 
     def import_upstream(self, path: str, out: str, dataset: str | None = None) -> str:
         """Turn a reference IterativeVAE checkpoint (.pt) into a fondtrain run directory.
@@ -187,6 +191,8 @@ class FondtrainCLI:
              figures: bool = True, tensorboard: bool = True, device: str | None = None,
              seed: int = 0) -> None:
         """Evaluate a run: convergence over N_STEPS inference steps, figures, probes, tuning.
+        A population run (--sweep): every member, then RUN/eval/sweep_summary.tsv and
+        rate_distortion.png.
 
         Writes RUN/eval/metrics.json, RUN/eval/figures/*.png and TensorBoard RUN/tb/eval
         (RUN/eval-DATASET with --dataset another data set). Data-parallel under
@@ -225,6 +231,14 @@ class FondtrainCLI:
             probe_steps=probe_steps, probe_max_samples=probe_max_samples, mnist=mnist,
             tuning=tuning, tuning_steps=tuning_steps, n_orientations=n_orientations, gabor=gabor,
             out=out, figures=figures, tensorboard=tensorboard, device=device, seed=seed)
+        from fondtrain.run_files import run_members
+
+        source = checkpoint if checkpoint is not None else run
+        if source is not None and run_members(source) is not None:
+            from fondtrain.eval.population import evaluate_population
+
+            evaluate_population(run, checkpoint, opts)  # every member, then the sweep summary
+            return
         evaluate(run, checkpoint, opts)  # prints a summary and where it wrote the results
 
     def hubel_wiesel(self, run: str | None = None, checkpoint: str | None = None, unit: int | None = None,

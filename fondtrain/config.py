@@ -19,6 +19,7 @@ POISSON_KL_FORMS = ("reference", "exact")
 BACKENDS = ("accelerate", "deepspeed")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "force", "never")
+MEMBER_DATA_ORDERS = ("shared", "own")
 
 # Posterior family and the number of state components C of each preset (SPEC 1-2).
 PRESET_POSTERIOR = {"ipvae": "poisson", "igvae": "gaussian", "igrelu": "gaussian"}
@@ -164,10 +165,24 @@ class TrainConfig:
     # auto: resume runs/<name> only if its settings match; force: resume anyway (recorded in
     # runs/<name>/resume_log.txt); never: stop if runs/<name> already has a checkpoint.
     resume: str = "auto"
+    # A population run (SPEC 9): the members' settings as a grid "beta_outer=8,16 seed=0,1"
+    # or YAML / JSON text (a YAML file's `sweep:` section lands here); "" trains one model.
+    sweep: str = ""
+    # A population's batches: "shared" (every member the same stream) or "own" (member i
+    # in its own order, from its seed; the split is held in memory and gathered per member).
+    member_data_order: str = "shared"
 
     def __post_init__(self) -> None:
         if self.resume not in RESUME_MODES:
             raise UserError(f"resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}.")
+        if self.member_data_order not in MEMBER_DATA_ORDERS:
+            raise UserError(f"member_data_order must be shared or own, got {self.member_data_order!r}.")
+        if self.member_data_order == "own" and not self.sweep:
+            raise UserError("--member_data_order own orders a population's data per member: "
+                            "give the members with --sweep, or leave it out.")
+        if self.sweep and self.backend == "deepspeed":
+            raise UserError("a population run (--sweep) trains with the accelerate back end: drop "
+                            "--backend deepspeed, or train the members as separate runs.")
         if self.backend not in BACKENDS:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}.")
         if self.mixed_precision not in MIXED_PRECISIONS:

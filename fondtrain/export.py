@@ -17,19 +17,30 @@ from fondtrain.permissions import apply_umask
 FORMATS = ("safetensors", "upstream")
 
 
-def export_model(source: str, out: str, format: str = "safetensors") -> Path:
+def export_model(source: str, out: str, format: str = "safetensors", member: str | None = None) -> Path:
     """Write the model of a run / checkpoint to `out`.
 
     safetensors: `out/model.safetensors` + `out/config.yaml` (fondtrain's names);
     upstream: `out/model.pt` holding {'model': state dict} under the reference
     implementation's names and shapes, loadable by its `load_state_dict`.
+    A population run: member `member` exactly as a single run's export (its model loads
+    as a plain single model); without `member`, every member to `out/<member>/`.
     """
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}: choose safetensors or upstream.")
-    model, config = run_files.load_model(source)
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty: choose a new --out folder.")
+    members = run_files.run_members(source)
+    if members is not None and member is None:
+        for m in members:
+            _export_one(source, out_dir / m.name, format, m.name)
+        return out_dir
+    return _export_one(source, out_dir, format, member)
+
+
+def _export_one(source: str, out_dir: Path, format: str, member: str | None) -> Path:
+    model, config = run_files.load_model(source, member)
     staging = out_dir.parent / f".tmp-export-{out_dir.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import typing
 from typing import Any
 
 from fondtrain.commandline import BOOLEAN_NOTE, Option, convert, format_options, parse_flags, unknown_option, wants_help
 from fondtrain.config import (
     BACKENDS,
+    MEMBER_DATA_ORDERS,
     MIXED_PRECISIONS,
     POISSON_KL_FORMS,
     PRESETS,
@@ -30,6 +32,7 @@ from fondtrain.config import (
     load_yaml,
 )
 from fondtrain.errors import UserError
+from fondtrain.sweep import members_from_sweep, split_sweep
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # Other names users type for a field (the reference's and the README's).
@@ -64,6 +67,8 @@ DESCRIPTIONS = {
     "in_memory": "hold the decoded shards in memory instead of streaming them",
     # train
     "batch_size": "inputs per gradient step and process",
+    "member_data_order": "a population's batches: shared (every member the same) or own (each member its own order)",
+    "sweep": "train a population in one run: a grid such as 'beta_outer=8,16 seed=0,1' or a YAML list of members",
     "epochs": "passes over the training split; sets the length of every schedule",
     "lr": "peak learning rate (AdamW) after warm-up",
     "lr_min": "learning rate at the end of the cosine decay",
@@ -105,7 +110,8 @@ def field_choices() -> dict[str, tuple[str, ...]]:
     from fondtrain.data.sources import SOURCES
 
     return {"preset": PRESETS, "poisson_kl": POISSON_KL_FORMS, "backend": BACKENDS,
-            "mixed_precision": MIXED_PRECISIONS, "resume": RESUME_MODES, "feeder": tuple(FEEDERS),
+            "mixed_precision": MIXED_PRECISIONS, "resume": RESUME_MODES,
+            "member_data_order": MEMBER_DATA_ORDERS, "feeder": tuple(FEEDERS),
             "dataset": tuple(SOURCES)}
 
 
@@ -151,8 +157,10 @@ def resolve_config(config_path: str | None = None, overrides: dict[str, Any] | N
     by_field = {o.name: o for o in options}
     lookup = by_field | {a: o for o in options for a in o.aliases}
     raw: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    sweep_section = None
     if config_path:
-        for section, values in load_yaml(config_path).items():
+        file_values, sweep_section = split_sweep(load_yaml(config_path))
+        for section, values in file_values.items():
             if section not in SECTIONS or not isinstance(values, dict):
                 raise UserError(f"config file {config_path} has an unknown section {section!r}: "
                                 "use model, data and train.")
@@ -171,7 +179,12 @@ def resolve_config(config_path: str | None = None, overrides: dict[str, Any] | N
             raise unknown_option(f"--{name}", sorted(lookup), "fondtrain train")
         for section, field in o.fields:
             raw[section][field] = convert(name, o.kind, value, o.choices)
-    return RunConfig.from_dict(raw)
+    if sweep_section is not None and "sweep" not in raw["train"]:
+        raw["train"]["sweep"] = json.dumps(sweep_section)  # JSON is YAML: members_from_sweep reads it
+    config = RunConfig.from_dict(raw)
+    if config.train.sweep:
+        members_from_sweep(config, config.train.sweep)  # a bad sweep stops here, before any file
+    return config
 
 
 def parse_args(argv: list[str], prog: str = "fondtrain train") -> RunConfig:

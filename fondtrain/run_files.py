@@ -11,6 +11,7 @@ A checkpoint counts only once its COMPLETE marker exists (it is written last, se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return newest
 
 
-def load_model(path: str | Path):
+def load_model(path: str | Path, member: str | None = None):
     """Load a trained model for evaluation or export.
 
     path: a run directory, a checkpoint directory `ckpt/step-N`, a `model.safetensors`
     (with `config.yaml` beside it or in the run directory), or a reference `.pt` file.
     Returns (IterativeVAE in eval mode, RunConfig or None for reference checkpoints).
+    A population run needs `member` (its name): that member as a plain single model
+    with its single-run config.
     """
     from safetensors.torch import load_file
 
@@ -84,27 +87,70 @@ def load_model(path: str | Path):
     weights = target if target.is_file() else target / MODEL_FILE
     if not weights.is_file():
         raise UserError(f"{target} holds no {MODEL_FILE}: it is not a fondtrain checkpoint.")
+    config = _weights_config(weights)
+    members = population_members(config)
+    if members is not None and member is None:
+        raise UserError(f"{path} is a population run of {len(members)} members: choose one with "
+                        f"--member NAME ({', '.join(m.name for m in members)}).")
+    model = IterativeVAE(config.model, None if members is None else [m.config.model for m in members])
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"{weights} does not match its config.yaml ({err.__class__.__name__}).") from err
+    if members is None:
+        if member is not None:
+            raise UserError(f"{path} is a single-model run, not a population: leave out --member.")
+        return model.eval(), config
+    index = member_index(members, member)
+    single_config = dataclasses.replace(members[index].config, train=dataclasses.replace(
+        members[index].config.train, sweep=""))
+    single = IterativeVAE(single_config.model)
+    single.load_state_dict({k: v[index] for k, v in model.state_dict().items()})
+    return single.eval(), single_config
+
+
+def _weights_config(weights: Path) -> RunConfig:
     config_path = next((p for p in (weights.parent / "config.yaml",
                                     weights.parent.parent.parent / "config.yaml")
                         if p.is_file()), None)
     if config_path is None:
         raise UserError(f"no config.yaml next to {weights}: keep the checkpoint's config with it.")
-    config = RunConfig.from_dict(load_yaml(config_path))
-    model = IterativeVAE(config.model)
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, KeyError) as err:
-        raise UserError(f"{weights} does not match its config.yaml ({err.__class__.__name__}).") from err
-    return model.eval(), config
+    return RunConfig.from_dict(load_yaml(config_path))
 
 
-def checkpoint_eps(checkpoint: str | Path) -> float:
+def run_members(path: str | Path):
+    """The members of the population run (or checkpoint) at `path`; None for anything else."""
+    target = resolve_checkpoint(path)
+    weights = target if target.is_file() else target / MODEL_FILE
+    if target.suffix == ".pt" or not weights.is_file():
+        return None
+    return population_members(_weights_config(weights))
+
+
+def population_members(config: RunConfig):
+    """The members of a population run's config (sweep.Member list), None for one model."""
+    if not config.train.sweep:
+        return None
+    from fondtrain.sweep import members_from_sweep
+
+    return members_from_sweep(config, config.train.sweep)
+
+
+def member_index(members, name: str) -> int:
+    """The position of member `name`; one sentence naming the members when it is not one."""
+    names = [m.name for m in members]
+    if name not in names:
+        raise UserError(f"the population has no member {name!r}: choose one of {', '.join(names)}.")
+    return names.index(name)
+
+
+def checkpoint_eps(checkpoint: str | Path, member: int = 0) -> float:
     """The soft-clamp opening eps a fondtrain checkpoint's run had reached (the value of
     its last trained step); 1 for anything else (finished runs reach 1 after the first
     ~10% of their schedule; reference checkpoints are finished runs).
 
-    Recorded in trainer_state.json; for checkpoints written before it was, recomputed from
-    the run's schedules and config.yaml.
+    Recorded in trainer_state.json (a population's: member `member`'s, by position); for
+    checkpoints written before it was, recomputed from the run's schedules and config.yaml.
     """
     from fondtrain.schedules import schedule_for
 
@@ -113,7 +159,8 @@ def checkpoint_eps(checkpoint: str | Path) -> float:
         return 1.0
     state = read_trainer_state(folder)
     if "eps" in state:
-        return float(state["eps"])
+        eps = state["eps"]  # a population's: one per member
+        return float(eps[member] if isinstance(eps, list) else eps)
     if not (folder / "config.yaml").is_file():
         return 1.0
     config = RunConfig.from_dict(load_yaml(folder / "config.yaml"))

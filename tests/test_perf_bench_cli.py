@@ -80,13 +80,17 @@ def test_bench_refuses_a_wrong_reference_dir_before_timing(tmp_path):
     assert lines == [] and not (tmp_path / "out.md").exists()
 
 
-def test_population_option_is_refused_until_it_exists(tmp_path):
-    """The place issue 15 fills: asking for population cycles today gets one sentence and
-    no timing."""
+def test_population_cycles_are_timed_against_single_cycles(tmp_path):
+    """--population times a cycle of P members against P single cycles, each preset,
+    and reports the ratio in its own table."""
     lines: list[str] = []
-    s = bench.BenchSettings(population=(1, 4), batch_size=4, n_latents=6, t_train=2,
+    s = bench.BenchSettings(population=(1, 3), batch_size=4, n_latents=6, t_train=2,
                             eval_steps=2, repeats=1, processes=(), memory=False, scaling=False)
-    with pytest.raises(UserError) as info:
-        bench.run(s, str(tmp_path / "out.md"), log=lines.append)
-    assert _one_sentence(str(info.value))
-    assert not (tmp_path / "out.md").exists()
+    bench.run(s, str(tmp_path / "out.md"), log=lines.append)
+    text = (tmp_path / "out.md").read_text()
+    assert "cycle / (P x single)" in text
+    table = text[text.index("cycle / (P x single)"):]
+    for preset in s.presets:
+        assert any(line.strip().startswith(f"{preset} P=3:") for line in lines)
+        rows = [row for row in table.splitlines() if row.startswith(f"| {preset} | 3 |")]
+        assert len(rows) == 1 and float(rows[0].split("|")[-2]) > 0

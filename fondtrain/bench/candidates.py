@@ -21,6 +21,7 @@ from fondtrain.eval.convergence import eval_temperature
 from fondtrain.model import inference, upstream
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.stats import log_grid, r2_per_sample
+from fondtrain.train.population_optim import PopulationAdamax, clip_grad_norm_per_member_
 
 OPTIM = TrainConfig()  # lr, betas, weight decay and clipping norm of a training run
 ADAMAX_EPS = 1e-8  # as train/trainer.py builds its Adamax
@@ -119,6 +120,40 @@ def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings) -> C
         out = model(x, state, 0, model.config.t_train, temp, beta, 1.0)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return run
+
+
+def population_model(preset: str, s: BenchSettings, n_members: int,
+                     device: torch.device | None = None) -> IterativeVAE:
+    """A fresh population of `s`'s sizes, members seeded s.seed, s.seed + 1, ... (their own
+    init and sampler generators), n_exp = s.n_exp."""
+    configs = [ModelConfig(preset=preset, input_dim=s.input_dim, n_latents=s.n_latents,
+                           t_train=s.t_train, seed=s.seed + i) for i in range(n_members)]
+    device = device or harness.device()
+    model = IterativeVAE(configs[0], configs)
+    if model.is_poisson:
+        model.fill_n_exp(s.n_exp)
+    model.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+    return model.to(device)
+
+
+def population_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings) -> Callable[[], None]:
+    """`fondtrain_cycle` of a population, as the trainer runs it: the members' summed loss
+    backward, each member clipped to its own norm, one PopulationAdamax step."""
+    p = model.n_members
+    opt = PopulationAdamax(model.parameters(), lr=[OPTIM.lr] * p, betas=tuple(OPTIM.betas),
+                           eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)
+    max_norm = torch.full((p,), OPTIM.grad_clip, device=x.device)
+    temp = train_temp(model.is_poisson, s)
+    beta = model.config.beta_outer
+
+    def run() -> None:
+        state = model.init_state(x.shape[0])
+        out = model(x, state, 0, model.config.t_train, temp, beta, 1.0)
+        out.loss.sum().backward()
+        clip_grad_norm_per_member_(model.parameters(), max_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
     return run

@@ -7,7 +7,7 @@
 - `memory`: the peak memory of one cycle and the bytes autograd saves for it, each
   implementation and preset in a fresh process (`jobs.memory_job`);
 - `processes`: ipvae samples/s with 1 and 2 data-parallel processes (`jobs.ddp_job`);
-- `population_cycles`: P members per cycle (issue 15, not built yet).
+- `population_cycles`: a cycle of P members in one process against P single cycles.
 
 The limit: a step needs 3 products of [B, K] x [K, M] size forward (decode for the
 reconstruction gradient, its transpose, decode of the output sample) and about twice
@@ -23,7 +23,6 @@ import torch
 from fondtrain.bench import candidates as C
 from fondtrain.bench import harness, report
 from fondtrain.bench.settings import BenchSettings
-from fondtrain.errors import UserError
 
 TRAIN_PRODUCTS, EVAL_PRODUCTS = 9, 3  # [B, K] x [K, M] products per step (see above)
 
@@ -106,10 +105,25 @@ def compiled_cycle(preset: str, s: BenchSettings, x: torch.Tensor, log=print):
 
 
 def population_cycles(s: BenchSettings, log=print) -> dict:
-    """The cycle of P = s.population members in one process over P x the single-model
-    cycle, each preset (issue 15). Needs population training, which is not built yet."""
-    raise UserError("--population needs population training (issue 15), which fondtrain "
-                    "does not have yet: leave the option out.")
+    """The cycle of P members in one process (P in s.population) over P x the single-model
+    cycle, each preset: the per-member cost of batching members (1: no loss, < 1: a gain).
+    Each P is timed interleaved with the single model, so both see the same machine."""
+    device = harness.device()
+    x = C.inputs(s, device)
+    out: dict = {}
+    for preset in s.presets:
+        single = C.fondtrain_cycle(C.fondtrain_model(preset, s, None, device), x, s)
+        rows = {}
+        for p in s.population:
+            population = C.population_cycle(C.population_model(preset, s, p, device), x, s)
+            times = harness.interleaved({"single": single, "population": population}, s.repeats)
+            per_member = times["population"] / (p * times["single"])
+            rows[p] = {"cycle_s": times["population"], "single_s": times["single"],
+                       "per_member": per_member}
+            log(f"  {preset} P={p}: cycle {1e3 * times['population']:.0f} ms, single "
+                f"{1e3 * times['single']:.0f} ms; per member {per_member:.3f}x a single run's")
+        out[preset] = rows
+    return out
 
 
 def scaling(s: BenchSettings, log=print) -> list[dict]:

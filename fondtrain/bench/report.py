@@ -48,6 +48,8 @@ def markdown(results: dict) -> str:
         parts.append(_scaling_table(results["scaling"]))
     if "processes" in results:
         parts.append(_process_table(results["processes"]))
+    if "population" in results:
+        parts.append(_population_table(results["population"]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -121,4 +123,12 @@ def _process_table(processes: dict) -> str:
     lines = ["| processes x threads | cycle ms | samples/s (global batch) |", "|---|---:|---:|"]
     lines += [f"| {n} x {r['threads']} | {_ms(r['cycle_s'])} | {r['samples_per_s']:,.0f} |"
               for n, r in processes.items()]
+    return "\n".join(lines)
+
+
+def _population_table(population: dict) -> str:
+    lines = ["| preset | members P | cycle ms | single cycle ms | cycle / (P x single) |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {preset} | {p} | {_ms(r['cycle_s'])} | {_ms(r['single_s'])} | {r['per_member']:.3f} |"
+              for preset, rows in population.items() for p, r in rows.items()]
     return "\n".join(lines)

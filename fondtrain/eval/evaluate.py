@@ -34,7 +34,7 @@ from fondtrain.eval import figures as Fg
 from fondtrain.eval.convergence import eval_temperature, run_convergence
 from fondtrain.eval.data import fit_to_model, limit_rows, load_eval_data
 from fondtrain.eval.dist import Ranks
-from fondtrain.run_files import checkpoint_eps
+from fondtrain.run_files import checkpoint_eps, run_members
 from fondtrain.stats import safe_float
 
 METRICS_FILE = "metrics.json"
@@ -145,9 +145,12 @@ def _say(ranks: Ranks, message: str) -> None:
 
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None,
-             options: EvalOptions | None = None, verbose: bool = True) -> dict | None:
+             options: EvalOptions | None = None, verbose: bool = True,
+             member: str | None = None) -> dict | None:
     """Evaluate a run's newest complete checkpoint (or `checkpoint`) and write the results.
 
+    `member`: one member of a population run (its results in RUN/eval/members/MEMBER;
+    `fondtrain.eval.population` evaluates them all).
     Returns the metrics dict (what metrics.json holds) on the main process, None on others.
     """
     from fondtrain.run_files import load_model, resolve_checkpoint
@@ -157,7 +160,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
         raise UserError("give a run directory (fondtrain eval runs/NAME) or --checkpoint PATH.")
     started = time.time()
     target = resolve_checkpoint(checkpoint if checkpoint is not None else run)
-    model, config = load_model(target)
+    model, config = load_model(target, member)
     run_dir = Path(run) if run is not None else _run_dir_of(target)
     ranks = Ranks(opts.device)
     say = (lambda msg: _say(ranks, msg)) if verbose else (lambda msg: None)
@@ -185,6 +188,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
     else:
         base = run_dir if run_dir is not None else (target if target.is_dir() else target.parent)
         out_dir = base / ("eval" if dataset == own else f"eval-{dataset}")
+        out_dir = out_dir if member is None else out_dir / "members" / member
     fig_dir = out_dir / "figures"
     if ranks.is_main:
         fig_dir.mkdir(parents=True, exist_ok=True)
@@ -192,8 +196,9 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
     temp = eval_temperature(model) if opts.temp is None else float(opts.temp)
     # The soft clamps as the run left them: a run stopped early (the quickstart) still has
     # them partly closed, and opening them fully would let its inference run away.
-    eps = checkpoint_eps(target) if target.is_dir() else 1.0
-    tag = f"{run_dir.name if run_dir else target.name}"
+    index = 0 if member is None else [m.name for m in run_members(target)].index(member)
+    eps = checkpoint_eps(target, index) if target.is_dir() else 1.0
+    tag = f"{run_dir.name if run_dir else target.name}" + ("" if member is None else f"/{member}")
     say(f"evaluating {tag} ({mc.preset}, K={mc.n_latents}, M={mc.input_dim}) on {dataset}: "
         f"{len(x_val)} samples x {opts.n_steps} steps at temperature {temp:g}, clamp eps {eps:.3g}, "
         f"{ranks.world} process(es) on {ranks.device}")
@@ -324,6 +329,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
     _write_json(out_dir / METRICS_FILE, metrics)
     if opts.tensorboard:
         tb_dir = (run_dir / "tb" / "eval") if run_dir is not None else (out_dir / "tb")
+        tb_dir = tb_dir if member is None else out_dir / "tb"
         log_tensorboard(metrics, figures, tb_dir)
     say(format_summary(metrics))
     say(f"wrote {out_dir / METRICS_FILE} and {len(figures)} figures in {fig_dir}")

@@ -75,8 +75,16 @@ class _PoissonStateStep(torch.autograd.Function):
         grad_grad = grad_step * (-lr) if ctx.needs_input_grad[1] else None
         grad_log_lr = None
         if ctx.needs_input_grad[2]:
-            grad_log_lr = (grad_step * step_raw).sum().reshape(lr.shape)
+            grad_log_lr = _sum_to(grad_step * step_raw, lr)
         return grad_value, grad_grad, grad_log_lr, None, None
+
+
+def _sum_to(values: Tensor, like: Tensor) -> Tensor:
+    """The gradient of a broadcast log_lr: values [B, K] summed to a 0-dim or [1] log_lr,
+    or [P, B, K] summed over (B, K) to a population's [P, 1, 1]."""
+    if like.numel() == 1:
+        return values.sum().reshape(like.shape)
+    return values.sum_to_size(like.shape)
 
 
 def _poisson_clamp_fresh(floored: Tensor, c) -> Tensor:
@@ -114,7 +122,7 @@ class _SymStateStep(torch.autograd.Function):
         grad_grad = grad_step * (-lr) if ctx.needs_input_grad[1] else None
         grad_log_lr = None
         if ctx.needs_input_grad[2]:
-            grad_log_lr = (grad_step * step_raw).sum().reshape(lr.shape)
+            grad_log_lr = _sum_to(grad_step * step_raw, lr)
         return grad_value, grad_grad, grad_log_lr, None, None
 
 
@@ -124,7 +132,8 @@ def state_step(value: Tensor, grad: Tensor, log_lr: Tensor, c_du: float | Tensor
 
     new = clamp(value + clamp(-exp(log_lr) grad, c_du), c_u) with the Poisson one-sided
     clamp or the Gaussian symmetric one. log_lr is a 0-dim (or [1]) tensor; c_du, c_u are
-    floats or 0-dim tensors without gradient. Equals the plain composition (tests/oracles.py, tested).
+    floats or 0-dim tensors without gradient. A population: value, grad [P, B, K],
+    log_lr and c_du, c_u [P, 1, 1] (each member its own). Equals the plain composition (tests/oracles.py, tested).
     """
     if posterior == "poisson":
         return _PoissonStateStep.apply(value, grad, log_lr, c_du, c_u)

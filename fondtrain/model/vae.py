@@ -11,70 +11,23 @@ u; 2 Gaussian mean mu and log-std xi).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
 from fondtrain.config import ModelConfig
 from fondtrain.model import clamps, gaussian, poisson
 from fondtrain.model.compiled import CompiledStep, compile_step
+from fondtrain.model.members import (
+    check_members,
+    draw_member_noise,
+    initial_parameters,
+    member_view,
+    poisson_kl_members,
+    sample_members,
+    stacked_parameters,
+)
 from fondtrain.model.n_exp import NExpTable
-
-
-@dataclass(frozen=True)
-class State:
-    """Posterior state of a batch: `components` is (u,) or (mu, xi), each [B, K]."""
-
-    components: tuple[Tensor, ...]
-
-    def detach(self) -> State:
-        return State(tuple(c.detach() for c in self.components))
-
-    @property
-    def batch_size(self) -> int:
-        return self.components[0].shape[0]
-
-
-@dataclass
-class StepOutput:
-    """What one inference step produces.
-
-    state: posterior after the step; z: fresh sample from it [B, K]; x_hat = W a(z) [B, M];
-    recon: -log N(x; x_hat, sigma_dec) summed over pixels [B]; kl: KL(q(new) || q(prior))
-    per latent [B, K]; loss: mean_b(recon + beta sum_k kl) * 256 / M (scalar);
-    grad_samples: the samples the state updates used, one per inner iteration; prior:
-    the state at the start of the step (the KL's reference).
-    """
-
-    state: State
-    z: Tensor
-    x_hat: Tensor
-    recon: Tensor
-    kl: Tensor
-    loss: Tensor
-    grad_samples: tuple[Tensor, ...]
-    prior: State
-
-
-@dataclass
-class CycleOutput:
-    """A TBPTT cycle's loss (with graph) and detached per-step statistics [n_steps].
-
-    max_rate: largest posterior rate at each step (Poisson; None for Gaussian), feeding
-    the n_exp refresh; last_z, last_x_hat, last_x: the final step's sample [B, K],
-    reconstruction [B, M] and input [B, M] (for logging R^2 and sparsity).
-    """
-
-    loss: Tensor
-    state: State
-    step_losses: Tensor
-    recon: Tensor
-    kl: Tensor
-    max_rate: Tensor | None
-    last_z: Tensor
-    last_x_hat: Tensor
-    last_x: Tensor
+from fondtrain.model.states import CycleOutput, State, StepOutput
 
 
 class IterativeVAE(NExpTable, nn.Module):
@@ -83,6 +36,12 @@ class IterativeVAE(NExpTable, nn.Module):
     Parameters: W [M, K], dec_log_sigma [M], log_bias [K], log_lr [C], u_init [C, K],
     log_gain [K] (igrelu only). Buffer: n_exp [t_total], the relaxed Poisson sampler's
     length at each step (`NExpTable`: n_exp_at, set_n_exp).
+
+    `members` (ModelConfigs differing from `config` only in seed, beta_outer, beta_inner,
+    init_scale, poisson_kl) makes a population: the same model with a leading member axis
+    P on every parameter, state and output, member i exactly `IterativeVAE(members[i])`
+    (`fondtrain.model.members`). Its temp, beta and eps may be [P] tensors, and its
+    `generator` arguments are lists of P generators. `n_members` is None for one model.
 
     `fast_path` (default True) selects the fused implementations of the hot loop: the
     state step as one autograd node (`clamps.state_step`). They compute the same numbers
@@ -93,24 +52,27 @@ class IterativeVAE(NExpTable, nn.Module):
 
     fast_path: bool = True
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, members: list[ModelConfig] | None = None):
         super().__init__()
         self.config = config
-        m, k, c = config.input_dim, config.n_latents, config.n_components
-        gen = torch.Generator().manual_seed(config.seed)
-        self.W = nn.Parameter(torch.randn(m, k, generator=gen) * config.init_scale)
-        self.dec_log_sigma = nn.Parameter(torch.zeros(m))
-        self.log_bias = nn.Parameter(torch.full((k,), -3.0))
-        self.log_lr = nn.Parameter(torch.zeros(c))
-        if config.posterior == "poisson":
-            low, high = config.u_init_low, config.u_init_high
-            u_init = low + (high - low) * torch.rand(1, k, generator=gen)
+        self.n_members = None if members is None else len(members)
+        if members is None:
+            params = initial_parameters(config)
         else:
-            u_init = torch.zeros(2, k)
-        self.u_init = nn.Parameter(u_init)
-        if config.preset == "igrelu":
-            self.log_gain = nn.Parameter(torch.zeros(k))
-        self.register_n_exp(config.t_total, config.n_exp_p)
+            check_members(config, members)
+            params = stacked_parameters(members)
+            self.members = list(members)
+            # per-member constants of the dynamics: not parameters, not saved
+            self.register_buffer("member_beta_inner", torch.tensor(
+                [m.beta_inner for m in members]), persistent=False)
+            self.register_buffer("member_kl_reference", torch.tensor(
+                [m.poisson_kl == "reference" for m in members]), persistent=False)
+        for name, value in params.items():
+            setattr(self, name, nn.Parameter(value))
+        # a population's sampler generators, one per member, used where a call passes
+        # none (training: seeded per member by the trainer); None: the default generator
+        self.generators: list[torch.Generator] | None = None
+        self.register_n_exp(config.t_total, config.n_exp_p, self.n_members)
         self.compiled: CompiledStep | None = None  # see enable_compile
 
     # ------------------------------------------------------------------ basic pieces
@@ -118,45 +80,73 @@ class IterativeVAE(NExpTable, nn.Module):
     def is_poisson(self) -> bool:
         return self.config.posterior == "poisson"
 
+    def _row(self, param: Tensor) -> Tensor:
+        """A per-latent or per-pixel parameter as it broadcasts over [B, K] / [B, M]:
+        itself, or a population's [P, K] viewed [P, 1, K]."""
+        return param if self.n_members is None else param.unsqueeze(-2)
+
+    def _member(self, value, rank: int = 3):
+        """A per-member number broadcast over [P, B, K] (`members.member_view`)."""
+        return member_view(value, self.n_members, rank)
+
+    def _log_lr(self, i: int) -> Tensor:
+        """log_lr of component i: 0-dim, or a population's [P, 1, 1]."""
+        return self.log_lr[i] if self.n_members is None else self.log_lr[:, i].view(-1, 1, 1)
+
+    def _beta_inner(self):
+        if self.n_members is None:
+            return self.config.beta_inner
+        return self.member_beta_inner.view(-1, 1, 1)
+
+    def is_sequence(self, inputs: Tensor) -> bool:
+        """Whether inputs hold one input per step ([n_steps, B, M]; a population's
+        [n_steps, P, B, M]) rather than one for every step ([B, M] or [P, B, M])."""
+        return inputs.dim() == (3 if self.n_members is None else 4)
+
     def activation(self, z: Tensor) -> Tensor:
         """a(z): identity, or relu(z) exp(log_gain) for igrelu. [B, K] -> [B, K]."""
         if self.config.preset == "igrelu":
-            return torch.relu(z) * torch.exp(self.log_gain)
+            return torch.relu(z) * torch.exp(self._row(self.log_gain))
         return z
 
     def activation_derivative(self, z: Tensor) -> Tensor | None:
         """a'(z) [B, K]; None where a is the identity (saves a multiply)."""
         if self.config.preset == "igrelu":
-            return (z > 0).to(z.dtype) * torch.exp(self.log_gain)
+            return (z > 0).to(z.dtype) * torch.exp(self._row(self.log_gain))
         return None
 
     def decode(self, z: Tensor) -> Tensor:
         """Reconstruction mean x_hat = W a(z): [B, K] -> [B, M]."""
-        return self.activation(z) @ self.W.T
+        return self.activation(z) @ self.W.transpose(-1, -2)
 
     def dec_log_sigma_effective(self) -> Tensor:
-        """Effective decoder log-std [M]."""
+        """Effective decoder log-std [M] ([P, M])."""
         return clamps.effective_dec_log_sigma(self.dec_log_sigma)
 
     def init_state(self, batch_size: int) -> State:
-        """The learnable initial state u_init broadcast over the batch: C x [B, K]."""
+        """The learnable initial state u_init broadcast over the batch: C x [B, K]
+        (a population: C x [P, B, K])."""
         k = self.config.n_latents
-        return State(tuple(u.expand(batch_size, k) for u in self.u_init))
+        if self.n_members is None:
+            return State(tuple(u.expand(batch_size, k) for u in self.u_init))
+        return State(tuple(u.unsqueeze(1).expand(-1, batch_size, k) for u in self.u_init.unbind(1)))
 
     def reattach_to_init(self, state: State) -> State:
         """u <- u_init + stopgrad(u - u_init): cut the graph between TBPTT cycles but let
         the gradient still reach u_init (SPEC 6)."""
-        b = state.batch_size
+        inits = self.init_state(state.batch_size).components
         return State(tuple(
-            u0.expand(b, -1) + (u - u0).detach()
-            for u0, u in zip(self.u_init, state.components, strict=True)
+            u0 + (u - u0).detach() for u0, u in zip(inits, state.components, strict=True)
         ))
 
     # ------------------------------------------------------------------ sampling
     def draw_noise(self, state: State, temp: float, t: int = 0,
                    generator: torch.Generator | None = None) -> Tensor | None:
         """Standard noise behind one sample: Exp(1) [n_exp, B, K] (Poisson, tau > 0),
-        N(0, 1) [B, K] (Gaussian), None for the exact Poisson sampler (tau = 0)."""
+        N(0, 1) [B, K] (Gaussian), None for the exact Poisson sampler (tau = 0); a
+        population: `members.draw_member_noise`."""
+        if self.n_members is not None:
+            return draw_member_noise(self, state, temp, t, generator)
         ref = state.components[0]
         if self.is_poisson:
             if temp == 0:
@@ -174,7 +164,10 @@ class IterativeVAE(NExpTable, nn.Module):
         n_exp(t) arrivals through [B, K] buffers (the same numbers as
         `sample(state, temp, draw_noise(state, temp, t, generator))`, without ever
         holding the [n_exp, B, K] noise).
+        A population: `members.sample_members`.
         """
+        if self.n_members is not None:
+            return sample_members(self, state, temp, noise, generator, t)
         if self.is_poisson:
             u = state.components[0]
             if temp == 0:
@@ -192,7 +185,7 @@ class IterativeVAE(NExpTable, nn.Module):
     def recon_grad(self, x: Tensor, z: Tensor) -> Tensor:
         """g_rec = -a'(z) * (W^T ((x - W a(z)) / sigma_dec^2)), the gradient of the
         reconstruction loss w.r.t. z (SPEC 3.2). x [B, M], z [B, K] -> [B, K]."""
-        inv_var = torch.exp(-2.0 * self.dec_log_sigma_effective())
+        inv_var = torch.exp(-2.0 * self._row(self.dec_log_sigma_effective()))
         # (W a(z) - x) carries the minus sign: bit for bit -(x - W a(z)), one pass less
         error = (self.decode(z) - x) * inv_var
         grad = error @ self.W
@@ -218,19 +211,20 @@ class IterativeVAE(NExpTable, nn.Module):
             (u,) = state.components
             g = g_rec
             if with_kl:
-                g = g + cfg.beta_inner * (u - prior.components[0])
-            return (g + torch.exp(self.log_bias),)
+                g = g + self._beta_inner() * (u - prior.components[0])
+            return (g + torch.exp(self._row(self.log_bias)),)
         mu, xi = state.components
         sigma = torch.exp(xi)
         with torch.no_grad():
-            noise = (z - mu) / (temp * sigma)
+            noise = (z - mu) / (self._member(temp) * sigma)
         g_mu = g_rec
         g_xi = g_rec * noise * sigma
         if with_kl:
             mu0, xi0 = prior.components
-            g_mu = g_mu + cfg.beta_inner * (mu - mu0) / torch.exp(2.0 * xi0)
-            g_xi = g_xi + cfg.beta_inner * (torch.exp(2.0 * (xi - xi0)) - 1.0)
-        g_mu = g_mu * sigma**2 + torch.exp(self.log_bias)
+            beta_inner = self._beta_inner()
+            g_mu = g_mu + beta_inner * (mu - mu0) / torch.exp(2.0 * xi0)
+            g_xi = g_xi + beta_inner * (torch.exp(2.0 * (xi - xi0)) - 1.0)
+        g_mu = g_mu * sigma**2 + torch.exp(self._row(self.log_bias))
         return (g_mu, 0.5 * g_xi)
 
     def clamp_state_step(self, values: Tensor, index: int, which: str,
@@ -238,7 +232,7 @@ class IterativeVAE(NExpTable, nn.Module):
         """Soft clamp of a step ('du') or of the new state ('u') of component `index`."""
         cfg = self.config
         c_final = (cfg.clamp_du if which == "du" else cfg.clamp_u)[index]
-        c = clamps.clamp_ceiling(eps, c_final, cfg.posterior)
+        c = clamps.clamp_ceiling(self._member(eps), c_final, cfg.posterior)
         if self.is_poisson:
             return clamps.poisson_clamp(values, c)
         return clamps.softclamp_sym(values, c)
@@ -261,11 +255,12 @@ class IterativeVAE(NExpTable, nn.Module):
             return State(plain_update(self, x, state.components, z, eps, temp, prior_c))
         grads = self.free_energy_grad(x, state, z, temp, prior)
         cfg = self.config
+        eps = self._member(eps)
         new = []
         for i, (value, grad) in enumerate(zip(state.components, grads, strict=True)):
             c_du = clamps.clamp_ceiling(eps, cfg.clamp_du[i], cfg.posterior)
             c_u = clamps.clamp_ceiling(eps, cfg.clamp_u[i], cfg.posterior)
-            new.append(clamps.state_step(value, grad, self.log_lr[i], c_du, c_u, cfg.posterior))
+            new.append(clamps.state_step(value, grad, self._log_lr(i), c_du, c_u, cfg.posterior))
         return State(tuple(new))
 
     def enable_compile(self, mode: str | None = None, **options) -> bool:
@@ -283,10 +278,12 @@ class IterativeVAE(NExpTable, nn.Module):
     def kl(self, state: State, prior: State, temp: float = 1.0) -> Tensor:
         """KL(q(state) || q(prior)) per latent, [B, K] (SPEC 5)."""
         if self.is_poisson:
-            return poisson.poisson_kl(state.components[0], prior.components[0],
-                                      self.config.poisson_kl)
+            u, u0 = state.components[0], prior.components[0]
+            if self.n_members is not None:
+                return poisson_kl_members(u, u0, self.member_kl_reference)
+            return poisson.poisson_kl(u, u0, self.config.poisson_kl)
         (mu, xi), (mu0, xi0) = state.components, prior.components
-        return gaussian.gaussian_kl(mu, xi, mu0, xi0, temp)
+        return gaussian.gaussian_kl(mu, xi, mu0, xi0, self._member(temp))
 
     def kl_both_forms(self, state: State, prior: State) -> dict[str, Tensor]:
         """Poisson only: both KL forms {'reference', 'exact'}, each [B, K]."""
@@ -329,8 +326,10 @@ class IterativeVAE(NExpTable, nn.Module):
         return StepOutput(state, z, x_hat, recon, kl, loss, tuple(grad_samples), prior)
 
     def step_loss(self, recon: Tensor, kl: Tensor, beta: float | Tensor) -> Tensor:
-        """mean_b(recon + beta sum_k kl) * 256 / M (SPEC 6): recon [B], kl [B, K] -> []."""
-        return (recon + beta * kl.sum(-1)).mean() * (256.0 / self.config.input_dim)
+        """mean_b(recon + beta sum_k kl) * 256 / M (SPEC 6): recon [B], kl [B, K] -> []
+        (a population: [P, B], [P, B, K] -> each member's loss [P])."""
+        beta = self._member(beta, rank=2)
+        return (recon + beta * kl.sum(-1)).mean(-1) * (256.0 / self.config.input_dim)
 
     # ------------------------------------------------------------------ one TBPTT cycle
     def forward(self, inputs: Tensor, state: State, t_start: int, n_steps: int, temp: float,
@@ -339,28 +338,31 @@ class IterativeVAE(NExpTable, nn.Module):
                 generator: torch.Generator | None = None) -> CycleOutput:
         """One TBPTT cycle: n_steps consecutive steps from time t_start on the same batch.
 
-        inputs: [B, M] (the same input each step) or [n_steps, B, M] (a feeder's sequence).
-        The loss is the mean of the steps' losses (SPEC 6). This is `forward` so that DDP
+        inputs: [B, M] (the same input each step) or [n_steps, B, M] (a feeder's sequence);
+        a population also takes [P, B, M] and needs a sequence as [n_steps, P, B, M].
+        The loss is the mean of the steps' losses (SPEC 6), a population's one per member
+        [P] (train on their sum: member i's gradient is then its own loss's). This is `forward` so that DDP
         sees exactly one forward per backward. Statistics are detached device tensors:
         read them only every few steps (no host sync in the cycle).
         """
         losses, recons, kls, max_rates = [], [], [], []
         out = None
         for i in range(n_steps):
-            x = inputs if inputs.dim() == 2 else inputs[i]
+            x = inputs[i] if self.is_sequence(inputs) else inputs
             step_noise = None if noise is None else noise[i]
             out = self.step(x, state, temp, beta, eps, t_start + i, step_noise, generator)
             losses.append(out.loss)
             with torch.no_grad():
-                recons.append(out.recon.mean())
-                kls.append(out.kl.sum(-1).mean())
+                recons.append(out.recon.mean(-1))
+                kls.append(out.kl.sum(-1).mean(-1))
                 if self.is_poisson:  # exp(max u) = max exp(u): exp is monotone
-                    max_rates.append(torch.exp(out.state.components[0].max()))
+                    u = out.state.components[0]
+                    max_rates.append(torch.exp(u.max() if self.n_members is None else u.flatten(1).amax(1)))
             state = out.state
         step_losses = torch.stack(losses)
-        last_x = inputs if inputs.dim() == 2 else inputs[-1]
+        last_x = inputs[-1] if self.is_sequence(inputs) else inputs
         return CycleOutput(
-            loss=step_losses.mean(),
+            loss=step_losses.mean(0),
             state=state,
             step_losses=step_losses.detach(),
             recon=torch.stack(recons),
@@ -383,7 +385,7 @@ def plain_update(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...],
     grads = model.free_energy_grad(x, state, z, temp, prior_state)
     return tuple(
         model.clamp_state_step(value + model.clamp_state_step(
-            -torch.exp(model.log_lr[i]) * grad, i, "du", eps), i, "u", eps)
+            -torch.exp(model._log_lr(i)) * grad, i, "du", eps), i, "u", eps)
         for i, (value, grad) in enumerate(zip(components, grads, strict=True))
     )
 
@@ -392,7 +394,7 @@ def plain_outputs(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...]
                   prior: tuple[Tensor, ...], z: Tensor, beta, temp):
     """A step's outputs from its fresh sample z: x_hat [B, M], recon [B], kl [B, K], loss."""
     x_hat = model.decode(z)
-    recon = gaussian.gaussian_nll(x, x_hat, model.dec_log_sigma_effective())
+    recon = gaussian.gaussian_nll(x, x_hat, model._row(model.dec_log_sigma_effective()))
     kl = model.kl(State(components), State(prior), temp)
     return x_hat, recon, kl, model.step_loss(recon, kl, beta)
 

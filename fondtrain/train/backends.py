@@ -54,6 +54,7 @@ import torch
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
 from fondtrain.runtime import quiet_deepspeed_on_cpu
+from fondtrain.train.population_optim import clip_grad_norm_per_member_
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint tag inside a fondtrain checkpoint
 RNG_FILE = "random_states_{rank}.pkl"  # the file name Accelerate uses, one per rank
@@ -102,6 +103,16 @@ def clip_and_step(accelerator, model, optimizer, max_norm: float):
     if isinstance(accelerator, DeepSpeedBackend):
         return accelerator.clip_and_step(max_norm)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def clip_and_step_members(accelerator, model, optimizer, max_norm):
+    """`clip_and_step` of a population (Accelerate only): each member's own gradient norm
+    clipped to its max_norm [P]; returns the norms before clipping [P]."""
+    accelerator.unscale_gradients()
+    grad_norm = clip_grad_norm_per_member_(model.parameters(), max_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm

@@ -38,7 +38,7 @@ def batch_metrics(out, model, values, grad_norm) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def validate(model, val_loader, config, accelerator, values, max_batches: int = 8) -> dict[str, float]:
+def validate(model, val_loader, config, accelerator, values, max_batches: int = 8, members=None):
     """Inference for t_total steps at evaluation temperature (Poisson 0, Gaussian 1) on up
     to max_batches validation batches per rank; metrics at the last step, over all ranks.
 
@@ -49,10 +49,18 @@ def validate(model, val_loader, config, accelerator, values, max_batches: int = 
     Sparsity is measured on the activity a(z) (relu for igrelu), as the reference does.
     Uses its own generator so that validation never moves the training RNG (a resumed run
     must draw the same noise as an uninterrupted one).
+
+    A population (`members`, the sweep's Members; values `PopulationValues`): every member
+    at once, each with its own validation generator; returns one metrics dict per member.
     """
     device = accelerator.device
-    generator = torch.Generator(device=device).manual_seed(
-        stream_seed(config.train.seed, "validation", accelerator.process_index))
+    rank = accelerator.process_index
+    if members is None:
+        generator = torch.Generator(device=device).manual_seed(
+            stream_seed(config.train.seed, "validation", rank))
+    else:
+        generator = [torch.Generator(device=device).manual_seed(
+            stream_seed(m.config.train.seed, "validation", rank)) for m in members]
     temp = 0.0 if model.is_poisson else 1.0
     xs, x_hats, zs, losses = [], [], [], []
     n_steps = config.model.t_total
@@ -64,14 +72,23 @@ def validate(model, val_loader, config, accelerator, values, max_batches: int = 
         x = batch["x"].to(device)
         out = last_step(model, x, n_steps, temp, values.eps, values.beta, generator=generator)
         xs.append(x)
-        x_hats.append(out.x_hat)
-        zs.append(model.activation(out.z))
-        losses.append(out.loss.reshape(1))
+        # a population's [P, B, ...] with the batch first, to concatenate and gather on it
+        x_hats.append(out.x_hat if members is None else out.x_hat.transpose(0, 1))
+        z = model.activation(out.z)
+        zs.append(z if members is None else z.transpose(0, 1))
+        losses.append(out.loss.reshape(1, -1))
     x, x_hat, z = (accelerator.gather(torch.cat(v)) for v in (xs, x_hats, zs))
-    loss = accelerator.gather(torch.cat(losses)).mean()
+    loss = accelerator.gather(torch.cat(losses)).mean(0)
     if used == val_loader.batches_per_epoch and val_loader.n_padded:
         # the whole split was used: its wrapped-around repeats are the gather's last rows
         x, x_hat, z = (v[:-val_loader.n_padded] for v in (x, x_hat, z))
+    if members is None:
+        return _validation_metrics(x, x_hat, z, loss[0])
+    return [_validation_metrics(x, x_hat[:, i], z[:, i], loss[i]) for i in range(len(members))]
+
+
+def _validation_metrics(x, x_hat, z, loss) -> dict[str, float]:
+    """Validation metrics of one model: x, x_hat [N, M], activity z [N, K], loss []."""
     r2 = r2_three_ways(x, x_hat)
     return {
         "val/loss": float(loss),

@@ -14,19 +14,24 @@ from typing import Any
 import torch
 
 from fondtrain.model.n_exp import agree_max_rates
+from fondtrain.model.population_n_exp import refresh_member_tables
 from fondtrain.model.vae import IterativeVAE
 
 
 class NExpTracker:
-    """Running sums of the per-step largest rates of this rank's batches, [t_total]."""
+    """Running sums of the per-step largest rates of this rank's batches, [t_total] (a
+    population of n_members: one row per member, [P, t_total])."""
 
-    def __init__(self, t_total: int, refresh_every: int, device: torch.device):
+    def __init__(self, t_total: int, refresh_every: int, device: torch.device,
+                 n_members: int | None = None):
         self.refresh_every = refresh_every
-        self.rate_sum = torch.zeros(t_total, device=device)
+        shape = (t_total,) if n_members is None else (n_members, t_total)
+        self.rate_sum = torch.zeros(shape, device=device)
         self.count = 0
 
     def observe(self, max_rates: torch.Tensor | None) -> None:
-        """Add one batch's largest rate at each step t ([t_total]; None for Gaussians)."""
+        """Add one batch's largest rate at each step t ([t_total] or [P, t_total]; None
+        for Gaussians)."""
         if max_rates is not None:
             self.rate_sum += max_rates
             self.count += 1
@@ -39,10 +44,20 @@ class NExpTracker:
     def refresh(self, model: IterativeVAE, step: int, warming_up: bool, accelerator) -> None:
         """After the batch that made the global step `step`: set n_exp from the epoch's
         averages, agreed across ranks, every refresh_every steps once warm-up is over
-        (from the first batch of a run on, as the reference does)."""
-        if self.count and not warming_up and (step - 1) % self.refresh_every == 0:
-            gather = accelerator.gather if accelerator.num_processes > 1 else None
-            model.set_n_exp(agree_max_rates(self.rate_sum / self.count, gather))
+        (from the first batch of a run on, as the reference does). A population:
+        warming_up [P], and only the members past their own warm-up take new rows."""
+        if not self.count or (step - 1) % self.refresh_every:
+            return
+        population = self.rate_sum.dim() == 2
+        refresh = ~torch.as_tensor(warming_up, device=self.rate_sum.device)
+        if not bool(refresh.any()):
+            return
+        gather = accelerator.gather if accelerator.num_processes > 1 else None
+        rates = agree_max_rates(self.rate_sum / self.count, gather)
+        if population:
+            model.load_n_exp_table(refresh_member_tables(model.n_exp, rates, model.config.n_exp_p, refresh))
+        else:
+            model.set_n_exp(rates)
 
     def state_dict(self, accelerator) -> dict[str, Any]:
         """Every rank's sums (a collective: call it on every rank): rate_sum [world][t_total]."""
@@ -53,7 +68,7 @@ class NExpTracker:
         """This rank's own row when the checkpoint holds one per rank of this world size;
         else (written by another number of processes) the elementwise max of the saved
         rows on every rank, so that the n_exp table agreed next is the one saved."""
-        rows = torch.tensor(saved["rate_sum"], dtype=self.rate_sum.dtype).reshape(-1, self.rate_sum.numel())
+        rows = torch.tensor(saved["rate_sum"], dtype=self.rate_sum.dtype).reshape(-1, *self.rate_sum.shape)
         row = rows[rank] if rows.shape[0] == world_size else rows.amax(0)
         self.rate_sum.copy_(row.to(self.rate_sum.device))
         self.count = int(saved["rate_count"])

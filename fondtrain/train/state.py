@@ -26,15 +26,15 @@ class RunState:
     world_size: int = 1
     steps_per_epoch: int = 0
     total_steps: int = 0
-    eps: float = 0.0  # the soft clamps' opening at the last step trained
+    eps: float | list[float] = 0.0  # the soft clamps' opening at the last step trained (per member)
     rate_sum: list[list[float]] = field(default_factory=list)  # [world][t_total], see NExpTracker
     rate_count: int = 0
 
-    def advance(self, eps: float) -> None:
-        """One batch trained at clamp opening `eps`."""
+    def advance(self, eps) -> None:
+        """One batch trained at clamp opening `eps` (a population's: [P])."""
         self.global_step += 1
         self.batch_in_epoch += 1
-        self.eps = float(eps)
+        self.eps = eps.tolist() if getattr(eps, "dim", lambda: 0)() else float(eps)
 
     def next_epoch(self) -> None:
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0

@@ -26,10 +26,19 @@ from fondtrain.errors import UserError
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.schedules import schedule_for
 from fondtrain.seeding import stream_seed
+from fondtrain.sweep import members_from_sweep
 from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.backends import make_backend
 from fondtrain.train.metrics import validate
 from fondtrain.train.n_exp import NExpTracker
+from fondtrain.train.population import (
+    MemberOrderLoader,
+    PopulationLog,
+    build_population,
+    population_inputs,
+    population_schedule,
+    seed_member_generators,
+)
 from fondtrain.train.resume import adapt_position, check_backend, load_latest, reseed_if_rng_missing
 from fondtrain.train.run_identity import check_resume, default_run_name
 from fondtrain.train.run_lock import RunLock
@@ -44,13 +53,14 @@ STOP_CHECK_EVERY = 5
 @dataclass
 class TrainResult:
     """What `train` leaves: the run directory, the trained model (this rank's copy), the
-    global step reached, whether a stop signal ended it early, and the last validation."""
+    global step reached, whether a stop signal ended it early, and the last validation
+    (a population's: one dict per member)."""
 
     run_dir: Path
     model: IterativeVAE
     step: int
     stopped: bool
-    validation: dict[str, float]
+    validation: dict[str, float] | list[dict[str, float]]
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -66,13 +76,17 @@ def train(config: RunConfig) -> TrainResult:
         ckpt_root = run_dir / "ckpt"
         train_loader, val_loader = prepare_data(config, accelerator)
         config.model = dataclasses.replace(config.model, input_dim=train_loader.input_dim)
-        model, optimizer, compiled = build_model(config, accelerator)
+        members = members_from_sweep(config, tc.sweep) if tc.sweep else None  # a population
+        if members is not None and tc.member_data_order == "own":
+            train_loader = MemberOrderLoader(train_loader, members, config.data.seed)
+        model, optimizer, compiled = build_model(config, accelerator, members)
         core: IterativeVAE = accelerator.unwrap_model(model)
         steps_per_epoch = train_loader.batches_per_epoch
         total_steps = tc.epochs * steps_per_epoch
-        schedule = schedule_for(config, total_steps)
+        schedule = schedule_for(config, total_steps) if members is None else \
+            population_schedule(members, total_steps, accelerator.device)
         last_step = min(total_steps, tc.max_steps) if tc.max_steps > 0 else total_steps
-        n_exp = NExpTracker(config.model.t_total, tc.n_exp_refresh_every, accelerator.device)
+        n_exp = NExpTracker(config.model.t_total, tc.n_exp_refresh_every, accelerator.device, core.n_members)
         state = RunState(world_size=world, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
         lock, notes = claim_run_folder(accelerator, config, run_dir)
         resumed_from, resume_notes = resume_or_start(accelerator, config, ckpt_root, state, n_exp)
@@ -80,8 +94,9 @@ def train(config: RunConfig) -> TrainResult:
         if accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(config, run_dir / "config.yaml")
-        log = RunLog(run_dir, accelerator.is_main_process, tc.name, state.global_step, last_step,
-                     tc.log_every, tc.batch_size * tc.grad_accum * world)
+        log_args = (run_dir, accelerator.is_main_process, tc.name, state.global_step, last_step,
+                    tc.log_every, tc.batch_size * tc.grad_accum * world)
+        log = RunLog(*log_args) if members is None else PopulationLog(*log_args, members)
         log.banner(resumed_from, state.global_step, world, config, steps_per_epoch, total_steps)
         for note in notes:
             log.say(f"note: {note}")
@@ -93,7 +108,7 @@ def train(config: RunConfig) -> TrainResult:
             for batch in train_loader.epoch(state.epoch, skip_batches=state.batch_in_epoch):
                 values = schedule.at(state.global_step)
                 x = batch["x"].to(accelerator.device, non_blocking=True)
-                inputs = make_inputs(config, x, stream_seed(config.data.seed, "feeder", rank, state.global_step))
+                inputs = batch_inputs(config, core, members, x, rank, state.global_step)
                 result = tbptt_step(model, core, optimizer, accelerator, inputs, values, config, compiled)
                 state.advance(values.eps)
                 step = state.global_step
@@ -102,7 +117,8 @@ def train(config: RunConfig) -> TrainResult:
                     n_exp.refresh(core, step, values.warming_up, accelerator)
                 log.train_step(step, result, core, values, accelerator)
                 if tc.eval_every and step % tc.eval_every == 0:
-                    validation, validated_at = validate(core, val_loader, config, accelerator, values), step
+                    validation, validated_at = validate(core, val_loader, config, accelerator, values,
+                                                        members=members), step
                     log.validation(validation, core, step)
                 stopped, save_now = agree_stop_and_save(accelerator, step, stop, tc, saved_at)
                 if save_now:
@@ -115,14 +131,8 @@ def train(config: RunConfig) -> TrainResult:
             if accelerator.is_main_process and stop.signum == signal.SIGUSR1:
                 requeue_slurm_job()
         else:
-            final = run_files.step_dir(ckpt_root, state.global_step)
-            if not (final / run_files.COMPLETE).is_file():  # not saved already by ckpt_every
-                final = save(accelerator, ckpt_root, state, n_exp, config)
-            validated = validated_at == state.global_step
-            if not validated:  # else the loop has just validated this very model
-                validation = validate(core, val_loader, config, accelerator, schedule.at(max(state.global_step - 1, 0)))
-            log.finish(config, final, core, validation, state.global_step, total_steps, logged=validated)
-            accelerator.wait_for_everyone()
+            validation = finish(accelerator, config, core, val_loader, schedule, members, state, n_exp,
+                                log, validation if validated_at == state.global_step else None)
     finally:
         stop.restore()
         if log is not None:
@@ -130,6 +140,35 @@ def train(config: RunConfig) -> TrainResult:
         if lock is not None:
             lock.release()
     return TrainResult(run_dir, core, state.global_step, stopped, validation)
+
+
+def batch_inputs(config: RunConfig, core: IterativeVAE, members, x: torch.Tensor, rank: int,
+                 step: int) -> torch.Tensor:
+    """The batch as the model sees it at global step `step` (feeder frames drawn from the
+    run's seed, rank and step); a population also reseeds its members' sampler streams."""
+    feeder_seed = stream_seed(config.data.seed, "feeder", rank, step)
+    if members is None:
+        return make_inputs(config, x, feeder_seed)
+    seed_member_generators(core, members, rank, step)
+    return population_inputs(config, x, feeder_seed)
+
+
+def finish(accelerator, config: RunConfig, core, val_loader, schedule, members, state: RunState,
+           n_exp: NExpTracker, log, validation):
+    """The end of a run that reached its last step: the final checkpoint (unless ckpt_every
+    just wrote it), the final validation (unless `validation` is that of this very step),
+    the summary. Returns the validation."""
+    ckpt_root = Path(config.train.runs_root) / config.train.name / "ckpt"
+    final = run_files.step_dir(ckpt_root, state.global_step)
+    if not (final / run_files.COMPLETE).is_file():
+        final = save(accelerator, ckpt_root, state, n_exp, config)
+    logged = validation is not None
+    if not logged:
+        validation = validate(core, val_loader, config, accelerator,
+                              schedule.at(max(state.global_step - 1, 0)), members=members)
+    log.finish(config, final, core, validation, state.global_step, state.total_steps, logged=logged)
+    accelerator.wait_for_everyone()
+    return validation
 
 
 def prepare_data(config: RunConfig, accelerator):
@@ -145,7 +184,9 @@ def prepare_data(config: RunConfig, accelerator):
     common = dict(rank=accelerator.process_index, world_size=accelerator.num_processes,
                   seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
                   pin_memory=accelerator.device.type == "cuda")  # so non_blocking copies overlap
-    train_loader = ShardLoader(shard_dir, "train", batch_size=t.batch_size * t.grad_accum, **common)
+    own_orders = t.member_data_order == "own"  # gathered per member from one in-memory copy
+    train_loader = ShardLoader(shard_dir, "train", batch_size=t.batch_size * t.grad_accum,
+                               **(common | {"in_memory": d.in_memory or own_orders}))
     val_loader = validation_loader(shard_dir, t.batch_size, **common)
     if train_loader.batches_per_epoch < 1:
         raise UserError(f"the {d.dataset} training split has fewer samples than one batch "
@@ -153,9 +194,12 @@ def prepare_data(config: RunConfig, accelerator):
     return train_loader, val_loader
 
 
-def build_model(config: RunConfig, accelerator):
+def build_model(config: RunConfig, accelerator, members: list | None = None):
     """The model (initial weights from config.model.seed), its Adamax, both prepared, and
-    with --compile the compiled TBPTT cycle (None where it does not apply: then eager)."""
+    with --compile the compiled TBPTT cycle (None where it does not apply: then eager); a
+    sweep's `members`: the population and its PopulationAdamax (trained eagerly)."""
+    if members is not None:
+        return (*build_population(config, members, accelerator), None)
     tc = config.train
     model = IterativeVAE(config.model)
     optimizer = torch.optim.Adamax(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
