@@ -288,7 +288,7 @@ class FondtrainCLI:
             runs: run folders or metrics.json files.
             out: the table (.md, .csv or .json; printed too); the curves go to OUT with .png.
         """
-        from fondtrain.eval.evaluate import compare
+        from fondtrain.eval.compare import compare
 
         compare(list(runs), out)
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fondtrain.data.loader import ShardLoader, _rebatch, rank_pieces
+from fondtrain.data.loader import ShardLoader
 from fondtrain.data.shards import write_shards
+from fondtrain.data.stream import rank_pieces, rebatch
 from fondtrain.errors import UserError
 
 N = 1000
@@ -176,7 +177,7 @@ def test_rebatch_cuts_any_chunk_sizes_into_full_batches():
         chunks.append({"x": torch.arange(start, start + n).float()[:, None],
                        "y": torch.arange(start, start + n)})
         start += n
-    batches = list(_rebatch(iter(chunks), 4))
+    batches = list(rebatch(iter(chunks), 4))
     assert [b["y"].tolist() for b in batches] == [list(range(i, i + 4)) for i in range(0, 20, 4)]
     with pytest.raises(RuntimeError, match="left over"):
-        list(_rebatch(iter(chunks[:2]), 4))
+        list(rebatch(iter(chunks[:2]), 4))

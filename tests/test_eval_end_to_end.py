@@ -12,7 +12,8 @@ import torch
 from fondtrain.config import DataConfig, ModelConfig, RunConfig, save_yaml
 from fondtrain.data.sources import load_source
 from fondtrain.errors import UserError
-from fondtrain.eval.evaluate import EvalOptions, compare, evaluate
+from fondtrain.eval.compare import compare
+from fondtrain.eval.evaluate import EvalOptions, evaluate
 from fondtrain.model.vae import IterativeVAE
 
 FIGURES = ("convergence", "dictionary", "reconstructions", "latents", "tuning_bar", "tuning_grating",
