@@ -59,3 +59,10 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(digits_shards, 
     state = json.loads((run_files.latest_checkpoint(tmp_path / "fall" / "ckpt") / run_files.TRAINER_STATE).read_text())
     assert state["global_step"] == 10
     assert load_file(str(run_files.step_dir(tmp_path / "fall" / "ckpt", 8) / run_files.MODEL_FILE))
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_sentence(digits_shards, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the runs folder must be")
+    with pytest.raises(UserError, match="cannot write the run folder .*--runs_root"):
+        train(tiny_config(digits_shards, blocker, "x", max_steps=2))

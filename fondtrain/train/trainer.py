@@ -257,7 +257,11 @@ def claim_run_folder(accelerator, config: RunConfig, run_dir: Path) -> tuple[Run
     naming the other process, or listing the changed settings."""
     lock, notes = None, []
     if accelerator.is_main_process:
-        lock = RunLock(run_dir).acquire()
+        try:
+            lock = RunLock(run_dir).acquire()
+        except OSError as err:  # before anything else is written: a read-only or full disk
+            raise UserError(f"cannot write the run folder {run_dir} ({err.strerror or err}): give "
+                            "--runs_root a folder you can write to.") from None
         try:
             latest = run_files.latest_checkpoint(run_dir / "ckpt")
             if latest is not None:
