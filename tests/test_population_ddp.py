@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_train_ddp import ACCELERATE_2PROC
-from tests.train_helpers import REPO, scalars, subprocess_env, tiny_flags
+from tests.train_helpers import ACCELERATE_2PROC, REPO, run_ddp_worker, scalars, subprocess_env, tiny_flags
 
 pytestmark = pytest.mark.slow
 
@@ -22,10 +21,7 @@ def test_two_process_population_resume_equals_uninterrupted(digits_shards, tmp_p
                  log_every=5, ckpt_every=0)
 
     def launch(name: str, out: str, **extra):
-        run = tiny_flags(digits_shards, tmp_path / "runs", name, **flags, **extra)
-        proc = subprocess.run([*ACCELERATE_2PROC, str(REPO / "tests" / "ddp_worker.py"), str(tmp_path / out), *run],
-                              cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_ddp_worker(digits_shards, tmp_path, name, out, **flags, **extra)
 
     launch("whole", "whole")
     launch("split", "first", max_steps=25)

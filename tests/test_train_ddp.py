@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_helpers import REPO, scalars, subprocess_env, tiny_flags
+from tests.train_helpers import ACCELERATE_2PROC, REPO, run_ddp_worker, scalars, subprocess_env, tiny_flags
 
 pytestmark = pytest.mark.slow
 
-ACCELERATE_2PROC = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                    "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "--main_process_port", "29517"]
 
 
 def test_two_process_ddp_ranks_agree_and_loss_falls(digits_shards, tmp_path):
@@ -47,10 +43,7 @@ def test_two_process_resume_with_n_exp_refreshes_equals_uninterrupted(digits_sha
     flags = dict(epochs=3, lr=1e-2, beta_outer=0.1, n_exp_refresh_every=10, log_every=5, ckpt_every=0)
 
     def launch(name: str, out: str, **extra):
-        run = tiny_flags(digits_shards, tmp_path / "runs", name, **flags, **extra)
-        proc = subprocess.run([*ACCELERATE_2PROC, str(REPO / "tests" / "ddp_worker.py"), str(tmp_path / out), *run],
-                              cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_ddp_worker(digits_shards, tmp_path, name, out, **flags, **extra)
 
     launch("whole", "whole")
     launch("split", "first", max_steps=25)

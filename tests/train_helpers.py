@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,3 +56,18 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
     env.update(extra)
     return env
+
+
+# Real 2-process CPU data parallelism through Accelerate (gloo), as MACHINE.md describes.
+ACCELERATE_2PROC = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu",
+                    "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "--main_process_port", "29517"]
+
+
+def run_ddp_worker(shards_root: Path, tmp_path: Path, name: str, out: str, **flags) -> None:
+    """tests/ddp_worker.py on 2 processes for the tiny run `name` (runs under tmp_path/runs),
+    each rank's final weights written under tmp_path/out; fails the test on a non-zero exit."""
+    run = tiny_flags(shards_root, tmp_path / "runs", name, **flags)
+    proc = subprocess.run([*ACCELERATE_2PROC, str(REPO / "tests" / "ddp_worker.py"), str(tmp_path / out), *run],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
