@@ -150,6 +150,7 @@ class TrainConfig:
     # Each TBPTT window as one compiled graph (fondtrain.model.compiled_cycle): on this CPU
     # 1.2x (ipvae) to 2.3x (igvae) faster cycles after a long first compile; off by default
     # until GPU figures exist (benchmarks/RESULTS.md); eager with a warning if it fails.
+    # A population (--sweep) compiles its state update and step outputs instead.
     compile: bool = False
     seed: int = 0
     log_every: int = 20

@@ -88,7 +88,8 @@ DESCRIPTIONS = {
     "backend": "accelerate (DDP through Accelerate) or deepspeed (a ZeRO engine, see --deepspeed_config)",
     "deepspeed_config": "DeepSpeed JSON config for --backend deepspeed (e.g. launch/deepspeed/zero1.json)",
     "compile": "each TBPTT window (forward, backward, clip, Adamax) as one torch.compile graph; one process, "
-               "accelerate back end, float32 (else, or if compiling fails, eager with a warning)",
+               "accelerate back end, float32 (else, or if compiling fails, eager with a warning); a population "
+               "(--sweep) compiles its state update and step outputs instead",
     "log_every": "steps between logged training scalars",
     "eval_every": "steps between validations (0: never)",
     "ckpt_every": "steps between checkpoints (0: at the end and on a signal only)",
