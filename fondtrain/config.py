@@ -20,6 +20,7 @@ BACKENDS = ("accelerate", "deepspeed")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "force", "never")
 MEMBER_DATA_ORDERS = ("shared", "own")
+POPULATION_PARALLEL = ("split", "data")
 
 # Posterior family and the number of state components C of each preset (SPEC 1-2).
 PRESET_POSTERIOR = {"ipvae": "poisson", "igvae": "gaussian", "igrelu": "gaussian"}
@@ -172,12 +173,17 @@ class TrainConfig:
     # A population's batches: "shared" (every member the same stream) or "own" (member i
     # in its own order, from its seed; the split is held in memory and gathered per member).
     member_data_order: str = "shared"
+    # A population on N processes: "split" (each rank trains its own block of members) or
+    # "data" (every member on every rank, data-parallel). One process: the same run.
+    population_parallel: str = "split"
 
     def __post_init__(self) -> None:
         if self.resume not in RESUME_MODES:
             raise UserError(f"resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}.")
         if self.member_data_order not in MEMBER_DATA_ORDERS:
             raise UserError(f"member_data_order must be shared or own, got {self.member_data_order!r}.")
+        if self.population_parallel not in POPULATION_PARALLEL:
+            raise UserError(f"population_parallel must be split or data, got {self.population_parallel!r}.")
         if self.member_data_order == "own" and not self.sweep:
             raise UserError("--member_data_order own orders a population's data per member: "
                             "give the members with --sweep, or leave it out.")

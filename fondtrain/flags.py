@@ -23,6 +23,7 @@ from fondtrain.config import (
     MEMBER_DATA_ORDERS,
     MIXED_PRECISIONS,
     POISSON_KL_FORMS,
+    POPULATION_PARALLEL,
     PRESETS,
     RESUME_MODES,
     DataConfig,
@@ -68,6 +69,8 @@ DESCRIPTIONS = {
     # train
     "batch_size": "inputs per gradient step and process",
     "member_data_order": "a population's batches: shared (every member the same) or own (each member its own order)",
+    "population_parallel": "a population on N processes: split (each process trains its own block of members, "
+                           "the default) or data (every member data-parallel over all processes)",
     "sweep": "train a population in one run: a grid such as 'beta_outer=8,16 seed=0,1' or a YAML list of members",
     "epochs": "passes over the training split; sets the length of every schedule",
     "lr": "peak learning rate (AdamW) after warm-up",
@@ -112,7 +115,8 @@ def field_choices() -> dict[str, tuple[str, ...]]:
 
     return {"preset": PRESETS, "poisson_kl": POISSON_KL_FORMS, "backend": BACKENDS,
             "mixed_precision": MIXED_PRECISIONS, "resume": RESUME_MODES,
-            "member_data_order": MEMBER_DATA_ORDERS, "feeder": tuple(FEEDERS),
+            "member_data_order": MEMBER_DATA_ORDERS, "population_parallel": POPULATION_PARALLEL,
+            "feeder": tuple(FEEDERS),
             "dataset": tuple(SOURCES)}
 
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,12 @@ CHECKSUMS = "checksums.json"
 
 
 def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict[str, Any],
-                    config: RunConfig, keep_last: int) -> Path:
+                    config: RunConfig, keep_last: int, write_state: Callable[[str], None] | None = None) -> Path:
     """Write checkpoint step-N atomically from every rank (all ranks must call this).
+
+    write_state(folder), called on every rank, writes the model, optimiser and RNG files
+    (default: `accelerator.save_state`; a population split across ranks gathers them,
+    `population_ranks.RankShare.write_state`).
 
     Raises UserError (every rank) when a rank cannot write it; see the module docstring.
     """
@@ -65,8 +70,11 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict
 
     # Each stage runs where it must, then all ranks agree that it worked (one all-reduce,
     # which also keeps them in step), so that a failing rank cannot leave the others waiting.
-    stages = ((make_tmp, main), (lambda: accelerator.save_state(str(tmp), safe_serialization=True), True),
-              (finish, main))
+    if write_state is None:
+        def write_state(folder: str) -> None:
+            accelerator.save_state(folder, safe_serialization=True)
+
+    stages = ((make_tmp, main), (lambda: write_state(str(tmp)), True), (finish, main))
     for action, here in stages:
         error = _attempt(action) if here else None
         if _failed_anywhere(accelerator, error):

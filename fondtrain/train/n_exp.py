@@ -64,11 +64,17 @@ class NExpTracker:
         rows = accelerator.gather(self.rate_sum[None]) if accelerator.num_processes > 1 else self.rate_sum[None]
         return {"rate_sum": rows.tolist(), "rate_count": self.count}
 
-    def load_state_dict(self, saved: dict[str, Any], rank: int, world_size: int) -> None:
+    def load_state_dict(self, saved: dict[str, Any], rank: int, world_size: int,
+                        members: range | None = None) -> None:
         """This rank's own row when the checkpoint holds one per rank of this world size;
         else (written by another number of processes) the elementwise max of the saved
-        rows on every rank, so that the n_exp table agreed next is the one saved."""
-        rows = torch.tensor(saved["rate_sum"], dtype=self.rate_sum.dtype).reshape(-1, *self.rate_sum.shape)
+        rows on every rank, so that the n_exp table agreed next is the one saved.
+        `members`: this tracker follows only these members of the saved population
+        (members split across ranks)."""
+        rows = torch.tensor(saved["rate_sum"], dtype=self.rate_sum.dtype)
+        if members is not None:  # [world][P][t_total] of the whole population
+            rows = rows.reshape(-1, *rows.shape[-2:])[:, members.start:members.stop]
+        rows = rows.reshape(-1, *self.rate_sum.shape)
         row = rows[rank] if rows.shape[0] == world_size else rows.amax(0)
         self.rate_sum.copy_(row.to(self.rate_sum.device))
         self.count = int(saved["rate_count"])

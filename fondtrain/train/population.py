@@ -40,15 +40,21 @@ from fondtrain.train.run_log import RunLog
 from fondtrain.train.step import make_inputs
 
 
-def build_population(config: RunConfig, members: list[Member], accelerator):
+def build_population(config: RunConfig, members: list[Member], accelerator, split: bool = False):
     """The population model (member i initialised as its single run) and its
-    PopulationAdamax, prepared."""
+    PopulationAdamax, prepared; `split` (this rank's members only, population_ranks): on
+    the device with mixed precision but not wrapped in DDP, which would average the
+    gradients of different models."""
     tc = config.train
     model = IterativeVAE(config.model, [m.config.model for m in members])
     optimizer = PopulationAdamax(model.parameters(), lr=[m.config.train.lr for m in members],
                                  betas=tuple(tc.betas), eps=1e-8,
                                  weight_decay=[m.config.train.weight_decay for m in members])
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if split:
+        model = accelerator.prepare_model(model, evaluation_mode=True)  # Accelerate's "no DDP"
+        optimizer = accelerator.prepare_optimizer(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     if tc.compile:
         accelerator.unwrap_model(model).enable_compile()
     return model, optimizer
@@ -117,12 +123,14 @@ def member_batch_metrics(out, model: IterativeVAE, values, grad_norm) -> dict[st
 class PopulationLog(RunLog):
     """A population run's output: `RunLog`'s progress, banner and run-wide scalars, plus
     each member's scalars, dictionary and final metrics in its own TensorBoard run and
-    the member table."""
+    the member table. `members`: all of them; `share`: this rank's `RankShare` when the
+    members are split across ranks (their metrics and weights are gathered to the main
+    process), else None (every member on every rank: metrics averaged over the ranks)."""
 
     def __init__(self, run_dir, is_main: bool, name: str, start_step: int, last_step: int,
-                 log_every: int, samples_per_step: int, members: list[Member]):
+                 log_every: int, samples_per_step: int, members: list[Member], share=None):
         super().__init__(run_dir, is_main, name, start_step, last_step, log_every, samples_per_step)
-        self.members = members
+        self.members, self.share = members, share
         self.member_logs = MemberLogs(run_dir, [m.name for m in members], start_step, is_main)
         if is_main and start_step == 0:
             write_members_tsv(run_dir, members)
@@ -130,11 +138,16 @@ class PopulationLog(RunLog):
     def train_step(self, step: int, result, model, values, accelerator) -> None:
         if step % self.log_every == 0 or step == self.last_step:
             metrics = member_batch_metrics(result.out, model, values, result.grad_norm)
-            reduced = accelerator.reduce(torch.stack(list(metrics.values())), "mean")
-            metrics = dict(zip(metrics, reduced, strict=True))
+            if self.share is None:
+                reduced = accelerator.reduce(torch.stack(list(metrics.values())), "mean")
+                metrics = dict(zip(metrics, reduced, strict=True))
             if model.is_poisson:
                 metrics["sched/n_exp_first"] = model.n_exp[:, 0].float()
                 metrics["sched/n_exp_last"] = model.n_exp[:, -1].float()
+            if self.share is not None:
+                metrics = self.share.gather_columns(metrics)  # None off the main process
+            if not self.is_main:
+                return
             self.member_logs.scalars(metrics, step)
             now = time.perf_counter()
             rate = (step - self._step) * self.samples_per_step / max(now - self._t, 1e-9)
@@ -146,16 +159,17 @@ class PopulationLog(RunLog):
             self.bar.update(1)
 
     def validation(self, values: list[dict[str, float]], model, step: int) -> None:
+        """values: every member's validation; model: this rank's (all ranks call this)."""
         if values:
             self.member_logs.scalars({k: [v[k] for v in values] for k in values[0]}, step)
-        self.member_logs.dictionaries(model.W, step)
+        self.member_logs.dictionaries(model.W if self.share is None else self.share.gather_rows(model.W), step)
 
     def finish(self, config, checkpoint, model, val: list[dict[str, float]], step: int,
                total_steps: int, logged: bool) -> None:
-        if not self.is_main:
-            return
         if not logged:
             self.validation(val, model, step)
+        if not self.is_main:
+            return
         results = {m.name: v for m, v in zip(self.members, val, strict=True)}
         table = write_members_tsv(self.run_dir, self.members, results)
         self.member_logs.hparams(self.members, results)

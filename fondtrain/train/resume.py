@@ -42,9 +42,10 @@ def _warn(message: str) -> None:
     print(f"fondtrain: {message}", file=sys.stderr, flush=True)
 
 
-def load_latest(accelerator, ckpt_root: Path, backend: str,
-                warn: Callable[[str], None] = _warn) -> tuple[Path, dict[str, Any]] | None:
-    """Load the newest complete checkpoint under ckpt_root that loads, on every rank.
+def load_latest(accelerator, ckpt_root: Path, backend: str, warn: Callable[[str], None] = _warn,
+                load_state: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest complete checkpoint under ckpt_root that loads, on every rank
+    (through `load_state(folder)`, by default `accelerator.load_state`).
 
     Each one that fails is reported (main process) in one line and the previous one is
     tried; returns (checkpoint, its trainer_state.json) or None when there is none. Raises
@@ -54,7 +55,7 @@ def load_latest(accelerator, ckpt_root: Path, backend: str,
     candidates = list_checkpoints(ckpt_root)[::-1]
     for checkpoint in candidates:
         check_backend(checkpoint, backend)
-        state, error = _try_load(accelerator, checkpoint)
+        state, error = _try_load(load_state or accelerator.load_state, checkpoint)
         if _failed_anywhere(accelerator, error is not None):
             if accelerator.is_main_process:
                 warn(f"cannot load {checkpoint} ({error or 'failed on another rank'}); "
@@ -67,7 +68,7 @@ def load_latest(accelerator, ckpt_root: Path, backend: str,
     return None
 
 
-def _try_load(accelerator, checkpoint: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _try_load(load_state: Callable[[str], None], checkpoint: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(trainer state, None) after loading everything, or (None, why it failed)."""
     from fondtrain.train.checkpoint import verify_checksums
 
@@ -79,7 +80,7 @@ def _try_load(accelerator, checkpoint: Path) -> tuple[dict[str, Any] | None, str
         missing = [k for k in TRAINER_STATE_KEYS if k not in state]
         if missing:
             return None, f"{TRAINER_STATE} lacks {', '.join(missing)}"
-        accelerator.load_state(str(checkpoint))
+        load_state(str(checkpoint))
     except UserError:
         raise
     except Exception as err:  # any reading error: corrupt, truncated or unreadable files

@@ -11,8 +11,9 @@ differences are appended to `runs/<name>/resume_log.txt`.
 ALLOWED_TO_CHANGE lists settings that decide how long, how often or how fast a run goes,
 or where its files live, never what it computes: the stopping step, logging, validation
 and checkpoint intervals, checkpoint retention, data-loader workers and caching, the shard
-and runs locations, torch.compile (the same maths to float round-off), the name and the
-resume mode themselves. `model.input_dim` is read from the data, which is compared.
+and runs locations, torch.compile (the same maths to float round-off), how a population's
+members are placed on the processes (like the number of processes, which the config does
+not hold), the name and the resume mode themselves. `model.input_dim` is read from the data, which is compared.
 Everything else (learning rates, schedules, batch size, epochs, seeds, model, data set,
 feeder, precision, back end) changes the run's meaning.
 """
@@ -33,7 +34,8 @@ RESUME_LOG = "resume_log.txt"
 ALLOWED_TO_CHANGE = frozenset({
     "train.max_steps", "train.log_every", "train.eval_every", "train.ckpt_every",
     "train.ckpt_minutes", "train.keep_last", "train.runs_root", "train.name", "train.resume",
-    "train.compile", "data.num_workers", "data.in_memory", "data.shards_root", "model.input_dim",
+    "train.compile", "train.population_parallel", "data.num_workers", "data.in_memory",
+    "data.shards_root", "model.input_dim",
 })
 
 

@@ -39,6 +39,7 @@ from fondtrain.train.population import (
     population_schedule,
     seed_member_generators,
 )
+from fondtrain.train.population_ranks import RankShare, rank_share
 from fondtrain.train.resume import adapt_position, check_backend, load_latest, reseed_if_rng_missing
 from fondtrain.train.run_identity import check_resume, default_run_name
 from fondtrain.train.run_lock import RunLock
@@ -52,9 +53,10 @@ STOP_CHECK_EVERY = 5
 
 @dataclass
 class TrainResult:
-    """What `train` leaves: the run directory, the trained model (this rank's copy), the
-    global step reached, whether a stop signal ended it early, and the last validation
-    (a population's: one dict per member)."""
+    """What `train` leaves: the run directory, the trained model (this rank's copy; a
+    population split across ranks: this rank's members), the global step reached, whether
+    a stop signal ended it early, and the last validation (a population's: one dict per
+    member, every member)."""
 
     run_dir: Path
     model: IterativeVAE
@@ -70,33 +72,36 @@ def train(config: RunConfig) -> TrainResult:
     log = lock = None
     try:
         accelerator = make_backend(config)  # an Accelerator, or DeepSpeed behind the same calls
-        tc, rank, world = config.train, accelerator.process_index, accelerator.num_processes
+        tc, world = config.train, accelerator.num_processes
+        share = rank_share(config, accelerator)  # members split across ranks, else None
+        data_rank, data_world = (0, 1) if share else (accelerator.process_index, world)
         tc.name = tc.name or default_run_name(config)
         run_dir = Path(tc.runs_root) / tc.name
         ckpt_root = run_dir / "ckpt"
-        train_loader, val_loader = prepare_data(config, accelerator)
+        train_loader, val_loader = prepare_data(config, accelerator, data_rank, data_world)
         config.model = dataclasses.replace(config.model, input_dim=train_loader.input_dim)
         members = members_from_sweep(config, tc.sweep) if tc.sweep else None  # a population
+        own = share.members(members) if share else members  # the members this rank trains
         if members is not None and tc.member_data_order == "own":
-            train_loader = MemberOrderLoader(train_loader, members, config.data.seed)
-        model, optimizer, compiled = build_model(config, accelerator, members)
+            train_loader = MemberOrderLoader(train_loader, own, config.data.seed)
+        model, optimizer, compiled = build_model(config, accelerator, own, share)
         core: IterativeVAE = accelerator.unwrap_model(model)
         steps_per_epoch = train_loader.batches_per_epoch
         total_steps = tc.epochs * steps_per_epoch
         schedule = schedule_for(config, total_steps) if members is None else \
-            population_schedule(members, total_steps, accelerator.device)
+            population_schedule(own, total_steps, accelerator.device)
         last_step = min(total_steps, tc.max_steps) if tc.max_steps > 0 else total_steps
         n_exp = NExpTracker(config.model.t_total, tc.n_exp_refresh_every, accelerator.device, core.n_members)
-        state = RunState(world_size=world, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+        state = RunState(world_size=data_world, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
         lock, notes = claim_run_folder(accelerator, config, run_dir)
-        resumed_from, resume_notes = resume_or_start(accelerator, config, ckpt_root, state, n_exp)
-        notes += resume_notes
+        resumed_from, resume_notes = resume_or_start(accelerator, config, ckpt_root, state, n_exp, share)
+        notes += resume_notes + ([share.placement_note(members)] if share else [])
         if accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(config, run_dir / "config.yaml")
         log_args = (run_dir, accelerator.is_main_process, tc.name, state.global_step, last_step,
-                    tc.log_every, tc.batch_size * tc.grad_accum * world)
-        log = RunLog(*log_args) if members is None else PopulationLog(*log_args, members)
+                    tc.log_every, tc.batch_size * tc.grad_accum * data_world)
+        log = RunLog(*log_args) if members is None else PopulationLog(*log_args, members, share)
         log.banner(resumed_from, state.global_step, world, config, steps_per_epoch, total_steps)
         for note in notes:
             log.say(f"note: {note}")
@@ -108,21 +113,21 @@ def train(config: RunConfig) -> TrainResult:
             for batch in train_loader.epoch(state.epoch, skip_batches=state.batch_in_epoch):
                 values = schedule.at(state.global_step)
                 x = batch["x"].to(accelerator.device, non_blocking=True)
-                inputs = batch_inputs(config, core, members, x, rank, state.global_step)
+                inputs = batch_inputs(config, core, own, x, data_rank, state.global_step)
                 result = tbptt_step(model, core, optimizer, accelerator, inputs, values, config, compiled)
                 state.advance(values.eps)
                 step = state.global_step
                 n_exp.observe(result.max_rates)
                 if core.is_poisson:
-                    n_exp.refresh(core, step, values.warming_up, accelerator)
+                    n_exp.refresh(core, step, values.warming_up, share.local if share else accelerator)
                 log.train_step(step, result, core, values, accelerator)
                 if tc.eval_every and step % tc.eval_every == 0:
-                    validation, validated_at = validate(core, val_loader, config, accelerator, values,
-                                                        members=members), step
+                    validation, validated_at = validate_run(core, val_loader, config, accelerator, values,
+                                                            own, share), step
                     log.validation(validation, core, step)
                 stopped, save_now = agree_stop_and_save(accelerator, step, stop, tc, saved_at)
                 if save_now:
-                    save(accelerator, ckpt_root, state, n_exp, config)
+                    save(accelerator, ckpt_root, state, n_exp, config, share)
                     saved_at = time.monotonic()
                 if stopped or step >= last_step:
                     break
@@ -131,8 +136,8 @@ def train(config: RunConfig) -> TrainResult:
             if accelerator.is_main_process and stop.signum == signal.SIGUSR1:
                 requeue_slurm_job()
         else:
-            validation = finish(accelerator, config, core, val_loader, schedule, members, state, n_exp,
-                                log, validation if validated_at == state.global_step else None)
+            validation = finish(accelerator, config, core, val_loader, schedule, own, share, state,
+                                n_exp, log, validation if validated_at == state.global_step else None)
     finally:
         stop.restore()
         if log is not None:
@@ -153,7 +158,15 @@ def batch_inputs(config: RunConfig, core: IterativeVAE, members, x: torch.Tensor
     return population_inputs(config, x, feeder_seed)
 
 
-def finish(accelerator, config: RunConfig, core, val_loader, schedule, members, state: RunState,
+def validate_run(core, val_loader, config: RunConfig, accelerator, values, members, share: RankShare | None):
+    """`validate` of this rank's model (a population: of its `members`); members split
+    across ranks validate on this rank alone and every rank returns every member's."""
+    if share is None:
+        return validate(core, val_loader, config, accelerator, values, members=members)
+    return share.gather_all(validate(core, val_loader, config, share.local, values, members=members))
+
+
+def finish(accelerator, config: RunConfig, core, val_loader, schedule, members, share, state: RunState,
            n_exp: NExpTracker, log, validation):
     """The end of a run that reached its last step: the final checkpoint (unless ckpt_every
     just wrote it), the final validation (unless `validation` is that of this very step),
@@ -161,18 +174,19 @@ def finish(accelerator, config: RunConfig, core, val_loader, schedule, members, 
     ckpt_root = Path(config.train.runs_root) / config.train.name / "ckpt"
     final = run_files.step_dir(ckpt_root, state.global_step)
     if not (final / run_files.COMPLETE).is_file():
-        final = save(accelerator, ckpt_root, state, n_exp, config)
+        final = save(accelerator, ckpt_root, state, n_exp, config, share)
     logged = validation is not None
     if not logged:
-        validation = validate(core, val_loader, config, accelerator,
-                              schedule.at(max(state.global_step - 1, 0)), members=members)
+        validation = validate_run(core, val_loader, config, accelerator,
+                                  schedule.at(max(state.global_step - 1, 0)), members, share)
     log.finish(config, final, core, validation, state.global_step, state.total_steps, logged=logged)
     accelerator.wait_for_everyone()
     return validation
 
 
-def prepare_data(config: RunConfig, accelerator):
-    """Build the shards on the main process if missing (the others wait), then loaders."""
+def prepare_data(config: RunConfig, accelerator, rank: int, world: int):
+    """Build the shards on the main process if missing (the others wait), then the loaders
+    of data rank `rank` of `world` (members split across ranks: each reads it all, 0 of 1)."""
     from fondtrain.data.loader import ShardLoader, validation_loader
     from fondtrain.data.shards import ensure_shards, shard_folder
 
@@ -181,7 +195,7 @@ def prepare_data(config: RunConfig, accelerator):
         ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed)
     accelerator.wait_for_everyone()
     shard_dir = shard_folder(d.shards_root, d.dataset, d.path)
-    common = dict(rank=accelerator.process_index, world_size=accelerator.num_processes,
+    common = dict(rank=rank, world_size=world,
                   seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
                   pin_memory=accelerator.device.type == "cuda")  # so non_blocking copies overlap
     own_orders = t.member_data_order == "own"  # gathered per member from one in-memory copy
@@ -194,10 +208,13 @@ def prepare_data(config: RunConfig, accelerator):
     return train_loader, val_loader
 
 
-def build_model(config: RunConfig, accelerator, members: list | None = None):
+def build_model(config: RunConfig, accelerator, members: list | None = None, share: RankShare | None = None):
     """The model (initial weights from config.model.seed), its Adamax, both prepared, and
     with --compile the compiled TBPTT cycle (None where it does not apply: then eager); a
-    sweep's `members`: the population and its PopulationAdamax (trained eagerly)."""
+    sweep's `members`: the population and its PopulationAdamax (trained eagerly), this
+    rank's alone when `share` splits them across ranks."""
+    if share is not None:
+        return (*share.build(config, members), None)
     if members is not None:
         return (*build_population(config, members, accelerator), None)
     tc = config.train
@@ -227,12 +244,15 @@ def compiled_cycle(config: RunConfig, accelerator, model, optimizer):
 
 
 def resume_or_start(accelerator, config: RunConfig, ckpt_root: Path, state: RunState,
-                    n_exp: NExpTracker) -> tuple[Path | None, list[str]]:
+                    n_exp: NExpTracker, share: RankShare | None = None) -> tuple[Path | None, list[str]]:
     """Continue from the newest complete checkpoint (weights, optimiser, RNG states, the
     position and the n_exp sums into `state` / `n_exp`), or seed a new run's sampler noise.
-    Returns (the checkpoint or None, notes to print)."""
-    tc, rank, world = config.train, accelerator.process_index, accelerator.num_processes
-    found = load_latest(accelerator, ckpt_root, tc.backend)  # falls back past a corrupt one
+    Members split across ranks (`share`) take their slices of the whole population's
+    checkpoint and read the data as one process (the population's noise is keyed by
+    member and step: no RNG state to restore). Returns (the checkpoint or None, notes)."""
+    tc, rank = config.train, accelerator.process_index
+    world = 1 if share else accelerator.num_processes  # the data's world size
+    found = load_latest(accelerator, ckpt_root, tc.backend, load_state=share.load_state if share else None)
     if found is None:
         torch.manual_seed(stream_seed(tc.seed, "sampler", rank))  # every rank its own noise
         return None, []
@@ -241,10 +261,11 @@ def resume_or_start(accelerator, config: RunConfig, ckpt_root: Path, state: RunS
     saved, moved = adapt_position(saved, state.steps_per_epoch, world, tc.epochs)
     loaded = RunState.from_json(saved)
     state.global_step, state.epoch, state.batch_in_epoch = loaded.global_step, loaded.epoch, loaded.batch_in_epoch
-    state.eps = loaded.eps
+    state.eps = share.members(loaded.eps) if share and isinstance(loaded.eps, list) else loaded.eps
     if loaded.rate_sum:
-        n_exp.load_state_dict({"rate_sum": loaded.rate_sum, "rate_count": loaded.rate_count}, rank, world)
-    reseeded = reseed_if_rng_missing(checkpoint, rank, tc.seed, state.global_step)
+        n_exp.load_state_dict({"rate_sum": loaded.rate_sum, "rate_count": loaded.rate_count},
+                              0 if share else rank, world, share.own if share else None)
+    reseeded = None if share else reseed_if_rng_missing(checkpoint, rank, tc.seed, state.global_step)
     if reseeded:
         print(f"fondtrain: {reseeded}", file=sys.stderr, flush=True)
     return checkpoint, [moved] if moved else []
@@ -292,8 +313,11 @@ def agree_stop_and_save(accelerator, step: int, stop: StopRequest, tc, saved_at:
     return stop_now, stop_now or timed or bool(tc.ckpt_every and step % tc.ckpt_every == 0)
 
 
-def save(accelerator, ckpt_root: Path, state: RunState, n_exp: NExpTracker, config: RunConfig) -> Path:
-    """Checkpoint the run at its current step (every rank calls this)."""
-    trainer_state = dataclasses.replace(state, **n_exp.state_dict(accelerator)).to_json()
+def save(accelerator, ckpt_root: Path, state: RunState, n_exp: NExpTracker, config: RunConfig,
+         share: RankShare | None = None) -> Path:
+    """Checkpoint the run at its current step (every rank calls this); members split
+    across ranks are gathered into one process's checkpoint (population_ranks)."""
+    members = n_exp.state_dict(accelerator) if share is None else share.trainer_state(state, n_exp)
+    trainer_state = dataclasses.replace(state, **members).to_json()
     return ckpt.save_checkpoint(accelerator, ckpt_root, state.global_step, trainer_state, config,
-                                config.train.keep_last)
+                                config.train.keep_last, share.write_state if share else None)
