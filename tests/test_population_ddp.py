@@ -1,5 +1,5 @@
-"""A population under `accelerate launch` with 2 processes: every member data-parallel
-over both ranks (DDP averages each member's gradient over the ranks, which is exact since
+"""A population under `accelerate launch` with 2 processes and --population_parallel data:
+every member data-parallel over both ranks (DDP averages each member's gradient over the ranks, which is exact since
 members are independent), and resume equals the uninterrupted run bit for bit."""
 
 from __future__ import annotations
@@ -11,14 +11,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_helpers import ACCELERATE_2PROC, REPO, run_ddp_worker, scalars, subprocess_env, tiny_flags
+from tests.train_helpers import (
+    ACCELERATE_2PROC,
+    REPO,
+    accelerate_launch,
+    run_ddp_worker,
+    scalars,
+    subprocess_env,
+    tiny_flags,
+)
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_process_population_resume_equals_uninterrupted(digits_shards, tmp_path):
     flags = dict(epochs=2, lr=1e-2, sweep="beta_outer=0.1,1 seed=0,1", n_exp_refresh_every=10,
-                 log_every=5, ckpt_every=0)
+                 log_every=5, ckpt_every=0, population_parallel="data")
 
     def launch(name: str, out: str, **extra):
         run_ddp_worker(digits_shards, tmp_path, name, out, **flags, **extra)
@@ -50,7 +58,7 @@ def test_population_saved_on_two_ranks_resumes_on_one_and_on_three(digits_shards
 
     runs = tmp_path / "runs"
     flags = tiny_flags(digits_shards, runs, "elastic", epochs=3, sweep="beta_outer=0.1,1", log_every=5,
-                       n_exp_refresh_every=5)
+                       n_exp_refresh_every=5, population_parallel="data")
     ckpt_root = runs / "elastic" / "ckpt"
     proc = subprocess.run([*ACCELERATE_2PROC, str(REPO / "launch" / "train.py"), *flags, "--max_steps=12"],
                           cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
@@ -58,8 +66,7 @@ def test_population_saved_on_two_ranks_resumes_on_one_and_on_three(digits_shards
     assert run_files.read_trainer_state(run_files.latest_checkpoint(ckpt_root))["world_size"] == 2
     one = train(parse_args([*flags, "--max_steps=40"]))
     assert one.step == 40 and one.model.W.shape[0] == 2
-    three = [*ACCELERATE_2PROC, str(REPO / "launch" / "train.py"), *flags]
-    three[three.index("--num_processes") + 1] = "3"
+    three = [*accelerate_launch(3), str(REPO / "launch" / "train.py"), *flags]
     proc = subprocess.run(three, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming" in proc.stdout and "written by 1 process(es)" in proc.stdout and "now 3" in proc.stdout

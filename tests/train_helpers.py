@@ -64,10 +64,21 @@ ACCELERATE_2PROC = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu",
                     "--dynamo_backend", "no", "--main_process_port", "29517"]
 
 
-def run_ddp_worker(shards_root: Path, tmp_path: Path, name: str, out: str, **flags) -> None:
-    """tests/ddp_worker.py on 2 processes for the tiny run `name` (runs under tmp_path/runs),
-    each rank's final weights written under tmp_path/out; fails the test on a non-zero exit."""
+def accelerate_launch(processes: int) -> list[str]:
+    """ACCELERATE_2PROC with another number of processes."""
+    command = list(ACCELERATE_2PROC)
+    command[command.index("--num_processes") + 1] = str(processes)
+    return command
+
+
+def run_ddp_worker(shards_root: Path, tmp_path: Path, name: str, out: str, processes: int = 2,
+                   **flags) -> subprocess.CompletedProcess:
+    """tests/ddp_worker.py on `processes` processes for the tiny run `name` (runs under
+    tmp_path/runs), each rank's final weights written under tmp_path/out; fails the test on
+    a non-zero exit. Returns the finished process (its stdout: the run's log)."""
     run = tiny_flags(shards_root, tmp_path / "runs", name, **flags)
-    proc = subprocess.run([*ACCELERATE_2PROC, str(REPO / "tests" / "ddp_worker.py"), str(tmp_path / out), *run],
+    proc = subprocess.run([*accelerate_launch(processes), str(REPO / "tests" / "ddp_worker.py"),
+                           str(tmp_path / out), *run],
                           cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

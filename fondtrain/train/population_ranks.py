@@ -56,7 +56,7 @@ def rank_share(config, accelerator) -> RankShare | None:
     if n_members < world:
         raise UserError(f"the population has {n_members} member(s) but {world} processes were started, and "
                         "--population_parallel split gives every process at least one member: start at most "
-                        f"{n_members} processes, or pass --population_parallel data to train every member on "
+                        f"{n_members} process(es), or pass --population_parallel data to train every member on "
                         "every process.")
     return RankShare(accelerator, member_blocks(n_members, world))
 
