@@ -138,9 +138,9 @@ def test_split_over_two_ranks_equals_one_process(whole_and_split):
 @pytest.mark.slow
 def test_split_resume_equals_uninterrupted(digits_shards, whole_and_split):
     tmp, _, _ = whole_and_split
-    run_ddp_worker(digits_shards, tmp, "cut", "first", **FLAGS, max_steps=23)
+    run_ddp_worker(digits_shards, tmp, "cut", "first", **FLAGS, max_steps=25)
     state = run_files.read_trainer_state(_checkpoint(tmp / "runs" / "cut"))
-    assert state["global_step"] == 23 and state["world_size"] == 1
+    assert state["global_step"] == 25 and state["world_size"] == 1
     assert len(state["rate_sum"]) == 1 and len(state["rate_sum"][0]) == 4 and len(state["eps"]) == 4
     run_ddp_worker(digits_shards, tmp, "cut", "second", **FLAGS)
     _assert_same_checkpoint(_checkpoint(tmp / "runs" / "two"), _checkpoint(tmp / "runs" / "cut"))
@@ -197,5 +197,5 @@ def test_fewer_members_than_processes_is_refused(digits_shards, tmp_path):
     assert errors == {"error: the population has 1 member(s) but 2 processes were started, and "
                       "--population_parallel split gives every process at least one member: start at most "
                       "1 process(es), or pass --population_parallel data to train every member on every process."}
-    assert "Traceback" not in proc.stderr
+    assert "fondtrain/train/" not in proc.stderr, "a worker traceback (the launcher's own report may follow)"
     assert not runs.exists()

@@ -5,8 +5,10 @@ each batch: schedule values, `tbptt_step`, n_exp tracking, logging, validation,
 checkpoints and stop signals. One code path serves one CPU, many GPUs and many nodes.
 
 Conventions: `batch_size` is per process; the effective batch is batch_size x processes x
-grad_accum (micro-batches of one batch share each optimiser step). A global step is one
-batch; the schedules are functions of it.
+grad_accum (micro-batches of one batch share each optimiser step); a population whose
+members are split across ranks (`population_ranks`) gives each member batch_size x
+grad_accum, as one process does. A global step is one batch; the schedules are functions
+of it.
 """
 
 from __future__ import annotations
