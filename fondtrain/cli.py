@@ -189,10 +189,10 @@ class FondtrainCLI:
              tuning: bool = True, tuning_steps: int | None = None, n_orientations: int = 16,
              gabor: bool = True, shards_root: str | None = None, out: str | None = None,
              figures: bool = True, tensorboard: bool = True, device: str | None = None,
-             seed: int = 0) -> None:
+             seed: int = 0, member: str | None = None) -> None:
         """Evaluate a run: convergence over N_STEPS inference steps, figures, probes, tuning.
-        A population run (--sweep): every member, then RUN/eval/sweep_summary.tsv and
-        rate_distortion.png.
+        A population run (--sweep): every member in one batched inference (each to
+        RUN/eval/members/MEMBER), then RUN/eval/sweep_summary.tsv and rate_distortion.png.
 
         Writes RUN/eval/metrics.json, RUN/eval/figures/*.png and TensorBoard RUN/tb/eval
         (RUN/eval-DATASET with --dataset another data set). Data-parallel under
@@ -222,6 +222,7 @@ class FondtrainCLI:
             tensorboard: also log scalars and figures to TensorBoard.
             device: e.g. cpu or cuda:1 (default: Accelerate's choice).
             seed: seed of the sampling noise.
+            member: evaluate only this member of a population run, on its own.
         """
         from fondtrain.eval.evaluate import EvalOptions, evaluate
 
@@ -234,12 +235,12 @@ class FondtrainCLI:
         from fondtrain.run_files import run_members
 
         source = checkpoint if checkpoint is not None else run
-        if source is not None and run_members(source) is not None:
+        if member is None and source is not None and run_members(source) is not None:
             from fondtrain.eval.population import evaluate_population
 
             evaluate_population(run, checkpoint, opts)  # every member, then the sweep summary
             return
-        evaluate(run, checkpoint, opts)  # prints a summary and where it wrote the results
+        evaluate(run, checkpoint, opts, member=member)  # prints a summary and where it wrote the results
 
     def hubel_wiesel(self, run: str | None = None, checkpoint: str | None = None, unit: int | None = None,
                      orientations: tuple[float, ...] | None = None, orientation_step: float = 1.0, n_blank: int = 300,

@@ -74,39 +74,64 @@ def load_model(path: str | Path, member: str | None = None):
     (with `config.yaml` beside it or in the run directory), or a reference `.pt` file.
     Returns (IterativeVAE in eval mode, RunConfig or None for reference checkpoints).
     A population run needs `member` (its name): that member as a plain single model
-    with its single-run config.
+    with its single-run config (`load_population` loads every member at once).
     """
-    from safetensors.torch import load_file
-
     from fondtrain.model.upstream import load_upstream_checkpoint
     from fondtrain.model.vae import IterativeVAE
 
     target = resolve_checkpoint(path)
     if target.is_file() and target.suffix == ".pt":
         return load_upstream_checkpoint(target).eval(), None
-    weights = target if target.is_file() else target / MODEL_FILE
-    if not weights.is_file():
-        raise UserError(f"{target} holds no {MODEL_FILE}: it is not a fondtrain checkpoint.")
-    config = _weights_config(weights)
-    members = population_members(config)
+    model, config, members = _load_weights(target)
     if members is not None and member is None:
         raise UserError(f"{path} is a population run of {len(members)} members: choose one with "
                         f"--member NAME ({', '.join(m.name for m in members)}).")
-    model = IterativeVAE(config.model, None if members is None else [m.config.model for m in members])
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, KeyError) as err:
-        raise UserError(f"{weights} does not match its config.yaml ({err.__class__.__name__}).") from err
     if members is None:
         if member is not None:
             raise UserError(f"{path} is a single-model run, not a population: leave out --member.")
-        return model.eval(), config
+        return model, config
     index = member_index(members, member)
     single_config = dataclasses.replace(members[index].config, train=dataclasses.replace(
         members[index].config.train, sweep=""))
     single = IterativeVAE(single_config.model)
     single.load_state_dict({k: v[index] for k, v in model.state_dict().items()})
     return single.eval(), single_config
+
+
+def load_population(path: str | Path):
+    """Load every member of a population run at once, for a batched evaluation.
+
+    Returns (the population IterativeVAE in eval mode, member i at index i of its leading
+    axis; the run's RunConfig; its members, sweep.Member list). A single-model run or a
+    reference checkpoint: one sentence saying it is not a population.
+    """
+    target = resolve_checkpoint(path)
+    if target.is_file() and target.suffix == ".pt":
+        raise UserError(f"{path} is a reference checkpoint, not a population run.")
+    model, config, members = _load_weights(target)
+    if members is None:
+        raise UserError(f"{path} is a single-model run, not a population: evaluate it without members.")
+    return model, config, members
+
+
+def _load_weights(target: Path):
+    """(IterativeVAE in eval mode, RunConfig, members or None) of a fondtrain checkpoint:
+    a population's as the population model."""
+    from safetensors.torch import load_file
+
+    from fondtrain.model.vae import IterativeVAE
+
+    weights = target if target.is_file() else target / MODEL_FILE
+    if not weights.is_file():
+        raise UserError(f"{target} holds no {MODEL_FILE}: it is not a fondtrain checkpoint.")
+    config = _weights_config(weights)
+    members = population_members(config)
+    model = IterativeVAE(config.model, None if members is None else [m.config.model for m in members])
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"{weights} does not match its config.yaml ({err.__class__.__name__}).") from err
+    return model.eval(), config, members
 
 
 def _weights_config(weights: Path) -> RunConfig:

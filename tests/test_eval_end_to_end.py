@@ -264,6 +264,6 @@ def test_data_parallel_eval_with_accelerate_launch(tiny_run: Path, evaluated: di
     steps = metrics["convergence"]["step"]
     parts = [accumulate_convergence(model, x[r * 100:(r + 1) * 100], FAST["n_steps"], 0.0, 4.0, steps,
                                     FAST["batch_size"], seed=rank_seed(0, r))[0] for r in (0, 1)]
-    table = parts[0].merged(parts[1]).table(Ranks("cpu"), 64)
+    (table,) = parts[0].merged(parts[1]).tables(Ranks("cpu"), 64)
     for key, values in metrics["convergence"].items():
         np.testing.assert_allclose(values, table[key], rtol=1e-9, atol=1e-12, err_msg=key)

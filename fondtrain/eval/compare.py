@@ -9,7 +9,7 @@ from typing import Any
 
 from fondtrain.errors import UserError
 from fondtrain.eval import figures as Fg
-from fondtrain.eval.evaluate import METRICS_FILE
+from fondtrain.eval.report import METRICS_FILE
 
 COMPARE_COLUMNS = (
     ("preset", lambda m: m["model"]["preset"]),
