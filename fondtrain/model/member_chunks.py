@@ -1,15 +1,15 @@
 """A population's TBPTT cycle run a few members at a time on a CPU: the same numbers,
-cache-sized tensors.
+smaller tensors.
 
-Why a CPU-only path: a single vH16 model's state tensor [B, K] (200 x 512 float32, 400
-KB) stays in a core's L2 cache from one elementwise op to the next, while 64 members'
-[P, B, K] (26 MB) stream through memory on every op: a [64, 200, 512] multiply took
-about 2x the time of 64 member-sized ones here, and a P = 64 igvae cycle cost up to 1.4x
-a single model's per member (benchmarks/RESULTS.md, issue 15). Running the cycle on
-chunks of members whose [c, B, K] tensors fit `CHUNK_BYTES` keeps what batching gains
-(one Python dispatch for c members) without that loss. Accelerators want the opposite
-(whole tensors, fewest kernel launches): there `IterativeVAE.forward` runs all members
-at once, as it does on a CPU where one chunk holds them all.
+Why a CPU-only path: at vH16 sizes (B 200, K 512) a P = 64 igvae cycle over whole
+[64, 200, 512] tensors cost 1.15-1.19x per member the CPU time of a single model's cycle,
+in chunks of 8 members 1.08x, of 4 1.11x (interleaved rounds, benchmarks/RESULTS.md,
+issue 15): a single model's [B, K] tensor (400 KB) stays in a core's cache from one
+elementwise op to the next, 64 members' 26 MB do not. Chunks keep what batching gains
+(one Python dispatch for c members) with tensors closer to a single model's.
+Accelerators want the opposite (whole tensors, fewest kernel launches): there
+`IterativeVAE.forward` runs all members at once, as it does on a CPU where one chunk
+holds them all.
 
 Member i's numbers are its own either way: every op acts on member i's slice alone and
 member i draws from its own generator, so the order in which members run does not
@@ -30,9 +30,9 @@ from torch import Tensor
 from fondtrain.model.members import member_generators
 from fondtrain.model.states import CycleOutput, State
 
-# Largest [c, B, K] float32 state tensor of a chunk: about one core's L2 cache (2 MB on
-# the development machines), so the few tensors an op reads and writes mostly stay there.
-CHUNK_BYTES = 2 * 2**20
+# Largest [c, B, K] float32 state tensor of a chunk: 8 vH16 members' (3.2 MB), the
+# fastest of the chunk sizes 1, 4, 8 and 64 measured on the development machine.
+CHUNK_BYTES = 8 * 200 * 512 * 4
 
 
 def members_per_chunk(state: State) -> int:
