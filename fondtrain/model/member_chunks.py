@@ -2,14 +2,13 @@
 smaller tensors.
 
 Why a CPU-only path: at vH16 sizes (B 200, K 512) a P = 64 igvae cycle over whole
-[64, 200, 512] tensors cost 1.15-1.19x per member the CPU time of a single model's cycle,
-in chunks of 8 members 1.08x, of 4 1.11x (interleaved rounds, benchmarks/RESULTS.md,
-issue 15): a single model's [B, K] tensor (400 KB) stays in a core's cache from one
-elementwise op to the next, 64 members' 26 MB do not. Chunks keep what batching gains
-(one Python dispatch for c members) with tensors closer to a single model's.
-Accelerators want the opposite (whole tensors, fewest kernel launches): there
-`IterativeVAE.forward` runs all members at once, as it does on a CPU where one chunk
-holds them all.
+[64, 200, 512] tensors (26 MB each) cost 1.15-1.19x per member the CPU time of a single
+model's cycle, in chunks of 8 members 1.08x, of 4 1.11x (interleaved rounds in one
+process, benchmarks/RESULTS.md, issue 15): each op's operands come closer to a single
+model's 400 KB, which stay in a core's cache, while chunks keep what batching gains (one
+Python dispatch for c members). Accelerators want the opposite (whole tensors, fewest
+kernel launches): there `IterativeVAE.forward` runs all members at once, as it does on a
+CPU where one chunk holds them all.
 
 Member i's numbers are its own either way: every op acts on member i's slice alone and
 member i draws from its own generator, so the order in which members run does not
