@@ -68,3 +68,22 @@ def test_bench_times_a_checkpoint_at_its_sizes(tmp_path):
     assert ours.n_exp.tolist() == model.n_exp.tolist() and ours.training
     text = out.read_text()
     assert "K=5" in text and "temperature 0.05" in text and "| ipvae |" in text
+
+
+def test_bracketed_ratio_spans_the_batched_call_with_the_singles():
+    """Each round runs n // 2 singles, the batched call, the other singles, and the ratio
+    is the batched call's CPU time over the round's singles' sum."""
+    calls: list[str] = []
+
+    def single():
+        calls.append("s")
+        sum(range(200_000))
+
+    def batched():
+        calls.append("B")
+        sum(range(1_200_000))  # 2x the work of 3 singles
+
+    r = harness.bracketed_ratio(single, batched, 3, repeats=2)
+    assert "".join(calls) == "sB" + "sBss" * 2  # warm-up, then bracketed rounds
+    assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+    assert 1.4 < r["ratio"] < 2.8 and r["batched_s"] > 2 * r["single_s"] > 0

@@ -107,7 +107,8 @@ def compiled_cycle(preset: str, s: BenchSettings, x: torch.Tensor, log=print):
 def population_cycles(s: BenchSettings, log=print) -> dict:
     """The cycle of P members in one process (P in s.population) over P x the single-model
     cycle, each preset: the per-member cost of batching members (1: no loss, < 1: a gain).
-    Each P is timed interleaved with the single model, so both see the same machine."""
+    Each round brackets the population cycle with P single cycles (`harness.bracketed_ratio`),
+    so that both see the same stretch of a shared machine; the ratio is the rounds' median."""
     device = harness.device()
     x = C.inputs(s, device)
     out: dict = {}
@@ -116,12 +117,13 @@ def population_cycles(s: BenchSettings, log=print) -> dict:
         rows = {}
         for p in s.population:
             population = C.population_cycle(C.population_model(preset, s, p, device), x, s)
-            times = harness.interleaved({"single": single, "population": population}, s.repeats)
-            per_member = times["population"] / (p * times["single"])
-            rows[p] = {"cycle_s": times["population"], "single_s": times["single"],
-                       "per_member": per_member}
-            log(f"  {preset} P={p}: cycle {1e3 * times['population']:.0f} ms, single "
-                f"{1e3 * times['single']:.0f} ms; per member {per_member:.3f}x a single run's")
+            r = harness.bracketed_ratio(single, population, p, s.repeats)
+            rows[p] = {"cycle_s": r["batched_s"], "single_s": r["single_s"],
+                       "per_member": r["ratio"], "per_member_min": r["ratio_min"],
+                       "per_member_max": r["ratio_max"]}
+            log(f"  {preset} P={p}: cycle {1e3 * r['batched_s']:.0f} ms, single "
+                f"{1e3 * r['single_s']:.0f} ms; per member {r['ratio']:.3f}x a single run's "
+                f"(rounds {r['ratio_min']:.3f}-{r['ratio_max']:.3f})")
         out[preset] = rows
     return out
 

@@ -3,6 +3,9 @@ threads, worker processes and the peak memory of this process.
 
 Every figure of one table comes from one `interleaved` call: the candidates run round by
 round, so a slow spell of a shared machine hits all of them alike and their ratios hold.
+A batched call against n single ones (`bracketed_ratio`) brackets it with the n singles,
+so that both span the same stretch of time, takes the ratio round by round, and on a CPU
+counts the process's CPU time rather than wall time.
 """
 
 from __future__ import annotations
@@ -38,6 +41,18 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def cpu_seconds_once(fn: Callable[[], object]) -> float:
+    """CPU seconds this process spends on one call (all its threads), on a CPU device;
+    wall seconds (`time_once`) on a GPU, whose work the process's CPU time does not
+    count. On a shared machine a call's wall time also holds the time other processes
+    held the cores (single cycles here swung 2.5x in wall time, 7% in CPU time)."""
+    if torch.cuda.is_available():
+        return time_once(fn)
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
 def time_once(fn: Callable[[], object]) -> float:
     """Seconds of one call (e.g. a first call that compiles)."""
     start = time.perf_counter()
@@ -56,6 +71,27 @@ def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[st
         for name, fn in cases.items():
             times[name].append(time_once(fn))
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def bracketed_ratio(single: Callable[[], object], batched: Callable[[], object], n: int,
+                    repeats: int) -> dict[str, float]:
+    """`batched` (the work of n `single` calls in one) over n `single` calls, measured so
+    that both cover the same stretch of time: one warm-up call each, then `repeats` rounds
+    of n // 2 single calls, the batched call, the other single calls; each round gives one
+    ratio. Times are `cpu_seconds_once`'s. Returns the median ratio, its smallest and
+    largest round, and the median seconds of the batched call and of one single call."""
+    single()
+    batched()
+    ratios, batched_s, single_s = [], [], []
+    for _ in range(repeats):
+        singles = [cpu_seconds_once(single) for _ in range(n // 2)]
+        batched_s.append(cpu_seconds_once(batched))
+        singles += [cpu_seconds_once(single) for _ in range(n - n // 2)]
+        ratios.append(batched_s[-1] / sum(singles))
+        single_s.append(sum(singles) / n)
+    return {"ratio": statistics.median(ratios), "ratio_min": min(ratios),
+            "ratio_max": max(ratios), "batched_s": statistics.median(batched_s),
+            "single_s": statistics.median(single_s)}
 
 
 # ----------------------------------------------------------------------------- processes

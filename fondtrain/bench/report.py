@@ -127,8 +127,9 @@ def _process_table(processes: dict) -> str:
 
 
 def _population_table(population: dict) -> str:
-    lines = ["| preset | members P | cycle ms | single cycle ms | cycle / (P x single) |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {preset} | {p} | {_ms(r['cycle_s'])} | {_ms(r['single_s'])} | {r['per_member']:.3f} |"
+    lines = ["| preset | members P | cycle ms | single cycle ms | cycle / (P x single) | "
+             "rounds' range |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {preset} | {p} | {_ms(r['cycle_s'])} | {_ms(r['single_s'])} | "
+              f"{r['per_member']:.3f} | {r['per_member_min']:.3f}-{r['per_member_max']:.3f} |"
               for preset, rows in population.items() for p, r in rows.items()]
     return "\n".join(lines)

@@ -125,7 +125,12 @@ def draw_member_noise(model, state, temp, t: int, generator) -> Tensor | None:
     p = ref.shape[0]
     gens = member_generators(generator, p, model.generators)
     if not model.is_poisson:
-        return torch.stack([torch.randn(ref.shape[1:], device=ref.device, generator=g) for g in gens])
+        # each row filled in place: torch.randn's numbers (it is empty().normal_()) without
+        # a stack's copy of the whole [P, B, K]
+        noise = torch.empty(ref.shape, device=ref.device)
+        for row, g in zip(noise, gens, strict=True):
+            row.normal_(generator=g)
+        return noise
     if all(v == 0 for v in member_floats(temp, p)):
         return None
     lengths = model.n_exp_at(t, state)

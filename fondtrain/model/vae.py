@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from fondtrain.config import ModelConfig
-from fondtrain.model import clamps, gaussian, poisson
+from fondtrain.model import clamps, gaussian, member_chunks, poisson
 from fondtrain.model.compiled import CompiledStep, compile_step
 from fondtrain.model.members import (
     check_members,
@@ -343,8 +343,12 @@ class IterativeVAE(NExpTable, nn.Module):
         The loss is the mean of the steps' losses (SPEC 6), a population's one per member
         [P] (train on their sum: member i's gradient is then its own loss's). This is `forward` so that DDP
         sees exactly one forward per backward. Statistics are detached device tensors:
-        read them only every few steps (no host sync in the cycle).
+        read them only every few steps (no host sync in the cycle). A population on a CPU
+        runs a few members at a time (`member_chunks`: cache-sized tensors, same numbers).
         """
+        if member_chunks.use_chunks(self, state, generator):
+            return member_chunks.chunked_forward(self, inputs, state, t_start, n_steps, temp,
+                                                 beta, eps, noise, generator)
         losses, recons, kls, max_rates = [], [], [], []
         out = None
         for i in range(n_steps):
