@@ -48,9 +48,9 @@ def ddp_job(s: BenchSettings) -> dict:
     """Median ipvae cycle with s.batch_size split over this launch's ranks."""
     from accelerate import Accelerator
 
-    from fondtrain.runtime import quiet_deepspeed_on_cpu
+    from fondtrain.runtime import configure_cpu_process
 
-    quiet_deepspeed_on_cpu()
+    configure_cpu_process()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     world = accelerator.num_processes
     if s.batch_size % world:

@@ -8,11 +8,13 @@ import torch
 
 from fondtrain.bench import cases, harness, report
 from fondtrain.bench.settings import ASSUMED_N_TRAIN, BenchSettings, use_checkpoint
+from fondtrain.runtime import configure_cpu_process
 
 
 def run(s: BenchSettings, out: str | None = None, log=print) -> dict:
     """Every figure of the benchmark; written to `out` when given (Markdown for a path
     ending in .md, JSON otherwise)."""
+    configure_cpu_process()
     harness.set_threads(s.threads)
     if s.reference_dir:
         from fondtrain.bench.reference import load_reference

@@ -19,9 +19,9 @@ class Ranks:
         from accelerate import PartialState
         from accelerate.utils import parse_flag_from_env
 
-        from fondtrain.runtime import quiet_deepspeed_on_cpu
+        from fondtrain.runtime import configure_cpu_process
 
-        quiet_deepspeed_on_cpu()
+        configure_cpu_process()
 
         # Accelerate treats several CPU processes as one world only when told cpu=True
         # (Accelerator reads ACCELERATE_USE_CPU itself; PartialState does not).

@@ -53,7 +53,7 @@ import torch
 
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
-from fondtrain.runtime import quiet_deepspeed_on_cpu
+from fondtrain.runtime import configure_cpu_process
 from fondtrain.train.population_optim import clip_grad_norm_per_member_
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint tag inside a fondtrain checkpoint
@@ -68,7 +68,7 @@ DEFAULT_DEEPSPEED_CONFIG: dict[str, Any] = {
 def make_backend(config: RunConfig):
     """An `accelerate.Accelerator` or a `DeepSpeedBackend`, by `config.train.backend`."""
     tc = config.train
-    quiet_deepspeed_on_cpu()
+    configure_cpu_process()
     if tc.backend == "deepspeed":
         return DeepSpeedBackend(config)
     from accelerate import Accelerator
