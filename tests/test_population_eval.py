@@ -105,3 +105,35 @@ def test_eval_member_flag_evaluates_one_member_alone(population):
     assert not (population / "eval" / "sweep_summary.tsv").exists()
     with pytest.raises(UserError, match="no member 'b99'"):
         FondtrainCLI().eval(str(population), member="b99", n_steps=8)
+
+
+@pytest.mark.slow
+def test_batched_members_equal_their_single_evaluations_on_two_processes(population, tmp_path):
+    """Under `accelerate launch` with 2 processes (rows split over the ranks, per-rank
+    seeds, metrics gathered with a member axis) each batched member equals the same
+    member evaluated alone on 2 processes."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    small = dict(n_steps=20, window=5, n_val=120, batch_size=32)
+    flags = [f"--{k}={v}" for k, v in small.items()] + ["--noprobe", "--notuning", "--nogabor",
+                                                          "--nofigures", "--notensorboard"]
+
+    def launch(out: Path, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "fondtrain.cli", "eval", str(population), "--out", str(out), *flags, *extra]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    launch(tmp_path / "batched")
+    launch(tmp_path / "alone", "--member", "b16-s0")
+    for name in NAMES:
+        metrics = json.loads((tmp_path / "batched" / "members" / name / "metrics.json").read_text())
+        assert metrics["n_processes"] == 2 and metrics["n_samples"] == 120
+    together = json.loads((tmp_path / "batched" / "members" / "b16-s0" / "metrics.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())
+    _assert_same({k: v for k, v in together.items() if k != "figures"},
+                 {k: v for k, v in alone.items() if k != "figures"})
