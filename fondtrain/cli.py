@@ -30,7 +30,9 @@ def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except UserError as exc:
         message = " ".join(str(exc).split())  # always one line
-        print(f"error: {message}", file=sys.stderr)
+        # one write per line, so that the lines of several ranks do not interleave
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
         raise SystemExit(2) from None
 
 
@@ -40,9 +42,12 @@ def train_command(argv: list[str], prog: str = "fondtrain train") -> Path:
     The single entry of `fondtrain train` and launch/train.py (one process or many).
     """
     config = parse_args(argv, prog)
+    from fondtrain.runtime import close_process_group
     from fondtrain.train.trainer import train
 
-    return train(config).run_dir
+    run_dir = train(config).run_dir
+    close_process_group()  # under a launcher: every rank has finished its collectives
+    return run_dir
 
 
 class FondtrainCLI:
@@ -239,8 +244,11 @@ class FondtrainCLI:
             from fondtrain.eval.population import evaluate_population
 
             evaluate_population(run, checkpoint, opts)  # every member, then the sweep summary
-            return
-        evaluate(run, checkpoint, opts, member=member)  # prints a summary and where it wrote the results
+        else:
+            evaluate(run, checkpoint, opts, member=member)  # prints a summary and where it wrote the results
+        from fondtrain.runtime import close_process_group
+
+        close_process_group()  # under accelerate launch: every rank has finished its collectives
 
     def hubel_wiesel(self, run: str | None = None, checkpoint: str | None = None, unit: int | None = None,
                      orientations: tuple[float, ...] | None = None, orientation_step: float = 1.0, n_blank: int = 300,

@@ -48,3 +48,13 @@ def keep_freed_heap() -> bool:
     if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
         applied |= bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     return applied
+
+
+def close_process_group() -> None:
+    """End the default process group of a multi-process run that finished normally, while
+    the interpreter is still whole. Left to interpreter shutdown, gloo's worker threads
+    may still hold finished work and the process aborts ("terminate called without an
+    active exception", SIGABRT) after a successful run. Not after an error: a rank still
+    inside a collective would wait for it. Nothing happens in one process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

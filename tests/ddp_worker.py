@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from safetensors.torch import save_file  # noqa: E402
 
 from fondtrain.flags import parse_args  # noqa: E402
+from fondtrain.runtime import close_process_group  # noqa: E402
 from fondtrain.train.trainer import train  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def main() -> None:
     (out_dir / f"rank{rank}.json").write_text(json.dumps(
         {"step": result.step, "world_size": PartialState().num_processes,
          "validation": result.validation}))
+    close_process_group()
 
 
 if __name__ == "__main__":

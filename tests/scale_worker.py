@@ -33,6 +33,9 @@ def main(plan_path: str) -> int:
         rank = int(os.environ.get("RANK", "0"))
         params = {k: v.detach().to("cpu").clone() for k, v in result.model.state_dict().items()}
         torch.save({"params": params, "step": result.step}, out / f"{phase['label']}-rank{rank}.pt")
+    from fondtrain.runtime import close_process_group
+
+    close_process_group()
     return 0
 
 

@@ -36,11 +36,15 @@ def _faults_per_round(mode: str) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_kept_heap_is_not_faulted_in_again_every_cycle():
-    default, kept = _faults_per_round("default"), _faults_per_round("keep")
-    # by default the freed top of the heap goes back to the OS and 200 MB come back as
-    # ~10^4 faults a round; kept, the pages stay mapped
-    assert default > 5000
-    assert kept < default / 5
+    # Each round churns 200 MB (~49,000 pages). Kept, at most one tensor's pages come back
+    # as faults (0 or ~980 measured). By default glibc usually hands the freed top of the
+    # heap back and ~10^4 pages fault in again each round; how much it trims varies from
+    # process to process (about 1 in 8 trims little), so the contrast takes the largest of
+    # three fresh processes.
+    kept = _faults_per_round("keep")
+    default = max(_faults_per_round("default") for _ in range(3))
+    assert kept < 2500
+    assert default > 5000 and kept < default / 4
 
 
 def test_configure_cpu_process_keeps_a_user_accelerator(monkeypatch):
