@@ -15,6 +15,7 @@ from fondtrain.errors import UserError
 from fondtrain.eval.compare import compare
 from fondtrain.eval.evaluate import EvalOptions, evaluate
 from fondtrain.model.vae import IterativeVAE
+from tests.train_helpers import ACCELERATE_2PROC
 
 FIGURES = ("convergence", "dictionary", "reconstructions", "latents", "tuning_bar", "tuning_grating",
            "gabor", "gabor_fits")
@@ -237,13 +238,10 @@ def test_data_parallel_eval_with_accelerate_launch(tiny_run: Path, evaluated: di
     """Two CPU processes under `accelerate launch` split the rows and sum / gather metrics."""
     import os
     import subprocess
-    import sys
 
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "fondtrain.cli", "eval", str(tiny_run), "--out", str(out), "--notensorboard",
+    cmd = [*ACCELERATE_2PROC, "-m", "fondtrain.cli", "eval", str(tiny_run), "--out", str(out), "--notensorboard",
            "--shards_root", str(tiny_run / "no-shards"), "--nofigures",
            *[f"--{k}={v}" for k, v in FAST.items()]]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -22,7 +22,7 @@ from fondtrain.eval.evaluate import EvalOptions, evaluate
 from fondtrain.eval.population import evaluate_population
 from fondtrain.run_files import load_population
 from fondtrain.train.trainer import train
-from tests.train_helpers import scalars, tiny_config
+from tests.train_helpers import ACCELERATE_2PROC, scalars, tiny_config
 
 SWEEP = "[{beta_outer: 8, seed: 0}, {beta_outer: 16, seed: 0}, {beta_outer: 8, seed: 1}]"
 NAMES = ["b8-s0", "b16-s0", "b8-s1"]
@@ -114,7 +114,6 @@ def test_batched_members_equal_their_single_evaluations_on_two_processes(populat
     member evaluated alone on 2 processes."""
     import os
     import subprocess
-    import sys
 
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     small = dict(n_steps=20, window=5, n_val=120, batch_size=32)
@@ -122,9 +121,7 @@ def test_batched_members_equal_their_single_evaluations_on_two_processes(populat
                                                           "--nofigures", "--notensorboard"]
 
     def launch(out: Path, *extra: str) -> None:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "fondtrain.cli", "eval", str(population), "--out", str(out), *flags, *extra]
+        cmd = [*ACCELERATE_2PROC, "-m", "fondtrain.cli", "eval", str(population), "--out", str(out), *flags, *extra]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
 

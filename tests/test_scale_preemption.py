@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fondtrain import run_files
-from tests.train_helpers import REPO, subprocess_env
+from tests.train_helpers import ACCELERATE_2PROC, REPO, subprocess_env
 
 
 def _fake_scontrol(tmp_path: Path) -> tuple[Path, Path]:
@@ -116,9 +116,8 @@ def test_sigusr1_to_every_process_under_a_launcher_that_ignores_it(digits_shards
     handler) checkpoint at the same step; only rank 0 requeues."""
     bin_dir, record = _fake_scontrol(tmp_path)
     env = subprocess_env(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="5151")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              str(REPO / "launch" / "train.py"), *_flags(digits_shards, tmp_path / "runs", "tree", 400)]
+    launch = [*ACCELERATE_2PROC, str(REPO / "launch" / "train.py"),
+              *_flags(digits_shards, tmp_path / "runs", "tree", 400)]
     script = 'trap "" USR1; exec "$@"'
     proc = subprocess.Popen(["bash", "-c", script, "bash", *launch], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ import torch
 from fondtrain import run_files
 from fondtrain.errors import UserError
 from fondtrain.train.resume import adapt_position, check_backend, reseed_if_rng_missing
-from tests.train_helpers import REPO, subprocess_env
+from tests.train_helpers import ACCELERATE_2PROC, REPO, subprocess_env
 
 
 def _saved(**over):
@@ -95,9 +94,7 @@ def test_resume_on_one_then_two_then_one_process(digits_shards, tmp_path, capsys
     assert first.step == 6
 
     two = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         str(REPO / "launch" / "train.py"), *flags, "--max_steps", "12"],
+        [*ACCELERATE_2PROC, str(REPO / "launch" / "train.py"), *flags, "--max_steps", "12"],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     # e.g. 1 process: 71 batches per epoch; 2 processes: 35. Step 6 -> batch round(6 * 35 / 71) = 3.
