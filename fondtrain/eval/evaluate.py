@@ -272,7 +272,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
     # The soft clamps as the run left them: a run stopped early (the quickstart) still has
     # them partly closed, and opening them fully would let its inference run away.
     index = 0 if member is None else member_index(run_members(target), member)
-    eps = checkpoint_eps(target, index) if target.is_dir() else 1.0
+    eps = checkpoint_eps(target, index)
     tag = ctx.name() + ("" if member is None else f"/{member}")
     say(f"evaluating {tag} ({mc.preset}, K={mc.n_latents}, M={mc.input_dim}) on {ctx.dataset}: "
         f"{len(ctx.x_val)} samples x {opts.n_steps} steps at temperature {temp:g}, clamp eps {eps:.3g}, "

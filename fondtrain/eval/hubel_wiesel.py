@@ -348,7 +348,7 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device)
     temp = eval_temperature(model) if opts.temp is None else float(opts.temp)
-    eps = checkpoint_eps(target) if target.is_dir() else 1.0
+    eps = checkpoint_eps(target)
     bars = MovingBars(side, opts.orientations, opts.n_blank, opts.n_sweep, opts.thickness, opts.contrast)
     say = print if verbose else (lambda *a, **kw: None)
     say(f"hubel-wiesel {target}: {model.config.preset}, K={k}, {side}x{side} patch; "

@@ -47,7 +47,7 @@ def evaluate_population(run: str | Path | None, checkpoint: str | Path | None,
     ctx = eval_context(run, target, config, mc.input_dim, opts, ranks)
     model = model.to(ranks.device)
     temp = eval_temperature(model) if opts.temp is None else float(opts.temp)
-    eps_list = [checkpoint_eps(target, i) if target.is_dir() else 1.0 for i in range(len(members))]
+    eps_list = [checkpoint_eps(target, i) for i in range(len(members))]
     # one float when the members share it (the usual case: schedules alike): the clamp
     # constants are then computed exactly as a single evaluation's
     eps = eps_list[0] if len(set(eps_list)) == 1 else torch.tensor(eps_list)
