@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fondtrain.model.clamps import poisson_clamp, softclamp_sym
 from fondtrain.model.vae import State
 from tests.golden import GOLDEN_NAMES, Golden
 
@@ -21,11 +22,24 @@ def golden(request) -> Golden:
 
 
 def _state(g: Golden, run: str, suffix: str, t: int, n: int | None = None) -> State:
+    """A recorded state as a population of one: C x [1, B, K]."""
     parts = []
     for c in g.components:
         arr = g[f"{run}/{c}_{suffix}"]
-        parts.append(arr[t] if n is None else arr[t, n])
+        parts.append((arr[t] if n is None else arr[t, n])[None])
     return State(tuple(parts))
+
+
+def _one(value: torch.Tensor) -> torch.Tensor:
+    """The model output of its one member (drops the member axis)."""
+    return value[0]
+
+
+def _noise(g: Golden, key: str, *index) -> torch.Tensor:
+    """Recorded sampler noise in the model's member layout: Poisson Exp(1) draws
+    [n_exp, B, K] as [n_exp, 1, B, K], Gaussian N(0, 1) [B, K] as [1, B, K]."""
+    value = g[key][index]
+    return value[:, None] if value.dim() == 3 else value[None]
 
 
 def close_given_rounding(actual: torch.Tensor, expected: torch.Tensor, exact: torch.Tensor):
@@ -54,21 +68,23 @@ def test_update_matches_reference_on_wide_probe(golden: Golden, probe: str):
     x = golden["meta/x"]
     state = _state(golden, probe, "in", slice(None))
     prior = _state(golden, probe, "prior", slice(None))
-    z, temp, eps = golden[f"{probe}/z"], golden.scalar(f"{probe}/temp"), golden.scalar(f"{probe}/eps")
+    z, temp, eps = golden[f"{probe}/z"][None], golden.scalar(f"{probe}/temp"), golden.scalar(f"{probe}/eps")
     exact = golden.model().double()
     with torch.no_grad():
         grads = model.free_energy_grad(x, state, z, temp, prior)
         new = model.update(x, state, z, eps, temp, prior)
         new_exact = exact.update(x.double(), _double(state), z.double(), eps, temp, _double(prior))
+        clamp = poisson_clamp if model.is_poisson else softclamp_sym
         for i, c in enumerate(golden.components):
-            close(grads[i], golden[f"{probe}/grad_{c}"])
-            du_raw = -torch.exp(model.log_lr[i]) * grads[i]
-            close(du_raw, golden[f"{probe}/du_raw_{c}"])
-            close(model.clamp_state_step(du_raw, i, "du", eps), golden[f"{probe}/du_{c}"])
-            close_given_rounding(new.components[i], golden[f"{probe}/{c}_out"],
-                                 new_exact.components[i])
+            close(_one(grads[i]), golden[f"{probe}/grad_{c}"])
+            du_raw = -torch.exp(model.log_lr_of(i)) * grads[i]
+            close(_one(du_raw), golden[f"{probe}/du_raw_{c}"])
+            c_du, _ = model.clamp_ceilings(i, eps)
+            close(_one(clamp(du_raw, c_du)), golden[f"{probe}/du_{c}"])
+            close_given_rounding(_one(new.components[i]), golden[f"{probe}/{c}_out"],
+                                 _one(new_exact.components[i]))
             # and the float64 expression itself is the golden's to float32 rounding
-            close(new_exact.components[i], golden[f"{probe}/{c}_out"], rtol=1e-4, atol=1e-4)
+            close(_one(new_exact.components[i]), golden[f"{probe}/{c}_out"], rtol=1e-4, atol=1e-4)
 
 
 def _double(state: State) -> State:
@@ -88,9 +104,9 @@ def test_every_recorded_update(golden: Golden, run: str):
             prior = _state(golden, run, "prior", t)
             for n in range(n_inner):
                 state = _state(golden, run, "in", t, n)
-                new = model.update(x, state, golden[f"{run}/grad_z"][t, n], eps, temp, prior)
+                new = model.update(x, state, golden[f"{run}/grad_z"][t, n][None], eps, temp, prior)
                 for i, c in enumerate(golden.components):
-                    close(new.components[i], golden[f"{run}/{c}_out"][t, n])
+                    close(_one(new.components[i]), golden[f"{run}/{c}_out"][t, n])
 
 
 def test_eval_step_outputs(golden: Golden):
@@ -102,20 +118,20 @@ def test_eval_step_outputs(golden: Golden):
     with torch.no_grad():
         for t in range(n_steps):
             prior = _state(golden, "eval", "prior", t)
-            new = State(tuple(golden[f"eval/{c}"][t + 1] for c in golden.components))
-            z = golden["eval/gen_z"][t]
+            new = State(tuple(golden[f"eval/{c}"][t + 1][None] for c in golden.components))
+            z = golden["eval/gen_z"][t][None]
             x_hat = model.decode(z)
-            close(x_hat, golden["eval/recon_loc"][t])
-            close(model.activation(z), golden["eval/gen_act_z"][t])
-            close(model.kl(new, prior, temp), golden["eval/kl"][t], rtol=1e-4)
+            close(_one(x_hat), golden["eval/recon_loc"][t])
+            close(_one(model.activation(z)), golden["eval/gen_act_z"][t])
+            close(_one(model.kl(new, prior, temp)), golden["eval/kl"][t], rtol=1e-4)
             from fondtrain.model.gaussian import gaussian_nll
 
-            recon = gaussian_nll(x, x_hat, model.dec_log_sigma_effective())
-            close(recon, golden["eval/recon_nll"][t], rtol=1e-5, atol=1e-3)
-            close(((x - x_hat) ** 2).sum(-1), golden["eval/mse"][t], rtol=1e-5, atol=1e-4)
+            recon = gaussian_nll(x, x_hat, model.dec_log_sigma_effective().unsqueeze(-2))
+            close(_one(recon), golden["eval/recon_nll"][t], rtol=1e-5, atol=1e-3)
+            close(_one(((x - x_hat) ** 2).sum(-1)), golden["eval/mse"][t], rtol=1e-5, atol=1e-4)
             if golden.has("eval/kl_textbook"):
                 both = model.kl_both_forms(new, prior)
-                close(both["exact"], golden["eval/kl_textbook"][t], rtol=1e-4)
+                close(_one(both["exact"]), golden["eval/kl_textbook"][t], rtol=1e-4)
 
 
 def _replay_train_cycle(golden: Golden):
@@ -126,17 +142,17 @@ def _replay_train_cycle(golden: Golden):
     state = model.init_state(x.shape[0])
     losses = []
     for t in range(n_steps):
-        noise = tuple(golden["train/grad_noise"][t, n] for n in range(n_inner))
-        noise = noise + (golden["train/gen_noise"][t],)
+        noise = tuple(_noise(golden, "train/grad_noise", t, n) for n in range(n_inner))
+        noise = noise + (_noise(golden, "train/gen_noise", t),)
         out = model.step(x, state, temp, beta, eps, t, noise=noise)
         for n in range(n_inner):
-            close(out.grad_samples[n], golden["train/grad_z"][t, n], rtol=1e-4, atol=1e-4)
-        close(out.z, golden["train/gen_z"][t], rtol=1e-4, atol=1e-4)
+            close(_one(out.grad_samples[n]), golden["train/grad_z"][t, n], rtol=1e-4, atol=1e-4)
+        close(_one(out.z), golden["train/gen_z"][t], rtol=1e-4, atol=1e-4)
         for i, c in enumerate(golden.components):
-            close(out.state.components[i], golden[f"train/{c}"][t + 1], rtol=1e-4, atol=1e-4)
-        close(out.kl, golden["train/kl"][t], rtol=1e-3, atol=1e-4)
-        close(out.recon, golden["train/recon_nll"][t], rtol=1e-4, atol=1e-2)
-        losses.append(out.loss)
+            close(_one(out.state.components[i]), golden[f"train/{c}"][t + 1], rtol=1e-4, atol=1e-4)
+        close(_one(out.kl), golden["train/kl"][t], rtol=1e-3, atol=1e-4)
+        close(_one(out.recon), golden["train/recon_nll"][t], rtol=1e-4, atol=1e-2)
+        losses.append(_one(out.loss))
         state = out.state
     loss = torch.stack(losses).mean()
     return model, torch.stack(losses), loss
@@ -160,7 +176,7 @@ def test_train_cycle_gradients_and_adamax_step(golden: Golden):
             continue
         param = getattr(model, name)
         scale = grad.abs().max().clamp(min=1e-3)
-        close(param.grad / scale, grad / scale, rtol=1e-3, atol=2e-4)
+        close(_one(param.grad) / scale, grad / scale, rtol=1e-3, atol=2e-4)
     grad_clip = golden.scalar("meta/grad_clip")
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     close(norm, golden["train/grad_norm"], rtol=1e-4, atol=1e-3)
@@ -171,4 +187,4 @@ def test_train_cycle_gradients_and_adamax_step(golden: Golden):
     for name, value in after.items():
         if name == "n_exp":
             continue
-        close(getattr(model, name).detach(), value, rtol=1e-4, atol=1e-5)
+        close(_one(getattr(model, name).detach()), value, rtol=1e-4, atol=1e-5)

@@ -1,10 +1,13 @@
-"""The relaxed Poisson sampler's length table n_exp[t] (SPEC 4, 6): how many arrivals a
-step draws, from the largest posterior rate seen at that step, agreed across ranks.
+"""The relaxed Poisson sampler's length table n_exp[i, t] (SPEC 4, 6, 9): how many arrivals
+member i draws at step t, from the largest posterior rate it showed at that step, agreed
+across the ranks that hold it.
 
 Off the hot path (every few hundred optimiser steps), so scipy is fine here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -13,6 +16,8 @@ from fondtrain.model.poisson import FLOAT32_EPS, poisson_rate
 
 # The reference's starting value of every n_exp[t]: the quantile for rate 3 (10 at p 1e-3).
 INITIAL_RATE = 3.0
+# Sampler lengths a compiled cycle is built for: one graph serves every n_exp up to its bucket.
+N_EXP_BUCKETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)
 
 
 def n_exp_for_rate(rate: float, p: float = 1e-3) -> int:
@@ -33,77 +38,80 @@ def initial_n_exp(p: float) -> int:
     return n_exp_for_rate(INITIAL_RATE, p)
 
 
-def n_exp_table(max_rates: list[float] | Tensor, p: float) -> list[int]:
+def n_exp_table(max_rates: Tensor | Sequence, p: float) -> list[int]:
     """n_exp[t] for the largest rates observed at each step t (one rate per step); a rate
     of 0 (every entry at exp(u) = 0) counts as float32 eps."""
     rates = max_rates.tolist() if isinstance(max_rates, Tensor) else max_rates
     return [n_exp_for_rate(max(float(r), FLOAT32_EPS), p) for r in rates]
 
 
-def agree_max_rates(max_rates: Tensor, gather_fn=None) -> Tensor:
-    """The per-step largest rates every rank agrees on, before `set_n_exp`: the max over
-    ranks, so that all ranks draw samplers of the same length.
+def n_exp_bucket(n_exp: int) -> int:
+    """The smallest bucket >= n_exp (beyond the table: the next multiple of 64)."""
+    for bucket in N_EXP_BUCKETS:
+        if bucket >= n_exp:
+            return bucket
+    return -(-n_exp // 64) * 64
 
-    max_rates [t_total]; `gather_fn` stacks a [1, t_total] tensor from every rank into
-    [world, t_total] (e.g. `accelerator.gather`); None (one process) keeps the rates.
+
+def agree_max_rates(max_rates: Tensor, gather_fn=None) -> Tensor:
+    """The per-step largest rates every rank agrees on: the max over ranks, so that all
+    ranks draw samplers of the same length.
+
+    max_rates [P, t_total]; `gather_fn` stacks a [1, P, t_total] tensor from every rank
+    into [world, P, t_total] (e.g. `accelerator.gather`); None (one process) keeps them.
     """
     return max_rates if gather_fn is None else gather_fn(max_rates[None]).amax(0)
 
 
 class NExpTable:
-    """Mixin of a torch module: the sampler length of each step t < t_total, the buffer
-    `n_exp` [t_total] (int32, saved with the module's state dict), and a host-side copy
-    of it so that a step reads its length without a device sync. A population of P
-    members keeps one row per member, [P, t_total] (`fondtrain.model.members`), and reads
-    a list of P lengths per step."""
+    """Mixin of a torch module: the sampler length of member i at step t < t_total, the
+    buffer `n_exp` [P, t_total] (int32, saved with the module's state dict), and a host
+    copy of it so that a step reads its P lengths without a device sync."""
 
-    def register_n_exp(self, t_total: int, p: float, n_members: int | None = None) -> None:
+    def register_n_exp(self, t_total: int, p: float, n_members: int) -> None:
         """Create the buffer at the reference's start value; p: the truncation
-        probability (`n_exp_for_rate`); n_members: P rows (None: a single model's one)."""
-        shape = (t_total,) if n_members is None else (n_members, t_total)
-        self.register_buffer("n_exp", torch.full(shape, initial_n_exp(p), dtype=torch.int32))
+        probability (`n_exp_for_rate`)."""
+        self.register_buffer("n_exp", torch.full((n_members, t_total), initial_n_exp(p), dtype=torch.int32))
         self._n_exp_p = p
-        self._n_exp_host: list[int] | None = None
+        self._n_exp_host: list[list[int]] | None = None
 
-    def n_exp_at(self, t: int, state=None) -> int | list[int]:
-        """Relaxed-Poisson sampler length at step t (the host-side copy: no device sync);
-        a population: each member's, a list of P ints.
+    def n_exp_at(self, t: int, state=None) -> list[int]:
+        """Each member's relaxed-Poisson sampler length at step t, P ints (the host copy:
+        no device sync).
 
-        Beyond t_total (long evaluations at tau > 0) it is inferred from the largest rate
-        of `state` (a State of log-rates (u,)), as the reference does; that one reads the
-        device. Without a state: the last step's length.
+        Beyond t_total (long evaluations at tau > 0) it is inferred from each member's
+        largest rate in `state` (a State of log-rates (u,) [P, B, K]), as the reference
+        does; that one reads the device. Without a state: the last step's length.
         """
         if self._n_exp_host is None:
-            self._n_exp_host = self.n_exp.t().tolist()  # [t_total] or [t_total][P]
+            self._n_exp_host = self.n_exp.t().tolist()  # [t_total][P]
         if t < len(self._n_exp_host):
             return self._n_exp_host[t]
         if state is None:
             return self._n_exp_host[-1]
-        u = state.components[0]
-        if self.n_exp.dim() == 1:
-            return n_exp_for_rate(float(poisson_rate(u).max()), self._n_exp_p)
-        rates = poisson_rate(u).flatten(1).amax(1).tolist()
+        rates = poisson_rate(state.components[0]).flatten(1).amax(1).tolist()
         return [n_exp_for_rate(r, self._n_exp_p) for r in rates]
 
-    def set_n_exp(self, max_rates: list[float] | Tensor) -> None:
-        """Refresh n_exp[t] from observed largest rates, one per step t (SPEC 4, 6); a
-        population: one row of rates per member, [P, t_total].
+    def longest_n_exp(self) -> int:
+        """The longest sampler length of any member and step (the host copy)."""
+        self.n_exp_at(0)
+        return max(max(row) for row in self._n_exp_host)
 
-        In distributed runs pass rates already agreed across ranks (`agree_max_rates`)
-        so every rank uses the same sampler length.
+    def set_n_exp(self, max_rates: Tensor, refresh: Tensor | None = None) -> None:
+        """Refresh n_exp[i, t] from every member's largest rates at each step,
+        [P, t_total] (SPEC 4, 6). refresh [P] bool: only those members take the new row
+        (the others, e.g. still warming up, keep theirs); None: every member.
+
+        In distributed runs pass rates already agreed across ranks (`agree_max_rates`) so
+        that every rank uses the same sampler lengths.
         """
-        rates = max_rates if isinstance(max_rates, Tensor) else torch.tensor(max_rates, dtype=torch.float64)
+        rates = torch.as_tensor(max_rates, dtype=torch.float64).detach().cpu()
         if rates.shape != self.n_exp.shape:
             raise ValueError(f"need rates of shape {tuple(self.n_exp.shape)}, got {tuple(rates.shape)}")
-        rows = rates.reshape(-1, rates.shape[-1])
-        values = torch.tensor([n_exp_table(row, self._n_exp_p) for row in rows], dtype=torch.int32)
-        self.n_exp.copy_(values.view_as(self.n_exp))
-        self._n_exp_host = None
-
-    def load_n_exp_table(self, table: Tensor) -> None:
-        """Set the whole table (int, the buffer's shape): a population's refresh, where
-        members past their warm-up take new rows and the others keep theirs."""
-        self.n_exp.copy_(table.to(self.n_exp.device))
+        fresh = torch.tensor([n_exp_table(row, self._n_exp_p) for row in rates], dtype=torch.int32)
+        if refresh is not None:
+            fresh = torch.where(refresh.cpu().view(-1, 1), fresh, self.n_exp.cpu())
+        self.n_exp.copy_(fresh.to(self.n_exp.device))
         self._n_exp_host = None
 
     def fill_n_exp(self, n_exp: int) -> None:

@@ -1,6 +1,5 @@
 """What the iterative VAEs pass around: a posterior state, one step's outputs, one TBPTT
-cycle's outputs. Shapes are a single model's; a population (`fondtrain.model.members`)
-puts its member axis P in front of each ([P, B, K], [P, B, M], [P, B], [P])."""
+cycle's outputs. Every shape has the member axis P first (a plain run: P = 1)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class State:
-    """Posterior state of a batch: `components` is (u,) or (mu, xi), each [B, K]."""
+    """Posterior state of a batch: `components` is (u,) or (mu, xi), each [P, B, K]."""
 
     components: tuple[Tensor, ...]
 
@@ -27,9 +26,10 @@ class State:
 class StepOutput:
     """What one inference step produces.
 
-    state: posterior after the step; z: fresh sample from it [B, K]; x_hat = W a(z) [B, M];
-    recon: -log N(x; x_hat, sigma_dec) summed over pixels [B]; kl: KL(q(new) || q(prior))
-    per latent [B, K]; loss: mean_b(recon + beta sum_k kl) * 256 / M (scalar);
+    state: posterior after the step; z: fresh sample from it [P, B, K]; x_hat = W a(z)
+    [P, B, M]; recon: -log N(x; x_hat, sigma_dec) summed over pixels [P, B]; kl:
+    KL(q(new) || q(prior)) per latent [P, B, K]; loss: mean_b(recon + beta sum_k kl) * 256 / M
+    of each member [P];
     grad_samples: the samples the state updates used, one per inner iteration; prior:
     the state at the start of the step (the KL's reference).
     """
@@ -46,11 +46,14 @@ class StepOutput:
 
 @dataclass
 class CycleOutput:
-    """A TBPTT cycle's loss (with graph) and detached per-step statistics [n_steps].
+    """A TBPTT cycle's loss of each member [P] (with graph) and detached per-step
+    statistics [n_steps, P].
 
-    max_rate: largest posterior rate at each step (Poisson; None for Gaussian), feeding
-    the n_exp refresh; last_z, last_x_hat, last_x: the final step's sample [B, K],
-    reconstruction [B, M] and input [B, M] (for logging R^2 and sparsity).
+    max_rate: each member's largest posterior rate at each step (Poisson; None for
+    Gaussian), feeding the n_exp refresh; last_z, last_x_hat, last_x: the final step's
+    sample [P, B, K], reconstruction [P, B, M] and input ([B, M] or [P, B, M]), for logging
+    R^2 and sparsity; compile_s: seconds a compiled cycle spent building its graph (0 when
+    it reused one), to keep out of samples/s.
     """
 
     loss: Tensor
@@ -62,3 +65,4 @@ class CycleOutput:
     last_z: Tensor
     last_x_hat: Tensor
     last_x: Tensor
+    compile_s: float = 0.0

@@ -91,29 +91,30 @@ def state_dict_from_upstream(upstream: dict[str, torch.Tensor]) -> dict[str, tor
             for k, v in ours.items()}
 
 
-def state_dict_to_upstream(model: IterativeVAE) -> dict[str, torch.Tensor]:
-    """fondtrain parameters under the reference's names and shapes (for its loaders)."""
+def state_dict_to_upstream(model: IterativeVAE, member: int = 0) -> dict[str, torch.Tensor]:
+    """Member `member`'s parameters under the reference's names and shapes (for its loaders)."""
+    ours = model.member_state_dict(member)
     sd = {
-        PREFIX + "phi.weight": model.W.detach().clone(),
-        PREFIX + "dec_log_sigma": model.dec_log_sigma.detach().reshape(1, -1).clone(),
-        PREFIX + "log_bias": model.log_bias.detach().reshape(1, -1).clone(),
+        PREFIX + "phi.weight": ours["W"],
+        PREFIX + "dec_log_sigma": ours["dec_log_sigma"].reshape(1, -1),
+        PREFIX + "log_bias": ours["log_bias"].reshape(1, -1),
         PREFIX + "temp": torch.tensor(1.0),
-        PREFIX + "beta_inner": torch.tensor(model.config.beta_inner),
+        PREFIX + "beta_inner": torch.tensor(model.members[member].beta_inner),
         PREFIX + "eps": torch.tensor(1.0),
     }
     for c in range(model.config.n_components):
-        sd[f"{PREFIX}log_lr.{c}"] = model.log_lr.detach()[c:c + 1].clone()
-        sd[f"{PREFIX}u_init.{c}"] = model.u_init.detach()[c:c + 1].clone()
+        sd[f"{PREFIX}log_lr.{c}"] = ours["log_lr"][c:c + 1]
+        sd[f"{PREFIX}u_init.{c}"] = ours["u_init"][c:c + 1]
     if model.config.preset == "igrelu":
-        sd[PREFIX + "activation.log_gain"] = model.log_gain.detach().reshape(1, -1).clone()
+        sd[PREFIX + "activation.log_gain"] = ours["log_gain"].reshape(1, -1)
     if model.is_poisson:
-        sd[PREFIX + "n_exp"] = model.n_exp.detach().clone()
+        sd[PREFIX + "n_exp"] = ours["n_exp"]
     return sd
 
 
 def model_from_upstream(state_dict: dict[str, torch.Tensor],
                         config: ModelConfig | None = None) -> IterativeVAE:
-    """Build an IterativeVAE holding a reference state dict's parameters.
+    """Build an IterativeVAE (a population of one) holding a reference state dict's parameters.
 
     Without a config the preset and sizes are read off the state dict (Poisson when it has
     n_exp and one state component; igrelu when it has an activation gain).
@@ -132,11 +133,11 @@ def model_from_upstream(state_dict: dict[str, torch.Tensor],
             f"{config.input_dim}x{config.n_latents}: use the checkpoint's own config."
         )
     model = IterativeVAE(config)
-    if "n_exp" in ours and ours["n_exp"].numel() != model.n_exp.numel():
-        ours["n_exp"] = _resample_n_exp(ours["n_exp"], model.n_exp.numel())
+    t_total = model.config.t_total
+    if "n_exp" in ours and ours["n_exp"].numel() != t_total:
+        ours["n_exp"] = _resample_n_exp(ours["n_exp"], t_total)
     if not model.is_poisson:
-        ours.pop("n_exp", None)
-        ours["n_exp"] = model.n_exp.clone()
+        ours["n_exp"] = model.n_exp[0].clone()
     missing, unexpected = model.load_state_dict(ours, strict=False)
     if missing or unexpected:
         raise UserError(
