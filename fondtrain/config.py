@@ -20,7 +20,7 @@ BACKENDS = ("accelerate", "deepspeed")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "force", "never")
 MEMBER_DATA_ORDERS = ("shared", "own")
-POPULATION_PARALLEL = ("split", "data")
+POPULATION_PARALLEL = ("auto", "split", "data")
 
 # Posterior family and the number of state components C of each preset (SPEC 1-2).
 PRESET_POSTERIOR = {"ipvae": "poisson", "igvae": "gaussian", "igrelu": "gaussian"}
@@ -148,10 +148,9 @@ class TrainConfig:
     # directly, launched with torchrun or the deepspeed launcher; config JSON below).
     backend: str = "accelerate"
     deepspeed_config: str = ""
-    # Each TBPTT window as one compiled graph (fondtrain.model.compiled_cycle): on this CPU
-    # 1.2x (ipvae) to 2.3x (igvae) faster cycles after a long first compile; off by default
-    # until GPU figures exist (benchmarks/RESULTS.md); eager with a warning if it fails.
-    # A population (--sweep) compiles its state update and step outputs instead.
+    # Each TBPTT cycle as one compiled graph, forward and backward (fondtrain.model.cycle),
+    # for every member; off by default (a long first compile, benchmarks/RESULTS.md); eager
+    # with a warning if it fails.
     compile: bool = False
     seed: int = 0
     log_every: int = 20
@@ -173,9 +172,10 @@ class TrainConfig:
     # A population's batches: "shared" (every member the same stream) or "own" (member i
     # in its own order, from its seed; the split is held in memory and gathered per member).
     member_data_order: str = "shared"
-    # A population on N processes: "split" (each rank trains its own block of members) or
-    # "data" (every member on every rank, data-parallel). One process: the same run.
-    population_parallel: str = "split"
+    # The members on N processes: "split" (each rank trains its own block of members),
+    # "data" (every member on every rank, data-parallel) or "auto" (split when every rank
+    # gets a member, else data). One process: the same run.
+    population_parallel: str = "auto"
 
     def __post_init__(self) -> None:
         if self.resume not in RESUME_MODES:
@@ -183,13 +183,15 @@ class TrainConfig:
         if self.member_data_order not in MEMBER_DATA_ORDERS:
             raise UserError(f"member_data_order must be shared or own, got {self.member_data_order!r}.")
         if self.population_parallel not in POPULATION_PARALLEL:
-            raise UserError(f"population_parallel must be split or data, got {self.population_parallel!r}.")
+            raise UserError(f"population_parallel must be auto, split or data, got {self.population_parallel!r}.")
         if self.member_data_order == "own" and not self.sweep:
             raise UserError("--member_data_order own orders a population's data per member: "
                             "give the members with --sweep, or leave it out.")
         if self.sweep and self.backend == "deepspeed":
-            raise UserError("a population run (--sweep) trains with the accelerate back end: drop "
-                            "--backend deepspeed, or train the members as separate runs.")
+            raise UserError("a population run (--sweep) trains with the accelerate back end, because DeepSpeed's "
+                            "ZeRO flattens the parameters into shared partitions that have no member axis for each "
+                            "member's own clipping and Adamax: drop --backend deepspeed, or train the members as "
+                            "separate runs.")
         if self.backend not in BACKENDS:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}.")
         if self.mixed_precision not in MIXED_PRECISIONS:

@@ -1,5 +1,6 @@
 """Training schedules (SPEC 6): learning rate, KL weight beta, clamp growth eps, temperature
-and gradient-clip norm, as pure functions of the global step.
+and gradient-clip norm, as pure functions of the global step, one `Schedule` per member
+and `Schedules.at` giving every member's values at a step.
 
 A global step is one batch (the reference's `gstep`); with n_iters_outer > 1 the optimiser
 steps several times per batch at the same schedule values. The values equal the
@@ -14,21 +15,30 @@ recomputes the soft-clamp opening an older checkpoint had reached.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor
 
 from fondtrain.config import RunConfig
 
 
 @dataclass(frozen=True)
 class ScheduleValues:
-    """Everything the loop needs at one global step."""
+    """Everything the loop needs at one global step, one value per member: [P] float64
+    tensors on the host (a model moves what it needs to its device), warming_up [P] bool."""
 
-    lr: float
-    beta: float
-    eps: float
-    temp: float
-    max_norm: float
-    warming_up: bool
+    lr: Tensor
+    beta: Tensor
+    eps: Tensor
+    temp: Tensor
+    max_norm: Tensor
+    warming_up: Tensor
+
+    def member(self, index: int) -> ScheduleValues:
+        """Member `index`'s values, as a population of one ([1] tensors)."""
+        return ScheduleValues(*(v[index:index + 1] for v in self.__dict__.values()))
 
 
 @dataclass(frozen=True)
@@ -100,16 +110,30 @@ class Schedule:
         t = step - n_warm
         return self.lr_min + (peak - self.lr_min) * (1.0 + math.cos(math.pi * t / period)) / 2.0
 
+    def warming_up(self, step: int) -> bool:
+        return step < self.n_warmup
+
+    def max_norm(self, step: int) -> float:
+        return self.grad_clip * (3.0 if self.warming_up(step) else 1.0)
+
+
+class Schedules:
+    """The schedules of a run's members (one `Schedule` each, over the same total steps)."""
+
+    def __init__(self, schedules: Sequence[Schedule]):
+        if not schedules or len({s.total_steps for s in schedules}) != 1:
+            raise ValueError("a run needs at least one schedule, all over the same number of steps")
+        self.schedules = list(schedules)
+        self.total_steps = self.schedules[0].total_steps
+
     def at(self, step: int) -> ScheduleValues:
-        warming_up = step < self.n_warmup
-        return ScheduleValues(
-            lr=self.learning_rate(step),
-            beta=self.beta(step),
-            eps=self.eps(step),
-            temp=self.temp(step),
-            max_norm=self.grad_clip * (3.0 if warming_up else 1.0),
-            warming_up=warming_up,
-        )
+        """Every member's values at global step `step`."""
+        def column(name: str, dtype=torch.float64) -> Tensor:
+            return torch.tensor([getattr(s, name)(step) for s in self.schedules], dtype=dtype)
+
+        return ScheduleValues(lr=column("learning_rate"), beta=column("beta"), eps=column("eps"),
+                              temp=column("temp"), max_norm=column("max_norm"),
+                              warming_up=column("warming_up", torch.bool))
 
 
 def _linspace_at(start: float, end: float, count: int, index: int) -> float:
@@ -117,6 +141,11 @@ def _linspace_at(start: float, end: float, count: int, index: int) -> float:
     if count == 1:
         return start
     return start + (end - start) * index / (count - 1)
+
+
+def schedules_for(configs: Sequence[RunConfig], total_steps: int) -> Schedules:
+    """The schedules of members with configs `configs` over `total_steps` global steps."""
+    return Schedules([schedule_for(c, total_steps) for c in configs])
 
 
 def schedule_for(config: RunConfig, total_steps: int) -> Schedule:

@@ -1,12 +1,11 @@
-"""Per-member schedules equal each member's scalar schedule at every step."""
+"""A run's schedules give each member its own schedule's values at every step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fondtrain.schedules import Schedule
-from fondtrain.train.population_schedules import PopulationSchedule
+from fondtrain.schedules import Schedule, Schedules
 
 MEMBERS = [
     dict(),  # the defaults
@@ -21,29 +20,26 @@ MEMBERS = [
 @pytest.mark.parametrize("total_steps", [400, 1, 7])
 def test_population_schedule_equals_scalar_schedules(total_steps):
     schedules = [Schedule(total_steps=total_steps, **m) for m in MEMBERS]
-    population = PopulationSchedule(schedules)
-    assert population.n_members == len(MEMBERS)
+    population = Schedules(schedules)
+    assert len(population.schedules) == len(MEMBERS)
     for step in range(total_steps):
-        values = population.at(torch.tensor(step) if step % 2 else step)
+        values = population.at(step)
         for i, schedule in enumerate(schedules):
-            expected = schedule.at(step)
-            for name in ("lr", "beta", "eps", "temp", "max_norm"):
+            for name, method in (("lr", "learning_rate"), ("beta", "beta"), ("eps", "eps"),
+                                 ("temp", "temp"), ("max_norm", "max_norm")):
                 got = getattr(values, name)
                 assert got.shape == (len(MEMBERS),) and got.dtype == torch.float64
-                if name == "lr":  # torch.cos may differ from math.cos by an ulp
-                    assert float(got[i]) == pytest.approx(expected.lr, rel=1e-14, abs=1e-300), (step, i)
-                else:  # the same float64 operations in the same order
-                    assert float(got[i]) == getattr(expected, name), (name, step, i)
-            assert bool(values.warming_up[i]) == expected.warming_up
+                assert float(got[i]) == getattr(schedule, method)(step), (name, step, i)
+            assert bool(values.warming_up[i]) == schedule.warming_up(step)
 
 
 def test_members_follow_their_own_warm_up():
     schedules = [Schedule(total_steps=1000, warmup_portion=w) for w in (0.0, 0.01, 0.1)]
-    values = PopulationSchedule(schedules).at(50)
+    values = Schedules(schedules).at(50)
     assert values.warming_up.tolist() == [False, False, True]
     assert values.max_norm.tolist() == [300.0, 300.0, 900.0]
 
 
 def test_member_schedules_must_share_the_run_length():
-    with pytest.raises(ValueError, match="different numbers of steps"):
-        PopulationSchedule([Schedule(total_steps=10), Schedule(total_steps=11)])
+    with pytest.raises(ValueError, match="same number of steps"):
+        Schedules([Schedule(total_steps=10), Schedule(total_steps=11)])

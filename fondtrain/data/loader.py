@@ -39,6 +39,7 @@ resumed mid-epoch continues the data stream without replaying or skipping anythi
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
@@ -261,3 +262,25 @@ def validation_loader(shard_dir: str | os.PathLike, batch_size: int, rank: int =
     size = math.ceil(n / (world_size * batches))
     return ShardLoader(shard_dir, split, batch_size=size, rank=rank, world_size=world_size,
                        shuffle=False, drop_last=False, **options)
+
+
+class MemberOrderLoader:
+    """The training batches of every member in its own order (`--member_data_order own`):
+    `loader` (a ShardLoader holding its split in memory) copied once per order seed, all
+    copies sharing the one array. Batches are {'x': [P, B, M]}; the epoch length and resume
+    position are the shared loader's."""
+
+    def __init__(self, loader: ShardLoader, seeds: list[int]):
+        if not loader.in_memory:
+            raise ValueError("member orders gather from an in-memory split")
+        self.loaders = []
+        for seed in seeds:
+            own = copy.copy(loader)
+            own.seed = seed
+            self.loaders.append(own)
+        self.batches_per_epoch, self.input_dim = loader.batches_per_epoch, loader.input_dim
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        streams = [loader.epoch(epoch, skip_batches=skip_batches) for loader in self.loaders]
+        for batches in zip(*streams, strict=True):
+            yield {"x": torch.stack([b["x"] for b in batches])}

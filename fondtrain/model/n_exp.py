@@ -122,3 +122,63 @@ class NExpTable:
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._n_exp_host = None  # n_exp may have changed: re-read lazily
+
+
+class NExpTracker:
+    """Training's bookkeeping of the table (SPEC 6.7): running sums, over this rank's
+    batches of the current epoch, of each member's largest rate at each step t,
+    rate_sum [P, t_total]. Every `refresh_every` steps after a member's warm-up the ranks
+    agree (the max over ranks of their averages) and the member's row of the model's table
+    is set from it. The sums are per rank, so a checkpoint keeps every rank's row and an
+    exact resume gives each rank its own back."""
+
+    def __init__(self, n_members: int, t_total: int, refresh_every: int, device: torch.device):
+        self.refresh_every = refresh_every
+        self.rate_sum = torch.zeros((n_members, t_total), device=device)
+        self.count = 0
+
+    def observe(self, max_rates: Tensor | None) -> None:
+        """Add one batch's largest rates [P, t_total] (None for Gaussians)."""
+        if max_rates is not None:
+            self.rate_sum += max_rates
+            self.count += 1
+
+    def reset(self) -> None:
+        """A new epoch starts new averages."""
+        self.rate_sum.zero_()
+        self.count = 0
+
+    def refresh(self, model: NExpTable, step: int, warming_up: Tensor, collectives) -> None:
+        """After the batch that made the global step `step`: every refresh_every steps
+        (from the first batch of a run on, as the reference does), the members past their
+        warm-up (warming_up [P] bool, host) take the table of the epoch's averages, agreed
+        over the processes of `collectives` (an Accelerator or a rank's own)."""
+        if not self.count or (step - 1) % self.refresh_every:
+            return
+        refresh = ~warming_up
+        if not bool(refresh.any()):
+            return
+        gather = collectives.gather if collectives.num_processes > 1 else None
+        model.set_n_exp(agree_max_rates(self.rate_sum / self.count, gather), refresh)
+
+    def state_dict(self, collectives) -> dict:
+        """Every rank's sums (a collective: call it on every rank): rate_sum
+        [world][P][t_total] and the batch count."""
+        rows = collectives.gather(self.rate_sum[None]) if collectives.num_processes > 1 else self.rate_sum[None]
+        return {"rate_sum": rows.tolist(), "rate_count": self.count}
+
+    def load_state_dict(self, saved: dict, rank: int, world_size: int, members: range | None = None) -> None:
+        """This rank's own row when the checkpoint holds one per rank of this world size;
+        else (written by another number of processes) the elementwise max of the saved
+        rows on every rank, so that the table agreed next is the one saved. `members`:
+        the saved members this tracker follows (a rank's block; None: all). Also reads a
+        single model's rows [world][t_total], what fondtrain saved before every model had
+        a member axis."""
+        rows = torch.tensor(saved["rate_sum"], dtype=self.rate_sum.dtype)
+        if rows.dim() == 2:
+            rows = rows.unsqueeze(1)
+        if members is not None:
+            rows = rows[:, members.start:members.stop]
+        row = rows[rank] if rows.shape[0] == world_size else rows.amax(0)
+        self.rate_sum.copy_(row.to(self.rate_sum.device))
+        self.count = int(saved["rate_count"])

@@ -25,6 +25,7 @@ dz/du = sum_j s_j (1 - s_j) S_j k e^u / r, s_j = sigmoid(a_j).
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 from torch import Tensor

@@ -6,7 +6,9 @@ needs: `prepare`, `unwrap_model`, `backward`, `no_sync`, `gather`, `reduce`,
 returns a real `Accelerator` for `--backend accelerate` and a `DeepSpeedBackend` — the same
 methods implemented on `deepspeed.initialize(...)`'s engine — for `--backend deepspeed`, so
 the TBPTT loop body is one piece of code for both. The one step that differs in shape
-(clip, optimiser step, zero grad) is `clip_and_step`.
+(clip, optimiser step, zero grad) is `clip_and_step`. DeepSpeed trains one member (P = 1):
+ZeRO flattens every parameter into shared partitions, where a member axis, and with it
+each member's own clipping, no longer exists.
 
 Why DeepSpeed is driven directly and not through Accelerate's DeepSpeed plugin: the
 plugin needs `transformers`, and on CPU it did not give real data parallelism (see
@@ -54,7 +56,7 @@ import torch
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
 from fondtrain.runtime import configure_cpu_process
-from fondtrain.train.population_optim import clip_grad_norm_per_member_
+from fondtrain.train.optim import clip_grad_norm_per_member_
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint tag inside a fondtrain checkpoint
 RNG_FILE = "random_states_{rank}.pkl"  # the file name Accelerate uses, one per rank
@@ -97,20 +99,11 @@ def check_world_size(seen: int, environ: Mapping[str, str] = os.environ) -> None
     )
 
 
-def clip_and_step(accelerator, model, optimizer, max_norm: float):
-    """Clip the global gradient norm to `max_norm`, take the optimiser step and clear the
-    gradients. Returns the norm before clipping (a tensor or float, for logging)."""
+def clip_and_step(accelerator, model, optimizer, max_norm: torch.Tensor) -> torch.Tensor:
+    """Clip each member's gradient norm to its max_norm ([P], on the device), take the
+    optimiser step and clear the gradients. Returns the norms before clipping [P]."""
     if isinstance(accelerator, DeepSpeedBackend):
         return accelerator.clip_and_step(max_norm)
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
-def clip_and_step_members(accelerator, model, optimizer, max_norm):
-    """`clip_and_step` of a population (Accelerate only): each member's own gradient norm
-    clipped to its max_norm [P]; returns the norms before clipping [P]."""
     accelerator.unscale_gradients()
     grad_norm = clip_grad_norm_per_member_(model.parameters(), max_norm)
     optimizer.step()
@@ -260,7 +253,8 @@ class DeepSpeedBackend:
         finally:
             self.engine.set_gradient_accumulation_boundary(True)
 
-    def clip_and_step(self, max_norm: float) -> float:
+    def clip_and_step(self, max_norm: torch.Tensor) -> torch.Tensor:
+        """The one member's clip (max_norm [1]) and step; its norm before clipping [1]."""
         engine = self.engine
         optimizer = engine.optimizer
         if hasattr(optimizer, "clip_grad"):  # ZeRO 1/2: clipped inside its step, after the reduction
@@ -268,9 +262,9 @@ class DeepSpeedBackend:
             engine.step()
             norm = engine.get_global_grad_norm()
         else:  # no ZeRO: gradients are already all-reduced after the boundary backward
-            norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), max_norm)
+            norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), float(max_norm))
             engine.step()
-        return float("nan") if norm is None else norm
+        return torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float32).reshape(1)
 
     # ------------------------------------------------------------------ collectives
     def reduce(self, tensor: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

@@ -40,9 +40,9 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict
                     config: RunConfig, keep_last: int, write_state: Callable[[str], None] | None = None) -> Path:
     """Write checkpoint step-N atomically from every rank (all ranks must call this).
 
-    write_state(folder), called on every rank, writes the model, optimiser and RNG files
-    (default: `accelerator.save_state`; a population split across ranks gathers them,
-    `population_ranks.RankShare.write_state`).
+    write_state(folder), called on every rank, writes the model, optimiser and back-end
+    files (default: `accelerator.save_state`; the trainer passes its placement's writer,
+    which gathers every member into one layout, `placement.Placement.writer`).
 
     Raises UserError (every rank) when a rank cannot write it; see the module docstring.
     """

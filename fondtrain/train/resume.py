@@ -11,8 +11,8 @@ depend on the world size and are adapted here:
   beta, eps and temperature continue from the same fraction of training and the run still
   ends after the configured number of epochs. (Samples of the interrupted epoch may be
   seen twice or not at all; an exact continuation needs the same world size.)
-* The RNG state. Each rank's sampler noise comes from its own saved RNG state; a rank that
-  did not exist when the checkpoint was written has none and is reseeded (and says so).
+(No RNG state depends on the world size: every member's sampler noise is re-seeded at each
+global step from its seed, the data rank and the step.)
 
 `load_latest` picks the checkpoint to resume: the newest complete one that loads. One that
 fails to load (a corrupt model, optimiser or trainer state) is reported in one line and the
@@ -22,7 +22,6 @@ one before it is tried; all ranks agree on the checkpoint they use.
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +31,7 @@ import torch
 
 from fondtrain.errors import UserError
 from fondtrain.run_files import TRAINER_STATE, list_checkpoints
-from fondtrain.seeding import stream_seed
-from fondtrain.train.backends import DEEPSPEED_DIR, rng_file
+from fondtrain.train.backends import DEEPSPEED_DIR
 
 TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch")
 
@@ -118,33 +116,6 @@ def adapt_position(saved: dict[str, Any], steps_per_epoch: int, world_size: int,
                f"now {world_size} with {steps_per_epoch}: continuing epoch {epoch} at batch "
                f"{new_batch} (was {batch}), global step {saved['global_step']} -> {state['global_step']}")
     return state, message
-
-
-def reseed_if_rng_missing(checkpoint: Path, rank: int, seed: int, step: int) -> str | None:
-    """Reseed this rank's torch RNG when the checkpoint has no RNG state for it, or only an
-    unreadable one (Accelerate skips that without a word). Returns the warning, or None."""
-    path = rng_file(checkpoint, rank)
-    if not path.is_file():
-        why = "has no RNG state for this rank (it was written by fewer processes)"
-    elif not _readable_rng_state(path):
-        why = f"has an unreadable RNG state {path.name} (corrupt file); the run continues but not bit-identically"
-    else:
-        return None
-    torch.manual_seed(stream_seed(seed, "sampler", rank, step))
-    return f"rank {rank}: {checkpoint.name} {why}; reseeded its sampler noise"
-
-
-def _readable_rng_state(path: Path) -> bool:
-    """Accelerate writes RNG states with torch.save, the DeepSpeed back end with pickle."""
-    try:
-        state = torch.load(path, weights_only=False)  # our own run folder's file, as Accelerate reads it
-    except Exception:
-        try:
-            with open(path, "rb") as f:
-                state = pickle.load(f)
-        except Exception:
-            return False
-    return isinstance(state, dict) and ("torch_manual_seed" in state or "torch" in state)
 
 
 def checkpoint_backend(checkpoint: Path) -> str:

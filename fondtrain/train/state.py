@@ -2,11 +2,12 @@
 needs to know about it (the soft-clamp opening eps reached).
 
     {"global_step": 27, "epoch": 0, "batch_in_epoch": 27, "world_size": 2,
-     "steps_per_epoch": 44, "total_steps": 88, "eps": 0.31,
-     "rate_sum": [[...t_total floats of rank 0...], [...rank 1...]], "rate_count": 27}
+     "steps_per_epoch": 44, "total_steps": 88, "eps": [0.31],
+     "rate_sum": [[[...t_total floats of member 0...]], [[...rank 1...]]], "rate_count": 27}
 
-`rate_sum` / `rate_count` are the n_exp statistics (`NExpTracker`), one row per rank.
-Checkpoints written before per-rank rows hold a single [t_total] list.
+`eps` has one value per member; `rate_sum` / `rate_count` are the n_exp statistics
+(`NExpTracker`), one [P][t_total] table per rank. Checkpoints of single models written
+before every model had a member axis hold one eps and [world][t_total] (or [t_total]) rows.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ class RunState:
     world_size: int = 1
     steps_per_epoch: int = 0
     total_steps: int = 0
-    eps: float | list[float] = 0.0  # the soft clamps' opening at the last step trained (per member)
-    rate_sum: list[list[float]] = field(default_factory=list)  # [world][t_total], see NExpTracker
+    eps: list[float] = field(default_factory=list)  # each member's soft-clamp opening at the last step trained
+    rate_sum: list = field(default_factory=list)  # [world][P][t_total], see NExpTracker
     rate_count: int = 0
 
     def advance(self, eps) -> None:
-        """One batch trained at clamp opening `eps` (a population's: [P])."""
+        """One batch trained at the members' clamp openings `eps` [P]."""
         self.global_step += 1
         self.batch_in_epoch += 1
-        self.eps = eps.tolist() if getattr(eps, "dim", lambda: 0)() else float(eps)
+        self.eps = [float(e) for e in eps]
 
     def next_epoch(self) -> None:
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -50,4 +51,6 @@ class RunState:
         rows = values.get("rate_sum", [])
         if rows and not isinstance(rows[0], list):  # one row shared by every rank
             values["rate_sum"] = [rows]
+        if not isinstance(values.get("eps", []), list):  # a single model's, before member axes
+            values["eps"] = [float(values["eps"])]
         return cls(**values)

@@ -1,16 +1,16 @@
-"""Per-member optimisation of a population's parameters (SPEC 6.5, 9.2).
+"""The optimiser (SPEC 6.5, 9.2): Adamax and gradient clipping of each member on its own.
 
 Every parameter has a leading member axis P (W [P, M, K], log_bias [P, K], log_lr [P, C],
-u_init [P, C, K], ...), and member i's slice is the parameter of a single-model run.
+u_init [P, C, K], ...), and member i's slice is the parameter of its single-model run.
 Member i's Adamax step and gradient clipping see only its own slices, with its own
-hyperparameters, so the population steps exactly like P separate runs.
+hyperparameters, so P members step exactly like P separate runs, and one member (P = 1)
+exactly like torch.optim.Adamax and torch.nn.utils.clip_grad_norm_ (tested).
 
-A leading axis rather than torch.func.stack_module_state + vmap: the model's custom
-autograd Functions and samplers would each need a vmap rule, while an explicit axis
-is plain broadcasting in the same kernels. Hyperparameters are [P] tensors on the
-parameters' device and the step has no host synchronisation and no branch on tensor
-values, so it can sit inside a compiled graph (`adamax_step_` is the graph-friendly
-function; `PopulationAdamax` wraps it as a torch optimizer with a state dict).
+Hyperparameters are [P] tensors on the parameters' device and the step has no host
+synchronisation and no branch on tensor values (`adamax_step_`; `MemberAdamax` wraps it
+as a torch optimizer with a state dict). Under DeepSpeed ZeRO, which hands the optimiser
+flat partitions of the parameters, one member's [1] hyperparameters broadcast over them
+unchanged.
 """
 
 from __future__ import annotations
@@ -77,6 +77,14 @@ def adamax_step_(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Se
         param.addcdiv_(exp_avg * _member_view(neg_step_size, param), exp_inf)
 
 
+def set_lr(optimizer, lr: Tensor) -> None:
+    """Every member's learning rate of the coming steps ([P]), in place in each parameter
+    group of a MemberAdamax (also under an Accelerate or DeepSpeed wrapper: both expose
+    the groups)."""
+    for group in optimizer.param_groups:
+        group["lr"].copy_(lr)
+
+
 def _as_members(value, n_members: int, name: str) -> Tensor:
     values = torch.as_tensor(value, dtype=torch.float64).reshape(-1).clone()
     if values.numel() == 1:
@@ -86,13 +94,14 @@ def _as_members(value, n_members: int, name: str) -> Tensor:
     return values
 
 
-class PopulationAdamax(torch.optim.Optimizer):
-    """Adamax with per-member hyperparameters for parameters [P, ...].
+class MemberAdamax(torch.optim.Optimizer):
+    """Adamax with per-member hyperparameters for parameters [P, ...] (torch.optim.Adamax's
+    state names and update).
 
     lr: [P] values (a sequence or tensor; P = its length); betas, weight_decay: floats
     (every member) or [P] values; eps shared. Member i's slices follow torch.optim.Adamax
     with member i's values (tested). The state per parameter has torch's names (step,
-    exp_avg, exp_inf). `set_lr` writes a step's learning rates in place.
+    exp_avg, exp_inf). `set_lr` writes a step's learning rates.
     """
 
     def __init__(self, params, lr, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay=0.0):
@@ -110,13 +119,8 @@ class PopulationAdamax(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dim() == 0 or p.shape[0] != n:
-                    raise ValueError(f"a population parameter needs a leading member axis of {n}, "
+                    raise ValueError(f"a parameter needs a leading member axis of {n}, "
                                      f"got shape {tuple(p.shape)}")
-
-    def set_lr(self, lr: Tensor) -> None:
-        """The learning rates of the coming steps, [P], copied into every group in place."""
-        for group in self.param_groups:
-            group["lr"].copy_(lr)
 
     def _on_device(self, group: dict, device: torch.device) -> None:
         # the model may move to its device after the optimiser was built
@@ -150,6 +154,10 @@ class PopulationAdamax(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Also reads torch.optim.Adamax's state dict of a single model (float hyperparameters,
+        moments without the member axis), what fondtrain checkpointed before every model
+        had one."""
+        state_dict = _with_member_axis(state_dict)
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # hyperparameters back to float64 [P]
             group["lr"] = group["lr"].to(torch.float64)
@@ -158,3 +166,18 @@ class PopulationAdamax(torch.optim.Optimizer):
             for p in group["params"]:  # torch casts step counts to its own choice
                 if "step" in self.state.get(p, {}):
                     self.state[p]["step"] = self.state[p]["step"].to(device=p.device, dtype=torch.float32)
+
+
+def _with_member_axis(state_dict: dict) -> dict:
+    """A single model's Adamax state dict as a population of one's (unchanged if it is one)."""
+    groups = state_dict["param_groups"]
+    if all(isinstance(g["lr"], Tensor) for g in groups):
+        return state_dict
+    def one(value) -> Tensor:
+        return torch.tensor([float(value)], dtype=torch.float64)
+
+    new_groups = [{**g, "lr": one(g["lr"]), "betas": tuple(one(b) for b in g["betas"]),
+                   "weight_decay": one(g["weight_decay"])} for g in groups]
+    state = {index: {k: v.unsqueeze(0) if k != "step" else v for k, v in values.items()}
+             for index, values in state_dict["state"].items()}
+    return {"state": state, "param_groups": new_groups}
