@@ -98,6 +98,9 @@ def poisson_kl(u: Tensor, u_prior: Tensor, reference: bool | Tensor = True) -> T
     - exact (False): KL(Pois(r) || Pois(r0)) = r0 f(delta).
     `reference` may be one flag per member ([P] bool, u [P, B, K]): each member its own form.
     """
+    if isinstance(reference, str):  # a form's name would read as True: refuse it
+        raise ValueError(f"poisson_kl takes reference=True or False (or one flag per member), "
+                         f"not the form name {reference!r}")
     delta = u - u_prior
     f = 1.0 + torch.exp(delta) * (delta - 1.0)
     if isinstance(reference, Tensor):

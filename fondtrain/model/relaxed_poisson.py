@@ -226,7 +226,9 @@ def _graph_sample(u: Tensor, temp, n_exp: Tensor, n_max: int | None, noise: Tens
     """The sampler as plain tensor expressions, for whole-graph capture: a loop over n_max
     arrivals with [P, B, K] running sums, arrivals j >= n_exp[i] masked."""
     p = u.shape[0]
-    n_max = noise.shape[0] if n_max is None else n_max
+    if noise is not None:  # replay: its rows (draw_noise's: the longest n_exp) hold every
+        # arrival that counts, those beyond it are masked: loop over no more than it has
+        n_max = noise.shape[0] if n_max is None else min(n_max, noise.shape[0])
     u_value = u.detach()
     exp_u = torch.exp(u_value)
     rate = exp_u + FLOAT32_EPS
