@@ -147,21 +147,22 @@ def test_load_reference_checkpoint_and_round_trip(tmp_path: Path, preset: str):
     def same(a, b):
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
 
-    same(model.W, sd["layer.phi.weight"])
-    same(model.dec_log_sigma, sd["layer.dec_log_sigma"][0])
-    same(model.log_bias, sd["layer.log_bias"][0])
+    assert model.n_members == 1  # a reference checkpoint is a population of one
+    same(model.W[0], sd["layer.phi.weight"])
+    same(model.dec_log_sigma[0], sd["layer.dec_log_sigma"][0])
+    same(model.log_bias[0], sd["layer.log_bias"][0])
     n_comp = cfg.n_components
-    assert model.log_lr.shape == (n_comp,) and model.u_init.shape == (n_comp, K)
+    assert model.log_lr.shape == (1, n_comp) and model.u_init.shape == (1, n_comp, K)
     for c in range(n_comp):
-        same(model.log_lr[c], sd[f"layer.log_lr.{c}"][0])
-        same(model.u_init[c], sd[f"layer.u_init.{c}"][0])
+        same(model.log_lr[0, c], sd[f"layer.log_lr.{c}"][0])
+        same(model.u_init[0, c], sd[f"layer.u_init.{c}"][0])
     if preset == "igrelu":
-        same(model.log_gain, sd["layer.activation.log_gain"][0])
+        same(model.log_gain[0], sd["layer.activation.log_gain"][0])
     else:
         assert not hasattr(model, "log_gain")
     if preset == "ipvae":
-        assert model.n_exp.tolist() == [10, 13, 7, 21]
-        assert [model.n_exp_at(t) for t in range(T)] == [10, 13, 7, 21]
+        assert model.n_exp.tolist() == [[10, 13, 7, 21]]
+        assert [model.n_exp_at(t) for t in range(T)] == [[10], [13], [7], [21]]
 
     # Export: the reference's names and shapes, same values, and back again.
     exported = state_dict_to_upstream(model)
@@ -191,7 +192,7 @@ def test_reference_n_exp_of_another_length_is_resampled(tmp_path: Path):
     sd = _reference_state_dict("ipvae")
     sd["layer.n_exp"] = torch.tensor([10, 13], dtype=torch.int32)
     model = load_upstream_checkpoint(_write_checkpoint(tmp_path, "ipvae", sd))
-    assert model.n_exp.tolist() == [10, 13, 13, 13]
+    assert model.n_exp.tolist() == [[10, 13, 13, 13]]
 
 
 def test_bad_checkpoints_raise_user_error(tmp_path: Path):

@@ -1,7 +1,9 @@
 """Samplers, KLs, likelihood and soft clamps (SPEC 3-5) against independent computations.
 
 Every expected value here is computed without fondtrain: direct sums over the Poisson
-pmf, torch.distributions, scipy, or the formula written out in float64.
+pmf, torch.distributions, scipy, or the formula written out in float64. The samplers take
+the model's layout: log-rates [P, B, K] (P = 1 here unless said otherwise), one sampler
+length and one generator per member.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from fondtrain.model import gaussian as G
 from fondtrain.model import poisson as P
 from fondtrain.model import random_streams as streams
 from fondtrain.model.n_exp import n_exp_for_rate
+from fondtrain.model.relaxed_poisson import relaxed_poisson
+from tests import oracles
 
 RATES = [0.05, 0.5, 2.0, 8.0, 20.0]
 
@@ -38,8 +42,8 @@ def test_poisson_kl_exact_and_reference_against_pmf_sums():
     log_rates = np.log(np.array([0.01, 0.05, 0.3, 1.0, 2.5, 8.0, 20.0]))
     u, u0 = np.meshgrid(log_rates, log_rates, indexing="ij")
     u_t, u0_t = torch.from_numpy(u), torch.from_numpy(u0)
-    exact = P.poisson_kl(u_t, u0_t, "exact").numpy()
-    reference = P.poisson_kl(u_t, u0_t, "reference").numpy()
+    exact = P.poisson_kl(u_t, u0_t, reference=False).numpy()
+    reference = P.poisson_kl(u_t, u0_t, reference=True).numpy()
     expected = np.vectorize(_poisson_kl_by_sum)(np.exp(u), np.exp(u0))
     np.testing.assert_allclose(exact, expected, rtol=1e-9, atol=1e-13)
     # The reference form is the posterior rate times f(delta): exp(delta) * exact.
@@ -48,11 +52,19 @@ def test_poisson_kl_exact_and_reference_against_pmf_sums():
     off_diag = ~np.eye(len(log_rates), dtype=bool)
     assert np.all(np.abs(reference - exact)[off_diag] > 1e-6)
     np.testing.assert_allclose(np.diag(exact), 0.0, atol=1e-15)
+    # one form per member ([P] flags, u [P, B, K]): member i takes its own form
+    flags = torch.tensor([False, True])
+    both = P.poisson_kl(torch.stack([u_t, u_t]), torch.stack([u0_t, u0_t]), flags).numpy()
+    np.testing.assert_array_equal(both[0], exact)
+    np.testing.assert_array_equal(both[1], reference)
 
 
 def test_poisson_kl_unknown_form_raises():
-    with pytest.raises(ValueError):
-        P.poisson_kl(torch.zeros(2), torch.zeros(2), "textbook")
+    """The form is a flag (or one per member); a form's name (the old spelling) is
+    refused rather than read as a true flag."""
+    for name in ("textbook", "exact", "reference"):
+        with pytest.raises(ValueError):
+            P.poisson_kl(torch.zeros(2), torch.zeros(2), name)
 
 
 # ----------------------------------------------------------------------------- Gaussian
@@ -196,13 +208,13 @@ def test_n_exp_rejects_non_positive_rate():
 @pytest.mark.parametrize("temp", [1.0, 0.1, 0.01])
 def test_relaxed_poisson_equals_plain_autograd_expression(temp: float, dtype, tol: float):
     gen = torch.Generator().manual_seed(4)
-    u = torch.linspace(-7.0, 3.0, 60, dtype=dtype).reshape(4, 15)
-    noise = P.exponential_noise(40, u.shape, generator=gen).to(dtype)
+    u = torch.linspace(-7.0, 3.0, 60, dtype=dtype).reshape(1, 4, 15)
+    noise = streams.member_exponential_noise([40], u.shape[1:], generators=[gen]).to(dtype)
     weights = torch.randn(u.shape, generator=gen, dtype=dtype)
     u_fast = u.clone().requires_grad_(True)
     u_ref = u.clone().requires_grad_(True)
-    z_fast = P.relaxed_poisson(u_fast, temp, noise)
-    z_ref = P.relaxed_poisson_reference(u_ref, temp, noise)
+    z_fast = relaxed_poisson(u_fast, temp, [40], noise)
+    z_ref = oracles.relaxed_poisson_reference(u_ref, temp, noise)
     (g_fast,) = torch.autograd.grad((weights * z_fast).sum(), u_fast)
     (g_ref,) = torch.autograd.grad((weights * z_ref).sum(), u_ref)
     assert z_fast.shape == u.shape and z_fast.dtype == dtype
@@ -215,12 +227,14 @@ def test_relaxed_poisson_equals_plain_autograd_expression(temp: float, dtype, to
 def test_relaxed_poisson_reference_is_the_spec_formula():
     """z = sum_j sigmoid((1 - s_j) / tau), s_j cumulative sums of Exp(r) draws."""
     gen = torch.Generator().manual_seed(5)
-    u = torch.randn(3, 4, generator=gen, dtype=torch.float64)
-    noise = P.exponential_noise(12, u.shape, generator=gen).double()
+    u = torch.randn(1, 3, 4, generator=gen, dtype=torch.float64)
+    noise = streams.member_exponential_noise([12], u.shape[1:], generators=[gen]).double()
     rate = np.exp(u.numpy()) + np.finfo(np.float32).eps
     s = np.cumsum(noise.numpy() / rate, axis=0)
     expected = (1.0 / (1.0 + np.exp(-(1.0 - s) / 0.2))).sum(0)
-    np.testing.assert_allclose(P.relaxed_poisson(u, 0.2, noise).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(relaxed_poisson(u, 0.2, [12], noise).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(oracles.relaxed_poisson_reference(u, 0.2, noise).numpy(), expected,
+                               rtol=1e-12)
 
 
 def test_log_uniform_maps_words_to_cell_midpoints():
@@ -236,7 +250,7 @@ def test_log_uniform_maps_words_to_cell_midpoints():
 def test_cpu_arrival_stream_is_standard_exponential():
     """-log U of the CPU stream against the Exp(1) distribution: Kolmogorov-Smirnov
     distance of 2 M draws below the 0.1% critical value, consecutive draws uncorrelated."""
-    draws = P.exponential_noise(20, torch.Size([200, 500]), generator=torch.Generator().manual_seed(3))
+    draws = streams.exponential_noise(20, torch.Size([200, 500]), generator=torch.Generator().manual_seed(3))
     x = np.sort(draws.double().flatten().numpy())
     n = x.size
     cdf = -np.expm1(-x)
@@ -252,24 +266,30 @@ def test_cpu_arrival_stream_follows_the_torch_generator():
     """The stream is a function of the torch generator's state: the same seed replays it,
     another seed changes it, and None uses (and advances) torch's default generator."""
     shape = torch.Size([4, 6])
-    a = P.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
-    b = P.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
-    c = P.exponential_noise(11, shape, generator=torch.Generator().manual_seed(6))
+    a = streams.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
+    b = streams.exponential_noise(11, shape, generator=torch.Generator().manual_seed(5))
+    c = streams.exponential_noise(11, shape, generator=torch.Generator().manual_seed(6))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, c)
     torch.manual_seed(5)
-    d = P.exponential_noise(11, shape)
-    e = P.exponential_noise(11, shape)
+    d = streams.exponential_noise(11, shape)
+    e = streams.exponential_noise(11, shape)
     torch.testing.assert_close(d, a, rtol=0, atol=0)
     assert not torch.equal(d, e)
     # a longer draw starts with the same arrivals
-    longer = P.exponential_noise(15, shape, generator=torch.Generator().manual_seed(5))
+    longer = streams.exponential_noise(15, shape, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(longer[:11], a, rtol=0, atol=0)
+    # each member's rows are its own generator's stream, whatever the other members draw
+    gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
+    members = streams.member_exponential_noise([11, 7], shape, generators=gens)
+    assert members.shape == (11, 2, 4, 6)
+    torch.testing.assert_close(members[:, 0], a, rtol=0, atol=0)
+    torch.testing.assert_close(members[:7, 1], c[:7], rtol=0, atol=0)
 
 
 def test_exponential_noise_is_standard_and_seeded():
-    a = P.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
-    b = P.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
+    a = streams.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
+    b = streams.exponential_noise(7, torch.Size([50, 200]), generator=torch.Generator().manual_seed(9))
     assert a.shape == (7, 50, 200)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     n = a.numel()
@@ -300,10 +320,10 @@ def test_relaxed_poisson_low_temperature_moments(rate: float):
     temp = 0.01
     n_exp = n_exp_for_rate(rate, 1e-3)
     gen = torch.Generator().manual_seed(int(rate * 100))
-    u = torch.full((200, 600), math.log(rate))
-    noise = P.exponential_noise(n_exp, u.shape, generator=gen)
-    for z in (P.relaxed_poisson(u, temp, noise),  # given noise, and drawn by the sampler
-              P.relaxed_poisson(u, temp, n_exp=n_exp, generator=gen)):
+    u = torch.full((1, 200, 600), math.log(rate))
+    noise = streams.member_exponential_noise([n_exp], u.shape[1:], generators=[gen])
+    for z in (relaxed_poisson(u, temp, [n_exp], noise),  # given noise, and drawn by the sampler
+              relaxed_poisson(u, temp, [n_exp], generators=[gen])):
         assert float(z.min()) >= 0 and float(z.max()) <= n_exp
         _check_moments(z, rate, rate * (1 - temp), rate)
 
@@ -318,8 +338,8 @@ def test_streamed_sampler_mean_and_gradient_are_unbiased(rate: float, temp: floa
     """
     n_exp = n_exp_for_rate(rate, 1e-9)
     gen = torch.Generator().manual_seed(int(rate * 1000 + temp * 10))
-    u = torch.full((400, 500), math.log(rate), dtype=torch.float64, requires_grad=True)
-    z = P.relaxed_poisson(u, temp, n_exp=n_exp, generator=gen)
+    u = torch.full((1, 400, 500), math.log(rate), dtype=torch.float64, requires_grad=True)
+    z = relaxed_poisson(u, temp, [n_exp], generators=[gen])
     (grad,) = torch.autograd.grad(z.sum(), u)
     expected = rate * temp * math.log1p(math.exp(1.0 / temp))
     for sample in (z.detach(), grad):

@@ -10,6 +10,9 @@
            (= dKL_1/dmu: the temperature drops out);
            beta (exp(2 (xi - xi0)) - 1)   = beta dKL_tau/dxi for every tau (the ratio of the
            two temperature-scaled sigmas does not depend on tau), scaled by F_xi^{-1} = 1/2.
+
+The models are populations of one (P = 1): parameters, states and outputs carry a leading
+member axis of size 1; the numpy maths act on member 0's parameters and tensors.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ M, K, B = 16, 8, 5
 
 
 def make_model(preset: str, seed: int = 0, **overrides) -> IterativeVAE:
-    """A small float64 model whose parameters are all away from their (symmetric) inits."""
+    """A small float64 model (P = 1) whose parameters are all away from their (symmetric)
+    inits."""
     overrides.setdefault("t_train", 3)
     config = ModelConfig(preset=preset, input_dim=M, n_latents=K, seed=seed, **overrides)
     model = IterativeVAE(config).double()
@@ -40,16 +44,16 @@ def make_model(preset: str, seed: int = 0, **overrides) -> IterativeVAE:
         return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
     with torch.no_grad():
-        model.W.copy_(0.3 * rnd(M, K))
-        model.dec_log_sigma.copy_(0.4 * rnd(M))
-        model.log_bias.copy_(-2.0 + 0.5 * rnd(K))
-        model.log_lr.copy_(-1.0 + 0.3 * rnd(config.n_components))
+        model.W.copy_(0.3 * rnd(M, K)[None])
+        model.dec_log_sigma.copy_(0.4 * rnd(M)[None])
+        model.log_bias.copy_(-2.0 + 0.5 * rnd(K)[None])
+        model.log_lr.copy_(-1.0 + 0.3 * rnd(config.n_components)[None])
         if model.is_poisson:
-            model.u_init.copy_(-2.0 + rnd(1, K))
+            model.u_init.copy_(-2.0 + rnd(1, K)[None])
         else:
-            model.u_init.copy_(torch.stack([0.5 * rnd(K), -0.3 + 0.3 * rnd(K)]))
+            model.u_init.copy_(torch.stack([0.5 * rnd(K), -0.3 + 0.3 * rnd(K)])[None])
         if preset == "igrelu":
-            model.log_gain.copy_(0.3 * rnd(K))
+            model.log_gain.copy_(0.3 * rnd(K)[None])
     return model
 
 
@@ -59,7 +63,8 @@ def _inputs(seed: int = 1):
 
 
 def _params(model: IterativeVAE) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
+    """Member 0's parameters without the member axis."""
+    return {k: v[0].detach().numpy().copy() for k, v in model.named_parameters()}
 
 
 # ----------------------------------------------------------------------------- numpy maths
@@ -115,18 +120,19 @@ def np_update(p, cfg: ModelConfig, x, comps, z, eps, temp, prior):
 
 
 def _state_and_sample(model: IterativeVAE, temp: float, gen: torch.Generator):
-    """A wide state (so that both soft clamps act), a prior and a sample from the state."""
+    """A wide state (so that both soft clamps act), a prior and a sample from the state,
+    each [1, B, K]."""
     if model.is_poisson:
-        u = -10.0 + 16.0 * torch.rand(B, K, generator=gen, dtype=torch.float64)
-        u0 = -10.0 + 16.0 * torch.rand(B, K, generator=gen, dtype=torch.float64)
-        z = torch.poisson(torch.exp(u), generator=gen) + torch.rand(B, K, generator=gen,
+        u = -10.0 + 16.0 * torch.rand(1, B, K, generator=gen, dtype=torch.float64)
+        u0 = -10.0 + 16.0 * torch.rand(1, B, K, generator=gen, dtype=torch.float64)
+        z = torch.poisson(torch.exp(u), generator=gen) + torch.rand(1, B, K, generator=gen,
                                                                      dtype=torch.float64)
         return State((u,)), State((u0,)), z
-    mu = 2.0 * torch.randn(B, K, generator=gen, dtype=torch.float64)
-    xi = 0.8 * torch.randn(B, K, generator=gen, dtype=torch.float64)
-    mu0 = mu + torch.randn(B, K, generator=gen, dtype=torch.float64)
-    xi0 = xi + 0.5 * torch.randn(B, K, generator=gen, dtype=torch.float64)
-    noise = torch.randn(B, K, generator=gen, dtype=torch.float64)
+    mu = 2.0 * torch.randn(1, B, K, generator=gen, dtype=torch.float64)
+    xi = 0.8 * torch.randn(1, B, K, generator=gen, dtype=torch.float64)
+    mu0 = mu + torch.randn(1, B, K, generator=gen, dtype=torch.float64)
+    xi0 = xi + 0.5 * torch.randn(1, B, K, generator=gen, dtype=torch.float64)
+    noise = torch.randn(1, B, K, generator=gen, dtype=torch.float64)
     z = G.gaussian_sample(mu, xi, temp, noise)
     return State((mu, xi)), State((mu0, xi0)), z
 
@@ -136,24 +142,25 @@ def _state_and_sample(model: IterativeVAE, temp: float, gen: torch.Generator):
 def test_recon_grad_is_autograd_of_recon_loss(preset: str):
     model = make_model(preset)
     x, gen = _inputs()
-    z = 1.5 * torch.randn(B, K, generator=gen, dtype=torch.float64)
+    z = 1.5 * torch.randn(1, B, K, generator=gen, dtype=torch.float64)
     if preset == "igrelu":
         z = torch.where(z.abs() < 0.1, z.sign() * 0.1 + z, z)  # away from the kink at 0
         assert (z > 0).any() and (z < 0).any()
     if preset == "ipvae":
         z = z.abs().round() + 0.3 * z  # count-like values
     z.requires_grad_(True)
-    W = model.W.detach()
-    a = z if preset != "igrelu" else torch.relu(z) * torch.exp(model.log_gain.detach())
-    sigma = torch.exp(3.45 * torch.tanh(model.dec_log_sigma.detach() / 3.45))
+    W = model.W.detach()[0]
+    a = z if preset != "igrelu" else torch.relu(z) * torch.exp(model.log_gain.detach()[0])
+    sigma = torch.exp(3.45 * torch.tanh(model.dec_log_sigma.detach()[0] / 3.45))
     loss = 0.5 * (((x - a @ W.T) / sigma) ** 2).sum()
     (expected,) = torch.autograd.grad(loss, z)
     actual = model.recon_grad(x, z.detach())
+    assert actual.shape == (1, B, K)
     assert expected.abs().max() > 1.0
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(actual.detach().numpy(),
+    np.testing.assert_allclose(actual[0].detach().numpy(),
                                np_recon_grad(_params(model), preset, x.numpy(),
-                                             z.detach().numpy()), rtol=1e-12, atol=1e-12)
+                                             z[0].detach().numpy()), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -164,17 +171,18 @@ def test_free_energy_grad_and_update_match_hand_computation(preset, n_inner, eps
     x, gen = _inputs(2)
     state, prior, z = _state_and_sample(model, temp, gen)
     p = _params(model)
-    comps = [c.numpy() for c in state.components]
-    prior_np = [c.numpy() for c in prior.components]
-    new_np, grads_np, raw_np = np_update(p, model.config, x.numpy(), comps, z.numpy(), eps,
+    comps = [c[0].numpy() for c in state.components]
+    prior_np = [c[0].numpy() for c in prior.components]
+    new_np, grads_np, raw_np = np_update(p, model.config, x.numpy(), comps, z[0].numpy(), eps,
                                          temp, prior_np)
     with torch.no_grad():
         grads = model.free_energy_grad(x, state, z, temp, prior)
         new = model.update(x, state, z, eps, temp, prior)
     assert len(grads) == len(new.components) == model.config.n_components
     for i in range(model.config.n_components):
-        np.testing.assert_allclose(grads[i].numpy(), grads_np[i], rtol=1e-11, atol=1e-11)
-        np.testing.assert_allclose(new.components[i].numpy(), new_np[i], rtol=1e-11,
+        assert grads[i].shape == new.components[i].shape == (1, B, K)
+        np.testing.assert_allclose(grads[i][0].numpy(), grads_np[i], rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(new.components[i][0].numpy(), new_np[i], rtol=1e-11,
                                    atol=1e-11)
     # The probe reaches the non-linear part of the soft clamps, so they are tested too.
     for i in range(model.config.n_components):
@@ -214,7 +222,7 @@ def test_poisson_inner_kl_term_is_natural_gradient_of_exact_kl():
     torch.testing.assert_close(delta, 0.7 * d_kl / torch.exp(u), rtol=1e-10, atol=1e-10)
     # ... and it is NOT the gradient of the reference KL form (which the outer loss uses).
     u_var2 = u.clone().requires_grad_(True)
-    (d_ref,) = torch.autograd.grad(P.poisson_kl(u_var2, u0, "reference").sum(), u_var2)
+    (d_ref,) = torch.autograd.grad(P.poisson_kl(u_var2, u0, reference=True).sum(), u_var2)
     assert (delta - 0.7 * d_ref / torch.exp(u)).abs().max() > 1e-2
 
 
@@ -258,14 +266,14 @@ def test_gaussian_recon_terms_are_reparameterisation_gradients(temp: float):
     noise = (z - mu) / (temp * torch.exp(xi))
     mu_v, xi_v = mu.clone().requires_grad_(True), xi.clone().requires_grad_(True)
     z_v = mu_v + temp * torch.exp(xi_v) * noise
-    a = torch.relu(z_v) * torch.exp(model.log_gain.detach())
-    sigma = torch.exp(3.45 * torch.tanh(model.dec_log_sigma.detach() / 3.45))
-    loss = 0.5 * (((x - a @ model.W.detach().T) / sigma) ** 2).sum()
+    a = torch.relu(z_v) * torch.exp(model.log_gain.detach()[0])
+    sigma = torch.exp(3.45 * torch.tanh(model.dec_log_sigma.detach()[0] / 3.45))
+    loss = 0.5 * (((x - a @ model.W.detach()[0].T) / sigma) ** 2).sum()
     dl_dmu, dl_dxi = torch.autograd.grad(loss, (mu_v, xi_v))
     with torch.no_grad():
         g_mu, g_xi = model.free_energy_grad(x, state, z, temp)
     sigma2 = torch.exp(2 * xi)
-    bias = torch.exp(model.log_bias.detach())
+    bias = torch.exp(model.log_bias.detach()[0])
     torch.testing.assert_close(g_mu, dl_dmu * sigma2 + bias, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(g_xi, 0.5 * dl_dxi / temp, rtol=1e-10, atol=1e-10)
 
@@ -276,7 +284,7 @@ def test_poisson_grad_is_recon_grad_plus_leak():
     state, prior, z = _state_and_sample(model, 0.5, gen)
     with torch.no_grad():
         (g,) = model.free_energy_grad(x, state, z, 0.5, prior)
-        expected = model.recon_grad(x, z) + torch.exp(model.log_bias)
+        expected = model.recon_grad(x, z) + torch.exp(model.log_bias)[:, None]
     torch.testing.assert_close(g, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -284,26 +292,26 @@ def test_poisson_grad_is_recon_grad_plus_leak():
 def test_decode_and_activation(preset: str):
     model = make_model(preset)
     gen = torch.Generator().manual_seed(6)
-    z = torch.randn(B, K, generator=gen, dtype=torch.float64)
-    z[0, 0] = 0.0
+    z = torch.randn(1, B, K, generator=gen, dtype=torch.float64)
+    z[0, 0, 0] = 0.0
     p = _params(model)
-    a_np, da_np = np_activation(p, preset, z.numpy())
+    a_np, da_np = np_activation(p, preset, z[0].numpy())
     with torch.no_grad():
         a = model.activation(z)
         deriv = model.activation_derivative(z)
         x_hat = model.decode(z)
-    np.testing.assert_allclose(a.numpy(), a_np, rtol=1e-14)
-    np.testing.assert_allclose(x_hat.numpy(), a_np @ p["W"].T, rtol=1e-12, atol=1e-12)
-    assert x_hat.shape == (B, M)
+    np.testing.assert_allclose(a[0].numpy(), a_np, rtol=1e-14)
+    np.testing.assert_allclose(x_hat[0].numpy(), a_np @ p["W"].T, rtol=1e-12, atol=1e-12)
+    assert x_hat.shape == (1, B, M)
     if preset == "igrelu":
-        assert float(a[0, 0]) == 0.0 and float(deriv[0, 0]) == 0.0
+        assert float(a[0, 0, 0]) == 0.0 and float(deriv[0, 0, 0]) == 0.0
         assert torch.all(a[z < 0] == 0)
-        np.testing.assert_allclose(deriv.numpy(), da_np, rtol=1e-14)
+        np.testing.assert_allclose(deriv[0].numpy(), da_np, rtol=1e-14)
         # a'(z) is the autograd derivative of a(z) away from 0
         z_v = z.clone().requires_grad_(True)
         (auto,) = torch.autograd.grad(model.activation(z_v).sum(), z_v)
         torch.testing.assert_close(auto[z != 0], deriv[z != 0], rtol=1e-14, atol=1e-14)
-        gains = torch.exp(model.log_gain.detach())
+        gains = torch.exp(model.log_gain.detach()[0])
         assert not torch.allclose(gains, torch.ones_like(gains))
     else:
         assert deriv is None  # identity: a'(z) = 1
@@ -313,7 +321,7 @@ def test_decode_and_activation(preset: str):
 def test_dec_log_sigma_effective_is_squashed():
     model = make_model("igvae")
     with torch.no_grad():
-        model.dec_log_sigma.copy_(torch.linspace(-20, 20, M, dtype=torch.float64))
-    eff = model.dec_log_sigma_effective().detach().numpy()
+        model.dec_log_sigma.copy_(torch.linspace(-20, 20, M, dtype=torch.float64)[None])
+    eff = model.dec_log_sigma_effective()[0].detach().numpy()
     np.testing.assert_allclose(eff, 3.45 * np.tanh(np.linspace(-20, 20, M) / 3.45), rtol=1e-14)
     assert np.all(np.abs(eff) < 3.45)
