@@ -1,5 +1,5 @@
-"""A population's CPU cycle in member chunks (`fondtrain.model.member_chunks`) gives the
-numbers of the whole cycle: losses, statistics, states and gradients, for every preset,
+"""A population's CPU cycle in member chunks (`fondtrain.model.cycle._in_member_chunks`)
+gives the numbers of the whole cycle: losses, statistics, states and gradients, for every preset,
 and trains like it through the trainer's TBPTT step (n_iters_outer 2, grad_accum 2)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fondtrain.model import member_chunks
+from fondtrain.model import cycle
 from fondtrain.model.states import State
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.sweep import members_from_sweep
@@ -23,7 +23,7 @@ RTOL, ATOL = 1e-6, 1e-7
 
 def _chunks_of(monkeypatch, members: int, batch: int, n_latents: int) -> None:
     """Make a chunk hold `members` members of [batch, n_latents] state tensors."""
-    monkeypatch.setattr(member_chunks, "CHUNK_BYTES", members * batch * n_latents * 4)
+    monkeypatch.setattr(cycle, "CHUNK_BYTES", members * batch * n_latents * 4)
 
 
 def _population(preset: str) -> IterativeVAE:
@@ -74,10 +74,10 @@ def test_chunked_cycle_equals_the_whole_cycle(preset, inputs_kind, monkeypatch):
     if model.is_poisson:  # members with different sampler lengths
         model.set_n_exp(torch.tensor([0.5, 4.0, 12.0, 2.0, 7.0]).view(P, 1).expand(P, model.n_exp.shape[1]))
     state = model.init_state(B)
-    assert not member_chunks.use_chunks(model, state, None)  # one chunk holds all 5
+    assert not cycle._use_chunks(model, state, model.generators)  # one chunk holds all 5
     whole = _cycle(model, inputs, temp, beta, eps)
     _chunks_of(monkeypatch, 2, B, model.config.n_latents)  # chunks of 2, 2 and 1 members
-    assert member_chunks.use_chunks(model, state, None)
+    assert cycle._use_chunks(model, state, model.generators)
     chunked = _cycle(model, inputs, temp, beta, eps)
     _assert_same(chunked, whole)
     # a test that could fail: the members' gradients differ from each other
@@ -107,10 +107,10 @@ def test_no_chunks_without_each_members_own_generator(monkeypatch):
     model = _population("igvae")
     _chunks_of(monkeypatch, 2, B, model.config.n_latents)
     state = model.init_state(B)
-    assert member_chunks.use_chunks(model, state, None)
+    assert cycle._use_chunks(model, state, model.generators)
     model.generators = None
-    assert not member_chunks.use_chunks(model, state, None)
-    assert member_chunks.use_chunks(model, state, [torch.Generator() for _ in range(P)])
+    assert not cycle._use_chunks(model, state, model.generators)
+    assert cycle._use_chunks(model, state, [torch.Generator() for _ in range(P)])
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -124,8 +124,8 @@ def test_chunked_population_trains_like_the_whole_one(preset, monkeypatch):
     micro_batch = base.train.batch_size  # grad_accum splits the batch
     _chunks_of(monkeypatch, 1, micro_batch, base.model.n_latents)
     calls = []
-    chunked_forward = member_chunks.chunked_forward
-    monkeypatch.setattr(member_chunks, "chunked_forward",
+    chunked_forward = cycle._in_member_chunks
+    monkeypatch.setattr(cycle, "_in_member_chunks",
                         lambda *a, **k: calls.append(1) or chunked_forward(*a, **k))
     chunked = _train_population(members, batches)
     assert len(calls) == len(batches) * base.model.n_iters_outer * base.train.grad_accum

@@ -1,6 +1,7 @@
-"""A population (IterativeVAE with a leading member axis) trains exactly like its members'
-single runs: the same parameters, losses and n_exp tables after several optimiser steps,
-for every preset, with n_iters_outer 2, n_iters_inner 2 and grad_accum 2."""
+"""A population (every IterativeVAE has a leading member axis) trains exactly like its
+members' single runs (populations of one): the same parameters, losses and n_exp tables
+after several optimiser steps, for every preset, with n_iters_outer 2, n_iters_inner 2 and
+grad_accum 2."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ from accelerate import Accelerator
 
 from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from fondtrain.model import inference
+from fondtrain.model.relaxed_poisson import _vectorized
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.schedules import schedule_for
+from fondtrain.schedules import schedules_for
 from fondtrain.sweep import members_from_sweep
-from fondtrain.train.population_optim import PopulationAdamax
-from fondtrain.train.population_schedules import PopulationSchedule
-from fondtrain.train.step import tbptt_step
+
+
+def _trainer_parts():
+    """The trainer's pieces these tests drive (imported here: the model-level tests of this
+    module do not need them)."""
+    from fondtrain.train.batch import train_batch
+    from fondtrain.train.optim import MemberAdamax
+
+    return MemberAdamax, train_batch
 
 PRESETS = ("ipvae", "igvae", "igrelu")
 N_STEPS = 4
@@ -63,17 +71,19 @@ def _refresh_n_exp(core: IterativeVAE, max_rates: torch.Tensor | None) -> None:
 
 
 def _train_single(config: RunConfig, batches) -> dict:
+    """A member's single run: a population of one, its parameters and n_exp [1, ...]."""
+    MemberAdamax, train_batch = _trainer_parts()
     torch.manual_seed(config.model.seed)  # the sampler noise: the default generator
     core = IterativeVAE(config.model)
     tc = config.train
-    optimizer = torch.optim.Adamax(core.parameters(), lr=tc.lr, betas=tuple(tc.betas), eps=1e-8,
-                                   weight_decay=tc.weight_decay)
+    optimizer = MemberAdamax(core.parameters(), lr=[tc.lr], betas=tuple(tc.betas), eps=1e-8,
+                             weight_decay=tc.weight_decay)
     accelerator = Accelerator(cpu=True)
     model, optimizer = accelerator.prepare(core, optimizer)
-    schedule = schedule_for(config, N_STEPS)
+    schedule = schedules_for([config], N_STEPS)
     losses = []
     for step, x in enumerate(batches):
-        result = tbptt_step(model, core, optimizer, accelerator, x, schedule.at(step), config)
+        result = train_batch(model, core, optimizer, accelerator, x, schedule.at(step), config)
         losses.append(result.out.loss.detach())
         _refresh_n_exp(core, result.max_rates)
     return {"params": dict(core.named_parameters()), "losses": torch.stack(losses),
@@ -81,18 +91,19 @@ def _train_single(config: RunConfig, batches) -> dict:
 
 
 def _train_population(members, batches) -> dict:
+    MemberAdamax, train_batch = _trainer_parts()
     configs = [m.config for m in members]
     core = IterativeVAE(configs[0].model, [c.model for c in configs])
     core.generators = [torch.Generator().manual_seed(c.model.seed) for c in configs]
-    optimizer = PopulationAdamax(core.parameters(), lr=[c.train.lr for c in configs],
-                                 betas=configs[0].train.betas, eps=1e-8,
-                                 weight_decay=[c.train.weight_decay for c in configs])
+    optimizer = MemberAdamax(core.parameters(), lr=[c.train.lr for c in configs],
+                             betas=configs[0].train.betas, eps=1e-8,
+                             weight_decay=[c.train.weight_decay for c in configs])
     accelerator = Accelerator(cpu=True)
     model, optimizer = accelerator.prepare(core, optimizer)
-    schedule = PopulationSchedule([schedule_for(c, N_STEPS) for c in configs])
+    schedule = schedules_for(configs, N_STEPS)
     losses = []
     for step, x in enumerate(batches):
-        result = tbptt_step(model, core, optimizer, accelerator, x, schedule.at(step), configs[0])
+        result = train_batch(model, core, optimizer, accelerator, x, schedule.at(step), configs[0])
         losses.append(result.out.loss.detach())
         _refresh_n_exp(core, result.max_rates)
     return {"params": dict(core.named_parameters()), "losses": torch.stack(losses),
@@ -109,10 +120,10 @@ def test_population_trains_like_its_members_single_runs(preset):
     for i, member in enumerate(members):
         single = _train_single(member.config, batches)
         for name, value in single["params"].items():
-            torch.testing.assert_close(population["params"][name][i], value, rtol=RTOL, atol=ATOL,
+            torch.testing.assert_close(population["params"][name][i], value[0], rtol=RTOL, atol=ATOL,
                                        msg=f"{member.name}: {name}")
-        torch.testing.assert_close(population["losses"][:, i], single["losses"], rtol=RTOL, atol=ATOL)
-        assert torch.equal(population["n_exp"][i], single["n_exp"])
+        torch.testing.assert_close(population["losses"][:, i], single["losses"][:, 0], rtol=RTOL, atol=ATOL)
+        assert torch.equal(population["n_exp"][i], single["n_exp"][0])
     # the members really differ (a test that could not fail otherwise)
     w = population["params"]["W"]
     assert not torch.allclose(w[0], w[1], rtol=1e-2, atol=1e-3)
@@ -128,7 +139,9 @@ def test_population_initial_parameters_are_each_members_own(preset):
     for i, member in enumerate(members):
         single = IterativeVAE(member.config.model)
         for name, value in single.state_dict().items():
-            assert torch.equal(population.state_dict()[name][i], value), name
+            assert torch.equal(population.state_dict()[name][i], value[0]), name
+        for name, value in population.member_state_dict(i).items():
+            assert torch.equal(value, single.state_dict()[name][0]), name
 
 
 @pytest.mark.parametrize(("preset", "temp"), [("ipvae", 0.0), ("ipvae", 0.5), ("igvae", 1.0),
@@ -142,12 +155,12 @@ def test_population_inference_member_by_member(preset, temp):
     population = IterativeVAE(base.model, [m.config.model for m in members])
     x = torch.randn(5, base.model.input_dim, generator=torch.Generator().manual_seed(7))
     gens = [torch.Generator().manual_seed(10 + i) for i in range(len(members))]
-    out = inference.run(population, x, 6, temp=temp, generator=gens)
+    out = inference.run(population, x, 6, temp=temp, generators=gens)
     for i, member in enumerate(members):
         single = inference.run(IterativeVAE(member.config.model), x, 6, temp=temp,
-                               generator=torch.Generator().manual_seed(10 + i))
-        torch.testing.assert_close(out["z"][:, i], single["z"], rtol=RTOL, atol=ATOL)
-        torch.testing.assert_close(out["loss"][:, i], single["loss"], rtol=RTOL, atol=ATOL)
+                               generators=[torch.Generator().manual_seed(10 + i)])
+        torch.testing.assert_close(out["z"][:, i], single["z"][:, 0], rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(out["loss"][:, i], single["loss"][:, 0], rtol=RTOL, atol=ATOL)
 
 
 def test_members_may_not_differ_in_shape():
@@ -158,9 +171,10 @@ def test_members_may_not_differ_in_shape():
         IterativeVAE(base.model, [base.model, other])
 
 
-def test_batched_masked_sampler_equals_member_by_member(monkeypatch):
-    """The accelerator path (all members in one masked sampler) gives each member the
-    numbers of the CPU path (member by member) on the same noise, and the same gradient."""
+def test_batched_masked_sampler_equals_member_by_member():
+    """The accelerator path (all members in one masked sampler, `_vectorized`, called here
+    on the CPU) gives each member the numbers of the CPU path (member by member) on the
+    same noise, and the same gradient."""
     base = _base("ipvae")
     members = members_from_sweep(base, SWEEP)
     population = IterativeVAE(base.model, [m.config.model for m in members])
@@ -170,13 +184,12 @@ def test_batched_masked_sampler_equals_member_by_member(monkeypatch):
     state = type(state)((u,))
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
     temp = torch.tensor([0.5, 0.3, 1.0])
-    noise = population.draw_noise(state, temp, t=2, generator=gens)
+    noise = population.draw_noise(state, temp, t=2, generators=gens)
     lengths = population.n_exp_at(2)
     assert len(set(lengths)) == 3 and noise.shape == (max(lengths), 3, 5, 12)
     by_member = population.sample(state, temp, noise, t=2)
     (grad_member,) = torch.autograd.grad(by_member.square().sum(), u)
-    monkeypatch.setattr("fondtrain.model.poisson.vectorized_sampler", lambda t: True)
-    batched = population.sample(state, temp, noise, t=2)
-    (grad_batched,) = torch.autograd.grad(batched.square().sum(), u)
+    batched, dz_du = _vectorized(u.detach(), temp.tolist(), lengths, noise, (None,) * 3, True)
+    grad_batched = 2.0 * batched * dz_du  # the sampler's backward of sum(z^2): grad_z dz/du
     torch.testing.assert_close(batched, by_member, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_batched, grad_member, rtol=1e-5, atol=1e-6)
