@@ -7,12 +7,13 @@ import io
 import pytest
 import torch
 
-from fondtrain.train.population_optim import (
-    PopulationAdamax,
+from fondtrain.train.optim import (
+    MemberAdamax,
     adamax_step_,
     clip_grad_norm_per_member_,
     clip_grads_per_member_,
     member_grad_norms,
+    set_lr,
 )
 
 P = 3
@@ -51,12 +52,12 @@ def single_runs(params):
 def test_adamax_equals_torch_adamax_per_member_and_resumes_from_its_state_dict():
     params = make_params()
     runs = single_runs(params)
-    opt = PopulationAdamax(params, lr=LR, betas=(BETA1, BETA2), weight_decay=WD)
+    opt = MemberAdamax(params, lr=LR, betas=(BETA1, BETA2), weight_decay=WD)
     saved = None
     for step in range(8):
         if step == 3:  # a schedule moves the learning rates
             new_lr = [0.5 * v for v in LR]
-            opt.set_lr(torch.tensor(new_lr, dtype=torch.float64))
+            set_lr(opt, torch.tensor(new_lr, dtype=torch.float64))
             for i, (_, single) in enumerate(runs):
                 single.param_groups[0]["lr"] = new_lr[i]
         for p, g in zip(params, grads_at(step), strict=True):
@@ -81,7 +82,7 @@ def test_adamax_equals_torch_adamax_per_member_and_resumes_from_its_state_dict()
     # resume from step 5's state dict: the same three steps give the same parameters
     checkpoint = torch.load(io.BytesIO(saved))
     resumed = [torch.nn.Parameter(t) for t in checkpoint["params"]]
-    opt2 = PopulationAdamax(resumed, lr=[1.0] * P)  # every hyperparameter comes from the state dict
+    opt2 = MemberAdamax(resumed, lr=[1.0] * P)  # every hyperparameter comes from the state dict
     opt2.load_state_dict(checkpoint["opt"])
     assert opt2.param_groups[0]["lr"].dtype == torch.float64
     for step in range(5, 8):
@@ -90,6 +91,30 @@ def test_adamax_equals_torch_adamax_per_member_and_resumes_from_its_state_dict()
         opt2.step()
     for a, b in zip(params, resumed, strict=True):
         assert torch.equal(a.detach(), b.detach())
+
+
+def test_a_single_models_torch_adamax_state_resumes_as_one_member():
+    """What fondtrain checkpointed before every model had a member axis: torch.optim.Adamax
+    over parameters without it. It loads into MemberAdamax of one member and steps on
+    exactly as torch's optimiser does."""
+    gen = torch.Generator().manual_seed(4)
+    plain = [torch.nn.Parameter(torch.randn(s[1:], generator=gen)) for s in SHAPES]
+    torch_opt = torch.optim.Adamax(plain, lr=LR[0], betas=(BETA1[0], BETA2[0]), eps=1e-8, weight_decay=WD[0])
+    for step in range(3):
+        for p, g in zip(plain, grads_at(step), strict=True):
+            p.grad = g[0].clone()
+        torch_opt.step()
+    ours = [torch.nn.Parameter(p.detach()[None].clone()) for p in plain]
+    opt = MemberAdamax(ours, lr=[1.0])
+    opt.load_state_dict(torch_opt.state_dict())
+    for step in range(3, 6):
+        for p, q, g in zip(plain, ours, grads_at(step), strict=True):
+            p.grad, q.grad = g[0].clone(), g[:1].clone()
+        torch_opt.step()
+        opt.step()
+    for p, q in zip(plain, ours, strict=True):
+        torch.testing.assert_close(q.detach()[0], p.detach(), **TOL)
+        assert float(opt.state[q]["step"]) == 6.0
 
 
 def test_clip_equals_clip_grad_norm_per_member():
@@ -118,9 +143,9 @@ def test_clip_equals_clip_grad_norm_per_member():
 
 def test_optimiser_refuses_parameters_without_the_member_axis():
     with pytest.raises(ValueError, match="leading member axis"):
-        PopulationAdamax([torch.nn.Parameter(torch.zeros(4, 2))], lr=LR)
+        MemberAdamax([torch.nn.Parameter(torch.zeros(4, 2))], lr=LR)
     with pytest.raises(ValueError, match="one value per member"):
-        PopulationAdamax(make_params(), lr=LR, weight_decay=[0.0, 1.0])
+        MemberAdamax(make_params(), lr=LR, weight_decay=[0.0, 1.0])
 
 
 def test_clip_and_step_compile_to_one_graph():

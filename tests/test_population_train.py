@@ -14,7 +14,7 @@ from fondtrain.cli import FondtrainCLI, train_command
 from fondtrain.errors import UserError
 from fondtrain.export import export_model
 from fondtrain.flags import parse_args
-from fondtrain.members_table import read_members_tsv
+from fondtrain.sweep import read_members_tsv
 from fondtrain.run_files import load_model
 from fondtrain.train.trainer import train
 from tests.train_helpers import scalars, tiny_config, tiny_flags
@@ -87,10 +87,10 @@ def test_export_member_is_a_single_runs_export(population_run, tmp_path):
     one = export_model(str(population_run), str(tmp_path / "one"), member="b16-s0")
     assert sorted(p.name for p in one.iterdir()) == ["config.yaml", "model.safetensors"]
     model, config = load_model(one / "model.safetensors")
-    assert model.n_members is None and config.train.sweep == "" and config.model.beta_outer == 16
+    assert model.n_members == 1 and config.train.sweep == "" and config.model.beta_outer == 16
     full = load_file(str(run_files.resolve_checkpoint(population_run) / run_files.MODEL_FILE))
     for name, value in model.state_dict().items():
-        assert torch.equal(value, full[name][2]), name  # b16-s0 is the third member
+        assert torch.equal(value[0], full[name][2]), name  # b16-s0 is the third member
     every = export_model(str(population_run), str(tmp_path / "all"))
     assert sorted(p.name for p in every.iterdir()) == sorted(NAMES)
     again, _ = load_model(every / "b16-s0" / "model.safetensors")
@@ -118,14 +118,14 @@ def test_eval_evaluates_every_member_and_writes_the_sweep_summary(population_run
 
 
 def test_own_member_data_order_gives_each_seed_its_own_batches(digits_shards):
-    from fondtrain.data.loader import ShardLoader
+    from fondtrain.data.loader import MemberOrderLoader, ShardLoader
+    from fondtrain.seeding import stream_seed
     from fondtrain.sweep import members_from_sweep
-    from fondtrain.train.population import MemberOrderLoader
 
     config = tiny_config(digits_shards, digits_shards, "x", sweep="beta_outer=8,16 seed=0,1")
     members = members_from_sweep(config, config.train.sweep)
     shared = ShardLoader(digits_shards / "digits", "train", batch_size=32, in_memory=True)
-    own = MemberOrderLoader(shared, members, data_seed=0)
+    own = MemberOrderLoader(shared, [stream_seed(0, "data_order", m.config.train.seed) for m in members])
     first, second = (next(iter(own.epoch(0, skip_batches=s)))["x"] for s in (0, 3))
     assert first.shape == (4, 32, 64)
     assert torch.equal(first[0], first[2]) and torch.equal(first[1], first[3])  # seed 0, seed 1

@@ -65,6 +65,8 @@ def relaxed_poisson(u: Tensor, temp, n_exp, noise: Tensor | None = None, generat
     lengths = [int(n) for n in (n_exp.tolist() if isinstance(n_exp, Tensor) else n_exp)]
     if len(lengths) != p or len(temps) != p:
         raise ValueError(f"need one n_exp and temperature per member ({p})")
+    if min(temps) <= 0:
+        raise ValueError("the relaxed sampler needs temperatures above 0 (every member at 0: the exact sampler)")
     return _RelaxedPoisson.apply(u, tuple(temps), tuple(lengths), noise,
                                  tuple(member_generators(generators, p)))
 

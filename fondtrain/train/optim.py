@@ -165,7 +165,7 @@ class MemberAdamax(torch.optim.Optimizer):
             group["weight_decay"] = group["weight_decay"].to(torch.float64)
             for p in group["params"]:  # torch casts step counts to its own choice
                 if "step" in self.state.get(p, {}):
-                    self.state[p]["step"] = self.state[p]["step"].to(device=p.device, dtype=torch.float32)
+                    self.state[p]["step"] = self.state[p]["step"].to(device=p.device, dtype=torch.float32).clone()
 
 
 def _with_member_axis(state_dict: dict) -> dict:
@@ -178,6 +178,6 @@ def _with_member_axis(state_dict: dict) -> dict:
 
     new_groups = [{**g, "lr": one(g["lr"]), "betas": tuple(one(b) for b in g["betas"]),
                    "weight_decay": one(g["weight_decay"])} for g in groups]
-    state = {index: {k: v.unsqueeze(0) if k != "step" else v for k, v in values.items()}
+    state = {index: {k: (v.unsqueeze(0) if k != "step" else v).clone() for k, v in values.items()}
              for index, values in state_dict["state"].items()}
     return {"state": state, "param_groups": new_groups}
