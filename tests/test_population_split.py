@@ -1,4 +1,5 @@
-"""A population split across ranks (--population_parallel split, the default; SPEC 9.6):
+"""A population split across ranks (--population_parallel split, what the default `auto` picks
+when every process gets a member; SPEC 9.6):
 each rank trains its own block of members, and the run equals a one-process population.
 
 Exactness: member i's data, noise and arithmetic do not depend on the rank that holds it,
@@ -19,10 +20,10 @@ from safetensors.torch import load_file
 
 from fondtrain import run_files
 from fondtrain.config import ModelConfig
-from fondtrain.members_table import read_members_tsv
+from fondtrain.sweep import read_members_tsv
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.train.population_optim import PopulationAdamax
-from fondtrain.train.population_ranks import join_members, member_blocks, take_members
+from fondtrain.train.optim import MemberAdamax
+from fondtrain.train.placement import join_members, member_blocks, take_members
 from fondtrain.train.trainer import train
 from tests.train_helpers import (
     REPO,
@@ -51,12 +52,12 @@ def test_member_blocks_are_contiguous_and_balanced():
 
 
 def test_member_slices_join_back_into_the_whole_population():
-    """A population's model and PopulationAdamax state, cut into rank blocks and joined
+    """A population's model and MemberAdamax state, cut into rank blocks and joined
     again, is the whole state; each block's slice is that member's."""
     model_config = ModelConfig(preset="ipvae", input_dim=8, n_latents=4, t_train=2)
     members = [ModelConfig(preset="ipvae", input_dim=8, n_latents=4, t_train=2, seed=s) for s in range(5)]
     model = IterativeVAE(model_config, members)
-    optimizer = PopulationAdamax(model.parameters(), lr=[1e-3 * (i + 1) for i in range(5)],
+    optimizer = MemberAdamax(model.parameters(), lr=[1e-3 * (i + 1) for i in range(5)],
                                  weight_decay=[0.0, 1e-4, 2e-4, 3e-4, 4e-4])
     for p in model.parameters():
         p.grad = torch.randn_like(p)
@@ -189,7 +190,7 @@ def test_checkpoints_resume_across_placements(digits_shards, tmp_path):
 @pytest.mark.slow
 def test_fewer_members_than_processes_is_refused(digits_shards, tmp_path):
     runs = tmp_path / "runs"
-    flags = tiny_flags(digits_shards, runs, "few", sweep="seed=0")
+    flags = tiny_flags(digits_shards, runs, "few", sweep="seed=0", population_parallel="split")
     proc = subprocess.run([*accelerate_launch(2), str(REPO / "launch" / "train.py"), *flags],
                           cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0

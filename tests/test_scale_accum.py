@@ -15,13 +15,13 @@ import torch
 
 from fondtrain.config import ModelConfig
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.train import step as train_step
+from fondtrain.train import batch as train_batch
 from fondtrain.train.backends import clip_and_step
 from fondtrain.train.trainer import train
 from tests.train_helpers import tiny_config
 
 
-def _per_sample_noise(self, state, temp, t=0, generator=None):
+def _per_sample_noise(self, state, temp, t=0, generators=None):
     """Noise that is a fixed, smooth function of each sample's own state and t (a steep one,
     e.g. sin(1000 mu), would amplify the float rounding differences between a [B, K] and a
     [2B, K] matmul into visibly different gradients after a few steps)."""
@@ -36,7 +36,7 @@ def _run(digits_shards, tmp_path, monkeypatch, batch_size: int, grad_accum: int)
         recorded.append([p.grad.detach().clone() for p in model.parameters()])
         return clip_and_step(accelerator, model, optimizer, max_norm)
 
-    monkeypatch.setattr(train_step, "clip_and_step", recording)
+    monkeypatch.setattr(train_batch, "clip_and_step", recording)
     monkeypatch.setattr(IterativeVAE, "draw_noise", _per_sample_noise)
     config = tiny_config(digits_shards, tmp_path / "runs", f"accum-{grad_accum}", batch_size=batch_size,
                          grad_accum=grad_accum, max_steps=3, warmup_portion=0.0, grad_clip=50.0)

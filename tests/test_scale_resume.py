@@ -1,8 +1,8 @@
 """Resuming on a different number of processes (the Accelerate / DDP back end).
 
 The weights and Adamax state are whole under DDP and load anywhere; the data position and
-the schedule clock are mapped to the new epoch length; a rank without saved RNG state is
-reseeded and says so.
+the schedule clock are mapped to the new epoch length; no rank needs saved RNG state (every
+member's noise is re-seeded at each step from its seed, the data rank and the step).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 
 from fondtrain import run_files
 from fondtrain.errors import UserError
-from fondtrain.train.resume import adapt_position, check_backend, reseed_if_rng_missing
+from fondtrain.train.resume import adapt_position, check_backend
+from fondtrain.train.trainer import member_generators
 from tests.train_helpers import ACCELERATE_2PROC, REPO, subprocess_env
 
 
@@ -51,18 +52,20 @@ def test_more_processes_and_old_checkpoints_without_steps_per_epoch():
     assert state["batch_in_epoch"] == 71 and state["global_step"] == 142
 
 
-def test_rank_without_rng_state_is_reseeded(tmp_path):
-    torch.save({"torch_manual_seed": torch.get_rng_state()}, tmp_path / "random_states_0.pkl")
-    torch.manual_seed(0)
-    assert reseed_if_rng_missing(tmp_path, 0, seed=3, step=10) is None
-    untouched = torch.rand(3)
-    torch.manual_seed(0)
-    message = reseed_if_rng_missing(tmp_path, 1, seed=3, step=10)
-    assert "rank 1" in message and "reseeded" in message
-    reseeded = torch.rand(3)
-    assert not torch.equal(untouched, reseeded)
-    reseed_if_rng_missing(tmp_path, 1, seed=3, step=10)
-    assert torch.equal(torch.rand(3), reseeded), "deterministic given (seed, rank, step)"
+def test_every_rank_draws_its_own_noise_without_saved_rng_state():
+    """A rank's sampler generators are a function of (member seed, rank, step): any rank of
+    any world size resumes without saved RNG state."""
+    from fondtrain.config import RunConfig
+    from fondtrain.sweep import run_members
+
+    members = run_members(RunConfig())
+
+    def draws(rank: int, step: int) -> torch.Tensor:
+        return torch.rand(3, generator=member_generators(members, rank, step, "cpu")[0])
+
+    assert not torch.equal(draws(0, 10), draws(1, 10)), "ranks draw differently"
+    assert not torch.equal(draws(1, 10), draws(1, 11)), "steps draw differently"
+    assert torch.equal(draws(1, 10), draws(1, 10)), "deterministic given (seed, rank, step)"
 
 
 def test_checkpoint_of_the_other_backend_is_refused(tmp_path):
@@ -100,8 +103,7 @@ def test_resume_on_one_then_two_then_one_process(digits_shards, tmp_path, capsys
     # e.g. 1 process: 71 batches per epoch; 2 processes: 35. Step 6 -> batch round(6 * 35 / 71) = 3.
     assert f"checkpoint written by 1 process(es) with {spe1} batches per epoch; now 2 with {spe2}" in two.stdout
     assert f"global step 6 -> {at2}" in two.stdout
-    assert "rank 1: step-00000006 has no RNG state" in two.stderr
-    assert "rank 0:" not in two.stderr
+    assert "RNG" not in two.stderr, "no rank needs saved RNG state"
     middle = run_files.latest_checkpoint(ckpt_root)
     assert middle.name == "step-00000012" and run_files.read_trainer_state(middle)["world_size"] == 2
 
@@ -109,7 +111,7 @@ def test_resume_on_one_then_two_then_one_process(digits_shards, tmp_path, capsys
     last = train(parse_args(flags + ["--max_steps", "30"]))
     printed = capsys.readouterr()
     assert f"global step 12 -> {at1}" in printed.out
-    assert "has no RNG state" not in printed.err
+    assert "RNG" not in printed.err
     assert last.step == 30
     optimizer = torch.load(run_files.latest_checkpoint(ckpt_root) / "optimizer.bin", weights_only=False)
     steps = {float(s["step"]) for s in optimizer["state"].values()}

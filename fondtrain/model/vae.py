@@ -172,7 +172,7 @@ class IterativeVAE(NExpTable, nn.Module):
             if torch.compiler.is_compiling():
                 noise = torch.randn_like(mu) if keys is None else hashed_normal(mu, keys, draw)
             else:
-                noise = member_normal_noise(mu.shape, mu.device, gens)
+                noise = self.draw_noise(state, temp, t, gens)
         return gaussian.gaussian_sample(mu, xi, self.member(temp), noise)
 
     # ------------------------------------------------------------------ one update

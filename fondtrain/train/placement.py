@@ -67,7 +67,7 @@ class Placement:
         self.accelerator = accelerator
         world, rank = accelerator.num_processes, accelerator.process_index
         if option == "split" and world > n_members:
-            raise UserError(f"the run has {n_members} member(s) but {world} processes were started, and "
+            raise UserError(f"the population has {n_members} member(s) but {world} processes were started, and "
                             "--population_parallel split gives every process at least one member: start at "
                             f"most {n_members} process(es), or pass --population_parallel data to train every "
                             "member on every process.")
