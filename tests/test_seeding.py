@@ -7,7 +7,7 @@ import torch
 
 from fondtrain.config import DataConfig, ModelConfig, RunConfig
 from fondtrain.seeding import PURPOSES, stream_seed
-from fondtrain.train.step import make_inputs
+from fondtrain.train.batch import make_inputs
 
 
 def test_streams_are_deterministic_and_distinct_by_purpose_and_key():
@@ -28,7 +28,7 @@ def test_jitter_feeder_differs_across_ranks_and_follows_the_seed():
     x = torch.randn(8, 256, generator=torch.Generator().manual_seed(0))
     frames = {(seed, rank): make_inputs(config, x, stream_seed(seed, "feeder", rank, 5))
               for seed in (0, 1) for rank in (0, 1)}
-    assert frames[(0, 0)].shape == (6, 8, 256)
+    assert frames[(0, 0)].shape == (6, 1, 8, 256)  # steps, members (shared), batch, pixels
     assert not torch.equal(frames[(0, 0)], frames[(0, 1)])
     assert not torch.equal(frames[(0, 0)], frames[(1, 0)])
     torch.testing.assert_close(make_inputs(config, x, stream_seed(0, "feeder", 0, 5)), frames[(0, 0)],
