@@ -12,54 +12,56 @@ from safetensors.torch import save_file
 from fondtrain import run_files
 from fondtrain.config import DataConfig, RunConfig, save_yaml
 from fondtrain.errors import UserError
+from fondtrain.model.upstream import load_upstream_checkpoint, state_dict_to_upstream
+from fondtrain.model.vae import IterativeVAE
 from fondtrain.permissions import apply_umask
+from fondtrain.sweep import Member
 
 FORMATS = ("safetensors", "upstream")
 
 
 def export_model(source: str, out: str, format: str = "safetensors", member: str | None = None) -> Path:
-    """Write the model of a run / checkpoint to `out`.
+    """Write the model of a run / checkpoint to `out`, in a single model's layout (no
+    member axis), so that it loads as a plain model.
 
-    safetensors: `out/model.safetensors` + `out/config.yaml` (fondtrain's names);
-    upstream: `out/model.pt` holding {'model': state dict} under the reference
-    implementation's names and shapes, loadable by its `load_state_dict`.
-    A population run: member `member` exactly as a single run's export (its model loads
-    as a plain single model); without `member`, every member to `out/<member>/`.
+    safetensors: `out/model.safetensors` + `out/config.yaml` (fondtrain's names; the
+    config of the single run it equals); upstream: `out/model.pt` holding {'model': state
+    dict} under the reference implementation's names and shapes, loadable by its
+    `load_state_dict`. A sweep: every member to `out/<member>/`, or member `member` alone
+    to `out`.
     """
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}: choose safetensors or upstream.")
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty: choose a new --out folder.")
-    members = run_files.run_members(source)
-    if members is not None and member is None:
-        for m in members:
-            _export_one(source, out_dir / m.name, format, m.name)
+    model, _, members = run_files.load_run(source)
+    if member is not None:
+        index = run_files.member_index(members, member, source)
+        _export_member(model, index, members[index], out_dir, format)
         return out_dir
-    return _export_one(source, out_dir, format, member)
+    for index, m in enumerate(members):
+        _export_member(model, index, m, out_dir / m.name, format)  # a plain run's member "": out itself
+    return out_dir
 
 
-def _export_one(source: str, out_dir: Path, format: str, member: str | None) -> Path:
-    model, config = run_files.load_model(source, member)
+def _export_member(model: IterativeVAE, index: int, member: Member, out_dir: Path, format: str) -> None:
     staging = out_dir.parent / f".tmp-export-{out_dir.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         if format == "safetensors":
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                      str(staging / run_files.MODEL_FILE))
-            save_yaml(config or RunConfig(model=model.config), staging / "config.yaml")
+            weights = {k: v.contiguous() for k, v in model.member_state_dict(index).items()}
+            save_file(weights, str(staging / run_files.MODEL_FILE))
+            save_yaml(run_files.single_run_config(member), staging / "config.yaml")
         else:
-            from fondtrain.model.upstream import state_dict_to_upstream
-
-            torch.save({"model": state_dict_to_upstream(model)}, staging / "model.pt")
+            torch.save({"model": state_dict_to_upstream(model, index)}, staging / "model.pt")
         apply_umask(staging)
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
 
 
 # The data set a reference model of each input size was trained on, unless --dataset says.
@@ -76,7 +78,6 @@ def import_upstream(path: str, out: str, dataset: str | None = None) -> Path:
     reference keeps them unless the run's data path is set).
     """
     from fondtrain.data.sources import SOURCES
-    from fondtrain.model.upstream import load_upstream_checkpoint
 
     model = load_upstream_checkpoint(path)
     run_dir = Path(out)

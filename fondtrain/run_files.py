@@ -16,8 +16,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+
 from fondtrain.config import RunConfig, load_yaml
 from fondtrain.errors import UserError
+from fondtrain.model.upstream import load_upstream_checkpoint
+from fondtrain.model.vae import IterativeVAE
+from fondtrain.schedules import schedule_for
+from fondtrain.sweep import Member, run_members
 
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
@@ -67,71 +73,70 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return newest
 
 
-def load_model(path: str | Path, member: str | None = None):
-    """Load a trained model for evaluation or export.
+def load_run(path: str | Path) -> tuple[IterativeVAE, RunConfig | None, list[Member]]:
+    """Every member of a trained run, for evaluation and export.
 
-    path: a run directory, a checkpoint directory `ckpt/step-N`, a `model.safetensors`
-    (with `config.yaml` beside it or in the run directory), or a reference `.pt` file.
-    Returns (IterativeVAE in eval mode, RunConfig or None for reference checkpoints).
-    A population run needs `member` (its name): that member as a plain single model
-    with its single-run config (`load_population` loads every member at once).
-    """
-    from fondtrain.model.upstream import load_upstream_checkpoint
-    from fondtrain.model.vae import IterativeVAE
-
-    target = resolve_checkpoint(path)
-    if target.is_file() and target.suffix == ".pt":
-        return load_upstream_checkpoint(target).eval(), None
-    model, config, members = _load_weights(target)
-    if members is not None and member is None:
-        raise UserError(f"{path} is a population run of {len(members)} members: choose one with "
-                        f"--member NAME ({', '.join(m.name for m in members)}).")
-    if members is None:
-        if member is not None:
-            raise UserError(f"{path} is a single-model run, not a population: leave out --member.")
-        return model, config
-    index = member_index(members, member)
-    single_config = dataclasses.replace(members[index].config, train=dataclasses.replace(
-        members[index].config.train, sweep=""))
-    single = IterativeVAE(single_config.model)
-    single.load_state_dict({k: v[index] for k, v in model.state_dict().items()})
-    return single.eval(), single_config
-
-
-def load_population(path: str | Path):
-    """Load every member of a population run at once, for a batched evaluation.
-
-    Returns (the population IterativeVAE in eval mode, member i at index i of its leading
-    axis; the run's RunConfig; its members, sweep.Member list). A single-model run or a
-    reference checkpoint: one sentence saying it is not a population.
+    path: a run directory (its newest complete checkpoint), a checkpoint directory
+    `ckpt/step-N`, a `model.safetensors` (with `config.yaml` beside it or in the run
+    directory), or a reference `.pt` file.
+    Returns (the model in eval mode, member i at index i of its member axis; the run's
+    RunConfig, None for a reference checkpoint; its members, `fondtrain.sweep.run_members`:
+    a sweep's, or a plain run's one member named "").
     """
     target = resolve_checkpoint(path)
     if target.is_file() and target.suffix == ".pt":
-        raise UserError(f"{path} is a reference checkpoint, not a population run.")
-    model, config, members = _load_weights(target)
-    if members is None:
-        raise UserError(f"{path} is a single-model run, not a population: evaluate it without members.")
-    return model, config, members
-
-
-def _load_weights(target: Path):
-    """(IterativeVAE in eval mode, RunConfig, members or None) of a fondtrain checkpoint:
-    a population's as the population model."""
-    from safetensors.torch import load_file
-
-    from fondtrain.model.vae import IterativeVAE
-
+        model = load_upstream_checkpoint(target)
+        return model.eval(), None, run_members(RunConfig(model=model.config))
     weights = target if target.is_file() else target / MODEL_FILE
     if not weights.is_file():
         raise UserError(f"{target} holds no {MODEL_FILE}: it is not a fondtrain checkpoint.")
     config = _weights_config(weights)
-    members = population_members(config)
-    model = IterativeVAE(config.model, None if members is None else [m.config.model for m in members])
+    members = run_members(config)
+    model = IterativeVAE(config.model, [m.config.model for m in members])
     try:
+        # checkpoints written before every model had a member axis load into P = 1 (`IterativeVAE`)
         model.load_state_dict(load_file(str(weights)))
     except (RuntimeError, KeyError) as err:
         raise UserError(f"{weights} does not match its config.yaml ({err.__class__.__name__}).") from err
     return model.eval(), config, members
+
+
+def load_model(path: str | Path, member: str | None = None) -> tuple[IterativeVAE, RunConfig | None]:
+    """One model of a trained run (`load_run`'s paths), for what works on one model
+    (bench --checkpoint, scripts): a plain run's model, or a sweep's member `member` (by
+    name), as a population of one in eval mode, with the config of the single run it
+    equals (None for a reference checkpoint)."""
+    model, config, members = load_run(path)
+    index = member_index(members, member, path)
+    return one_member(model, index), None if config is None else single_run_config(members[index])
+
+
+def one_member(model: IterativeVAE, index: int) -> IterativeVAE:
+    """Member `index` of `model` as a population of one, in eval mode."""
+    single = IterativeVAE(model.members[index])
+    single.load_state_dict(model.member_state_dict(index))
+    return single.eval()
+
+
+def member_index(members: list[Member], name: str | None, path: str | Path) -> int:
+    """The position of the member a command asked for among the members of the run at
+    `path`: `name` for a sweep, None for a plain run; one sentence when it asks wrongly."""
+    names = [m.name for m in members]
+    if name is None:
+        if names != [""]:
+            raise UserError(f"{path} is a population run of {len(names)} members: choose one with "
+                            f"--member NAME ({', '.join(names)}).")
+        return 0
+    if names == [""]:
+        raise UserError(f"{path} is a single-model run, not a population: leave out --member.")
+    if name not in names:
+        raise UserError(f"the population has no member {name!r}: choose one of {', '.join(names)}.")
+    return names.index(name)
+
+
+def single_run_config(member: Member) -> RunConfig:
+    """The config of the single run member `member` equals (its own settings, no sweep)."""
+    return dataclasses.replace(member.config, train=dataclasses.replace(member.config.train, sweep=""))
 
 
 def _weights_config(weights: Path) -> RunConfig:
@@ -143,51 +148,24 @@ def _weights_config(weights: Path) -> RunConfig:
     return RunConfig.from_dict(load_yaml(config_path))
 
 
-def run_members(path: str | Path):
-    """The members of the population run (or checkpoint) at `path`; None for anything else."""
-    target = resolve_checkpoint(path)
-    weights = target if target.is_file() else target / MODEL_FILE
-    if target.suffix == ".pt" or not weights.is_file():
-        return None
-    return population_members(_weights_config(weights))
-
-
-def population_members(config: RunConfig):
-    """The members of a population run's config (sweep.Member list), None for one model."""
-    if not config.train.sweep:
-        return None
-    from fondtrain.sweep import members_from_sweep
-
-    return members_from_sweep(config, config.train.sweep)
-
-
-def member_index(members, name: str) -> int:
-    """The position of member `name`; one sentence naming the members when it is not one."""
-    names = [m.name for m in members]
-    if name not in names:
-        raise UserError(f"the population has no member {name!r}: choose one of {', '.join(names)}.")
-    return names.index(name)
-
-
 def checkpoint_eps(checkpoint: str | Path, member: int = 0) -> float:
-    """The soft-clamp opening eps a fondtrain checkpoint's run had reached (the value of
-    its last trained step); 1 for anything else (finished runs reach 1 after the first
-    ~10% of their schedule; reference checkpoints are finished runs).
+    """The soft-clamp opening eps member `member` (by position) of a fondtrain
+    checkpoint's run had reached (the value of its last trained step); 1 for anything
+    else (finished runs reach 1 after the first ~10% of their schedule; reference
+    checkpoints are finished runs).
 
-    Recorded in trainer_state.json (a population's: member `member`'s, by position); for
-    checkpoints written before it was, recomputed from the run's schedules and config.yaml.
+    Recorded in trainer_state.json, one per member (a float in checkpoints of single
+    models written before every model had a member axis); for checkpoints written before
+    it was recorded, recomputed from the member's schedules and config.yaml.
     """
-    from fondtrain.schedules import schedule_for
-
     folder = Path(checkpoint)
     if not (folder / TRAINER_STATE).is_file():
         return 1.0
     state = read_trainer_state(folder)
     if "eps" in state:
-        eps = state["eps"]  # a population's: one per member
+        eps = state["eps"]
         return float(eps[member] if isinstance(eps, list) else eps)
     if not (folder / "config.yaml").is_file():
         return 1.0
-    config = RunConfig.from_dict(load_yaml(folder / "config.yaml"))
-    schedule = schedule_for(config, int(state["total_steps"]))
-    return schedule.eps(max(int(state["global_step"]) - 1, 0))
+    config = run_members(RunConfig.from_dict(load_yaml(folder / "config.yaml")))[member].config
+    return schedule_for(config, int(state["total_steps"])).eps(max(int(state["global_step"]) - 1, 0))

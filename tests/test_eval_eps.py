@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fondtrain import run_files
+from fondtrain.config import RunConfig, TrainConfig, save_yaml
 from fondtrain.schedules import schedule_for
+from fondtrain.sweep import run_members
 from fondtrain.train.trainer import train
 from tests.train_helpers import tiny_config
 
@@ -33,8 +35,28 @@ def test_checkpoint_records_its_eps_and_older_ones_are_recomputed(digits_shards,
     config = tiny_config(digits_shards, tmp_path / "runs", "recorded", epochs=100, max_steps=12)
     saved = run_files.latest_checkpoint(train(config).run_dir / "ckpt")
     state = run_files.read_trainer_state(saved)
-    assert state["eps"] == schedule_for(config, state["total_steps"]).eps(11) > 0
+    assert state["eps"] == [schedule_for(config, state["total_steps"]).eps(11)] and state["eps"][0] > 0
     recorded = run_files.checkpoint_eps(saved)
     del state["eps"]
     (saved / run_files.TRAINER_STATE).write_text(json.dumps(state))
     assert run_files.checkpoint_eps(saved) == pytest.approx(recorded, rel=1e-12)
+
+
+def test_each_member_has_its_own_eps_and_single_models_one_number(tmp_path):
+    """A sweep's checkpoint records one eps per member (recomputed from each member's own
+    schedule where it does not say); a single model's checkpoint written before every
+    model had a member axis holds one number."""
+    import json
+
+    config = RunConfig(train=TrainConfig(sweep="kl_anneal_portion=0.1,0.4"))
+    save_yaml(config, tmp_path / "config.yaml")
+    state = {"global_step": 30, "total_steps": 100}
+    (tmp_path / run_files.TRAINER_STATE).write_text(json.dumps(state))
+    members = run_members(config)
+    recomputed = [run_files.checkpoint_eps(tmp_path, i) for i in (0, 1)]
+    assert recomputed == [schedule_for(m.config, 100).eps(29) for m in members]
+    assert recomputed[0] == 1.0 > recomputed[1] > 0
+    (tmp_path / run_files.TRAINER_STATE).write_text(json.dumps({**state, "eps": [0.25, 0.5]}))
+    assert [run_files.checkpoint_eps(tmp_path, i) for i in (0, 1)] == [0.25, 0.5]
+    (tmp_path / run_files.TRAINER_STATE).write_text(json.dumps({**state, "eps": 0.75}))
+    assert run_files.checkpoint_eps(tmp_path) == 0.75
