@@ -237,15 +237,7 @@ class FondtrainCLI:
             probe_steps=probe_steps, probe_max_samples=probe_max_samples, mnist=mnist,
             tuning=tuning, tuning_steps=tuning_steps, n_orientations=n_orientations, gabor=gabor,
             out=out, figures=figures, tensorboard=tensorboard, device=device, seed=seed)
-        from fondtrain.run_files import run_members
-
-        source = checkpoint if checkpoint is not None else run
-        if member is None and source is not None and run_members(source) is not None:
-            from fondtrain.eval.population import evaluate_population
-
-            evaluate_population(run, checkpoint, opts)  # every member, then the sweep summary
-        else:
-            evaluate(run, checkpoint, opts, member=member)  # prints a summary and where it wrote the results
+        evaluate(run, checkpoint, opts, member=member)  # prints a summary and where it wrote the results
         from fondtrain.runtime import close_process_group
 
         close_process_group()  # under accelerate launch: every rank has finished its collectives
@@ -255,7 +247,8 @@ class FondtrainCLI:
                      n_sweep: int = 400, thickness: float = 0.2, contrast: float = 1.0,
                      min_spikes: int = 10, temp: float | None = None, frame_ms: float = 10.0,
                      slow_down: float = 4.0, lead: int = 50, movie: bool = True,
-                     out: str | None = None, device: str | None = None, seed: int = 0) -> None:
+                     out: str | None = None, device: str | None = None, seed: int = 0,
+                     member: str | None = None) -> None:
         """The Hubel & Wiesel bar of light: a bar sweeps across one unit's receptive field at
         many orientations; writes its RF, tuning curve, raster, clicks (WAV) and a movie
         (MP4 with sound, or GIF) to RUN/hubel-wiesel and prints a summary naming them.
@@ -277,9 +270,10 @@ class FondtrainCLI:
             slow_down: the audio and movie play this many times slower than FRAME_MS per frame.
             lead: blank frames before each sweep in the audio and movie.
             movie: write the movie (MP4 through imageio-ffmpeg, else GIF).
-            out: output folder (default RUN/hubel-wiesel).
+            out: output folder (default RUN/hubel-wiesel; a member's RUN/members/MEMBER/hubel-wiesel).
             device: e.g. cpu or cuda (default: cuda if available).
             seed: seed of the sampling noise.
+            member: the member of a population run to record.
         """
         from fondtrain.eval.hubel_wiesel import HubelWieselOptions, hubel_wiesel
 
@@ -288,7 +282,7 @@ class FondtrainCLI:
             n_sweep=n_sweep, thickness=thickness, contrast=contrast, min_spikes=min_spikes, temp=temp,
             frame_ms=frame_ms, slow_down=slow_down, lead=lead, movie=movie, out=out, device=device,
             seed=seed)
-        hubel_wiesel(run, checkpoint, opts)  # prints a summary naming the files
+        hubel_wiesel(run, checkpoint, opts, member=member)  # prints a summary naming the files
 
     def compare(self, *runs: str, out: str = "compare.md") -> None:
         """Put several runs' eval metrics side by side: a table and their convergence curves.

@@ -43,7 +43,7 @@ def _train_tiny(n_iters: int = 150, batch: int = 64) -> tuple[IterativeVAE, RunC
         out = model(x[idx], model.init_state(batch), 0, config.model.t_train, temp,
                     config.model.beta_outer * warm, warm)
         opt.zero_grad()
-        out.loss.backward()
+        out.loss.sum().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 300.0)
         opt.step()
     return model.eval(), config
@@ -78,8 +78,9 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_run: Path) -> dict:
+    """The plain run's metrics (its one member is named "")."""
     return evaluate(tiny_run, options=EvalOptions(shards_root=str(tiny_run / "no-shards"), **FAST),
-                    verbose=False)
+                    verbose=False)[""]
 
 
 def _check_png(path: Path, min_side: int = 150) -> None:
@@ -146,7 +147,7 @@ def test_out_of_distribution_npy_patches_are_resized(tiny_run: Path, tmp_path: P
     np.save(tmp_path / "patches.npy", patches)
     opts = EvalOptions(dataset="npy", path=str(tmp_path / "patches.npy"), n_steps=20, probe=False,
                        tuning=False, figures=False, tensorboard=False, shards_root=str(tmp_path / "none"))
-    metrics = evaluate(tiny_run, options=opts, verbose=False)
+    metrics = evaluate(tiny_run, options=opts, verbose=False)[""]
     assert metrics["out_of_distribution"] and metrics["dataset"] == "npy"
     assert "16x16 -> 8x8" in metrics["data"]["resized"]
     assert (tiny_run / "eval-npy" / "metrics.json").is_file()
@@ -175,7 +176,7 @@ def test_checkpoint_flag_and_errors(tiny_run: Path, tmp_path: Path, capsys):
     metrics = evaluate(checkpoint=ckpt / "model.safetensors", verbose=False,
                        options=EvalOptions(n_steps=5, probe=False, tuning=False, figures=False,
                                            tensorboard=False,
-                                           out=str(tmp_path / "e"), shards_root=str(tmp_path)))
+                                           out=str(tmp_path / "e"), shards_root=str(tmp_path)))[""]
     assert metrics["run"] == str(tiny_run) and (tmp_path / "e" / "metrics.json").is_file()
     # a reference .pt (what hadivafaii/IterativeVAE saves): no run config, digits by size
     from fondtrain.model.upstream import state_dict_to_upstream
@@ -187,7 +188,7 @@ def test_checkpoint_flag_and_errors(tiny_run: Path, tmp_path: Path, capsys):
     torch.save({"model": state_dict_to_upstream(model)}, ref)
     metrics = evaluate(checkpoint=ref, verbose=False, options=EvalOptions(
         n_steps=5, probe=False, tuning=False, figures=False, tensorboard=False,
-        shards_root=str(tmp_path)))
+        shards_root=str(tmp_path)))[""]
     assert metrics["dataset"] == "digits" and metrics["trained_on"] is None
     assert (ref.parent / "eval" / "metrics.json").is_file()
 
@@ -227,7 +228,7 @@ def test_mnist_probe_from_idx_files(tiny_run: Path, tmp_path: Path):
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
     opts = EvalOptions(n_steps=10, window=5, mnist=str(tmp_path), tuning=False, figures=False,
                        tensorboard=False, n_val=50, out=str(tmp_path / "e"), shards_root=str(tmp_path))
-    probe = evaluate(tiny_run, options=opts, verbose=False)["probe"]
+    probe = evaluate(tiny_run, options=opts, verbose=False)[""]["probe"]
     assert set(probe) == {"digits", "mnist"}
     assert probe["mnist"]["n_train"] == 200 and probe["mnist"]["n_classes"] == 4
     assert "28x28 -> 8x8" in probe["mnist"]["data"] and probe["mnist"]["pixel_acc"] > 0.9

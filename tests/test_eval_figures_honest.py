@@ -45,7 +45,8 @@ def silent_tuning():
     """A real untrained ipvae: its units fire a chance spike or two, no more."""
     torch.manual_seed(0)
     model = IterativeVAE(ModelConfig(preset="ipvae", input_dim=64, n_latents=16, t_train=2))
-    return model, bar_of_light(model, "bar", n_steps=40, window=20, n_orientations=8, n_repeats=1)
+    (result,) = bar_of_light(model, "bar", n_steps=40, window=20, n_orientations=8, n_repeats=1)
+    return model, result
 
 
 def test_chance_spikes_are_not_responsive(silent_tuning):
@@ -60,7 +61,7 @@ def test_chance_spikes_are_not_responsive(silent_tuning):
 def test_silent_tuning_figure_says_why_it_is_empty(silent_tuning, tmp_path, monkeypatch):
     model, result = silent_tuning
     drawn = _figures(monkeypatch)
-    Fg.plot_tuning(result, model.W.detach().numpy(), tmp_path / "tuning.png", LONG_TITLE)
+    Fg.plot_tuning(result, model.W[0].detach().numpy(), tmp_path / "tuning.png", LONG_TITLE)
     fig = drawn[-1]
     fig.canvas.draw()
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]

@@ -3,6 +3,7 @@ unit, the WAV's clicks, the movie's frames, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from scipy.io import wavfile
 
-from fondtrain.config import DataConfig, ModelConfig, RunConfig, save_yaml
+from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, save_yaml
 from fondtrain.errors import UserError
 from fondtrain.eval import hubel_wiesel as H
 from fondtrain.eval import hubel_wiesel_media as HM
@@ -39,14 +40,14 @@ def gabor_model(theta_deg: float = THETA0, k: int = 4, side: int = SIDE) -> Iter
     model = IterativeVAE(ModelConfig(preset="ipvae", input_dim=side * side, n_latents=k, t_train=4))
     with torch.no_grad():
         w = [gabor(side, theta_deg)] + [0.1 * gabor(side, theta_deg + 45.0 * i) for i in range(1, k)]
-        model.W.copy_(torch.from_numpy(np.stack(w, 1)).float())
+        model.W[0].copy_(torch.from_numpy(np.stack(w, 1)).float())
     return model.eval()
 
 
-def save_run(run: Path, model: IterativeVAE) -> Path:
+def save_run(run: Path, model: IterativeVAE, sweep: str = "") -> Path:
     from safetensors.torch import save_file
 
-    config = RunConfig(model=model.config, data=DataConfig(dataset="natural16"))
+    config = RunConfig(model=model.config, data=DataConfig(dataset="natural16"), train=TrainConfig(sweep=sweep))
     ckpt = run / "ckpt" / "step-00000001"
     ckpt.mkdir(parents=True)
     save_yaml(config, run / "config.yaml")
@@ -91,12 +92,12 @@ def test_frame_loop_is_model_step_with_the_state_carried():
     model = gabor_model()
     bars = H.MovingBars(SIDE, [0.0, 30.0, 90.0], n_blank=4, n_sweep=60)
     seen = []
-    H.run_frames(model, bars, 0.0, 1.0, torch.Generator().manual_seed(3),
+    H.run_frames(model, bars, 0.0, 1.0, [torch.Generator().manual_seed(3)],
                  lambda t, state, z: seen.append(z.clone()))
-    gen = torch.Generator().manual_seed(3)
+    gens = [torch.Generator().manual_seed(3)]
     state = model.init_state(3)
     for t in range(len(bars)):
-        out = model.step(bars[t], state, 0.0, 0.0, 1.0, t, generator=gen)
+        out = model.step(bars[t], state, 0.0, 0.0, 1.0, t, generators=gens)
         assert torch.equal(out.z, seen[t])
         state = out.state
     assert sum(float(z.sum()) for z in seen) > 0
@@ -194,13 +195,29 @@ def test_command_writes_every_output_and_the_movie_has_its_frames(tmp_path, caps
     assert len(clicks) == train.sum() == summary["n_clicks"] > 0
 
 
+def test_a_sweep_records_the_member_it_is_asked_for(tmp_path):
+    """A population run: --member NAME records that member (its own weights) into
+    RUN/members/NAME/hubel-wiesel; without --member, one sentence naming the members."""
+    config = ModelConfig(preset="ipvae", input_dim=SIDE * SIDE, n_latents=4, t_train=4)
+    population = IterativeVAE(config, [dataclasses.replace(config, seed=s) for s in (0, 1)])
+    with torch.no_grad():
+        population.W[1].copy_(gabor_model().W[0])  # s1 holds the Gabor unit, s0 its random init
+    run = save_run(tmp_path / "run", population, sweep="seed=0,1")
+    with pytest.raises(UserError, match="choose one with --member NAME \\(s0, s1\\)"):
+        H.hubel_wiesel(run, options=H.HubelWieselOptions(**FAST))
+    summary = H.hubel_wiesel(run, options=H.HubelWieselOptions(**FAST, movie=False), member="s1", verbose=False)
+    assert summary["unit"] == 0 and summary["osi"] > 0.3
+    assert (run / "members" / "s1" / "hubel-wiesel" / "hubel_wiesel.npz").is_file()
+    assert not (run / "hubel-wiesel").exists()
+
+
 def test_gif_when_there_is_no_ffmpeg(tmp_path):
     import imageio.v2 as imageio
 
     model = gabor_model()
     bars = H.MovingBars(SIDE, [30.0, 120.0], n_blank=6, n_sweep=10)
     record = H.record_sweeps(model, bars, 0.0, 1.0, seed=0, unit=0)
-    frames = HM.MovieFrames(model.W.detach().numpy()[:, 0], bars, record, (0, 1), 2, 0, 10.0)
+    frames = HM.MovieFrames(model.W[0].detach().numpy()[:, 0], bars, record, (0, 1), 2, 0, 10.0)
     path = HM.write_movie(frames, ("preferred", "orthogonal"), 25.0, tmp_path / "movie.mp4", None, None)
     assert path.suffix == ".gif"
     assert len(imageio.mimread(path)) == len(frames) == 24

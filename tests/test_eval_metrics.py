@@ -133,14 +133,14 @@ def test_convergence_table_matches_direct_computation():
                                      init_scale=0.3, u_init_low=-1.0, u_init_high=0.5))
     x = torch.randn(30, 16)
     n_steps = 6
-    res = run_convergence(model, x, n_steps, temp=0.0, beta=2.0, batch_size=30,
-                          steps=list(range(1, n_steps + 1)), seed=0)
+    (res,) = run_convergence(model, x, n_steps, temp=0.0, beta=2.0, batch_size=30,
+                             steps=list(range(1, n_steps + 1)), seed=0)
     gen = torch.Generator().manual_seed(rank_seed(0, 0))  # run_convergence's generator on rank 0
-    traces = inference.run(model, x, n_steps, 0.0, beta=2.0, generator=gen)
+    traces = inference.run(model, x, n_steps, 0.0, beta=2.0, generators=[gen])
     table = res.table
     assert res.n_samples == 30
     for t in range(n_steps):
-        z, x_hat = traces["z"][t].double(), traces["x_hat"][t].double()
+        z, x_hat = traces["z"][t, 0].double(), traces["x_hat"][t, 0].double()
         mean, pooled, med = _np_r2(x.double().numpy(), x_hat.numpy())
         assert table["r2_mean"][t] == pytest.approx(mean, rel=1e-6)
         assert table["r2_pooled"][t] == pytest.approx(pooled, rel=1e-6)
@@ -149,8 +149,8 @@ def test_convergence_table_matches_direct_computation():
         assert table["frac_zeros"][t] == pytest.approx(float((z == 0).double().mean()))
         assert table["lifetime_sparseness"][t] == pytest.approx(_np_sparseness(z.numpy(), 0).mean())
         assert table["population_sparseness"][t] == pytest.approx(_np_sparseness(z.numpy(), 1).mean())
-        assert table["loss"][t] == pytest.approx(float(traces["loss"][t]), rel=1e-5)
-        assert table["kl_reference"][t] == pytest.approx(float(traces["kl"][t].sum(-1).mean()), rel=1e-5)
+        assert table["loss"][t] == pytest.approx(float(traces["loss"][t, 0]), rel=1e-5)
+        assert table["kl_reference"][t] == pytest.approx(float(traces["kl"][t, 0].sum(-1).mean()), rel=1e-5)
     assert table["kl_exact"][0] != table["kl_reference"][0]
 
 
@@ -158,4 +158,4 @@ def test_latent_responses_window_average():
     model = IterativeVAE(ModelConfig(preset="igvae", input_dim=16, n_latents=5))
     x = torch.randn(7, 16)
     resp = latent_responses(model, x, n_steps=10, window=4, batch_size=3)
-    assert resp.shape == (7, 5) and torch.isfinite(resp).all()
+    assert resp.shape == (1, 7, 5) and torch.isfinite(resp).all()

@@ -1,5 +1,6 @@
 """`fondtrain eval RUN` of a population: every member in one batched inference, each
-member's results equal to its evaluation on its own (`evaluate(..., member=NAME)`).
+member's results equal to its evaluation on its own (`evaluate(..., member=NAME)`: a
+population of one).
 
 Real population runs, trained here by the real trainer on the digits shards: three
 members differing in beta_outer and seed, for a Poisson and a Gaussian preset.
@@ -19,8 +20,7 @@ from fondtrain.cli import FondtrainCLI
 from fondtrain.config import ModelConfig
 from fondtrain.errors import UserError
 from fondtrain.eval.evaluate import EvalOptions, evaluate
-from fondtrain.eval.population import evaluate_population
-from fondtrain.run_files import load_population
+from fondtrain.run_files import load_run
 from fondtrain.train.trainer import train
 from tests.train_helpers import ACCELERATE_2PROC, scalars, tiny_config
 
@@ -64,15 +64,15 @@ def _assert_same(batched, single, where: str = "metrics") -> None:
 
 
 def test_batched_members_equal_their_single_evaluations(population, tmp_path):
-    model, _, members = load_population(population)
+    model, _, members = load_run(population)
     assert model.n_members == 3 and [m.name for m in members] == NAMES
     gabor = model.is_poisson  # the fits run no model (compared once; each takes seconds)
     opts = EvalOptions(**OPTIONS, gabor=gabor, out=str(tmp_path / "batched"))
-    batched = evaluate_population(population, None, opts, verbose=False)
+    batched = evaluate(population, None, opts, verbose=False)
     assert list(batched) == NAMES
     for name in NAMES:
         alone = evaluate(population, None, dataclasses.replace(opts, out=str(tmp_path / "alone" / name)),
-                         verbose=False, member=name)
+                         verbose=False, member=name)[name]
         together = batched[name]
         assert together["timing"]["batched_members"] == 3
         _assert_same(together, alone)
@@ -100,8 +100,7 @@ def test_eval_member_flag_evaluates_one_member_alone(population):
     FondtrainCLI().eval(str(population), member="b16-s0", n_steps=8, n_val=32, batch_size=32,
                         probe=False, tuning=False, gabor=False, figures=False, tensorboard=False)
     metrics = json.loads((population / "eval" / "members" / "b16-s0" / "metrics.json").read_text())
-    assert metrics["model"]["beta_outer"] == 16 and "timing" in metrics
-    assert "batched_members" not in metrics["timing"]
+    assert metrics["model"]["beta_outer"] == 16 and metrics["timing"]["batched_members"] == 1
     assert not (population / "eval" / "sweep_summary.tsv").exists()
     with pytest.raises(UserError, match="no member 'b99'"):
         FondtrainCLI().eval(str(population), member="b99", n_steps=8)

@@ -15,9 +15,10 @@ import torch
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
 from fondtrain.eval.sweep_summary import format_sweep_table, group_members, summarise_sweep
-from fondtrain.members_table import MEMBERS_TSV, read_members_tsv, write_members_tsv
-from fondtrain.sweep import members_from_sweep
-from fondtrain.train.member_logs import MemberLogs, member_tb_dir
+from fondtrain.model.vae import IterativeVAE
+from fondtrain.sweep import MEMBERS_TSV, member_dir, members_from_sweep, read_members_tsv, write_members_tsv
+from fondtrain.train.placement import Placement
+from fondtrain.train.run_log import RunLog
 
 
 def accumulate(path):
@@ -55,19 +56,29 @@ def test_members_tsv_round_trip(tmp_path):
         read_members_tsv(tmp_path / "elsewhere")
 
 
+def _run_log(run_dir, members, start_step=0, is_main=True) -> RunLog:
+    """The trainer's RunLog of a run of `members` on this one process (a real placement)."""
+    from accelerate import Accelerator
+
+    placement = Placement(Accelerator(cpu=True), len(members), "auto")
+    return RunLog(run_dir, is_main, "sweep", start_step, 4, 1, 32, members, placement)
+
+
 def test_each_member_is_its_own_tensorboard_run(tmp_path):
     members = members_from_sweep(RunConfig(), "beta_outer=8,16,24")
     names = [m.name for m in members]
-    logs = MemberLogs(tmp_path, names)
+    logs = _run_log(tmp_path, members)
     for step in (1, 2, 3, 4):
         logs.scalars({"train/loss": torch.tensor([1.0, 2.0, 3.0]) * step, "sched/beta": [8.0, 16.0, 24.0]}, step)
-    weight = torch.randn(3, 16, 10, generator=torch.Generator().manual_seed(0))
-    logs.dictionaries(weight, 4)
-    logs.hparams(members, {n: {"val/r2_pooled": 0.5 + i / 10} for i, n in enumerate(names)})
+    model = IterativeVAE(members[0].config.model, [m.config.model for m in members])
+    logs.dictionaries(model.W.detach(), 4)
+    val = [{"val/r2_pooled": 0.5 + i / 10, "val/zeros": 0.5} for i in range(len(names))]
+    logs.finish(tmp_path / "ckpt" / "step-00000004", model, val, 4, 4, logged=True)
     logs.close()
     for i, name in enumerate(names):
-        acc = accumulate(member_tb_dir(tmp_path, name))
-        assert member_tb_dir(tmp_path, name) == tmp_path / "members" / name / "tb"
+        tb_dir = member_dir(tmp_path, name) / "tb"
+        assert tb_dir == tmp_path / "members" / name / "tb"
+        acc = accumulate(tb_dir)
         loss = acc.Scalars("train/loss")
         assert [e.step for e in loss] == [1, 2, 3, 4]
         assert [e.value for e in loss] == pytest.approx([(i + 1.0) * s for s in (1, 2, 3, 4)])
@@ -75,25 +86,26 @@ def test_each_member_is_its_own_tensorboard_run(tmp_path):
         assert acc.Images("dictionary")[0].step == 4
         from tensorboard.plugins.hparams import plugin_data_pb2
 
-        start = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hparams_run = accumulate(tb_dir / "hparams")
+        start = hparams_run.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
         assert hparams["beta_outer"].number_value == 8.0 * (i + 1)
-        assert acc.Scalars("hparam/val/r2_pooled")[0].value == pytest.approx(0.5 + i / 10)
+        assert hparams_run.Scalars("hparam/val/r2_pooled")[0].value == pytest.approx(0.5 + i / 10)
 
     # a resumed run (checkpoint at step 2) drops what the interrupted run wrote after it.
     # TensorBoard reads event files in name order, and a name holds the creation second
     # and a per-process counter (lexicographic: '10' < '9'); a real resume is a new process
     # seconds later, so wait a second as it would.
     time.sleep(1.1)
-    logs = MemberLogs(tmp_path, names, start_step=2)
+    logs = _run_log(tmp_path, members, start_step=2)
     logs.scalars({"train/loss": torch.tensor([-1.0, -2.0, -3.0])}, 3)
     logs.close()
-    loss = accumulate(member_tb_dir(tmp_path, names[1])).Scalars("train/loss")
+    loss = accumulate(member_dir(tmp_path, names[1]) / "tb").Scalars("train/loss")
     assert [(e.step, e.value) for e in loss] == [(1, 2.0), (2, 4.0), (3, -2.0)]
 
     with pytest.raises(ValueError, match="one value per member"):
-        MemberLogs(tmp_path / "other", names).scalars({"x": [1.0, 2.0]}, 1)
-    silent = MemberLogs(tmp_path / "rank1", names, is_main=False)
+        _run_log(tmp_path / "other", members).scalars({"x": [1.0, 2.0]}, 1)
+    silent = _run_log(tmp_path / "rank1", members, is_main=False)
     silent.scalars({"x": [1.0, 2.0, 3.0]}, 1)
     silent.close()
     assert not (tmp_path / "rank1").exists()

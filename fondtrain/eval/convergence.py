@@ -36,25 +36,16 @@ def eval_temperature(model: IterativeVAE) -> float:
     return 0.0 if model.is_poisson else 1.0
 
 
-def _members_first(model: IterativeVAE, *values: Tensor) -> tuple[Tensor, ...]:
-    """Step outputs with the member axis first: a population's as they are ([P, B, ...]),
-    a single model's as a population of one ([1, B, ...])."""
-    return values if model.n_members is not None else tuple(v.unsqueeze(0) for v in values)
-
-
-def eval_generators(model: IterativeVAE, seed: int, device: torch.device | str):
-    """The sampling generator of an evaluation: one seeded with `seed`; a population's
-    one per member, each seeded with `seed` (member i draws exactly the noise its single
-    evaluation draws, `fondtrain.model.members`)."""
-    if model.n_members is None:
-        return torch.Generator(device=device).manual_seed(seed)
+def sampling_generators(model: IterativeVAE, seed: int, device: torch.device | str) -> list[torch.Generator]:
+    """The sampling generators of an evaluation: one per member, each seeded with `seed`,
+    so that member i draws exactly the noise of its evaluation alone."""
     return [torch.Generator(device=device).manual_seed(seed) for _ in range(model.n_members)]
 
 
 @dataclass
 class ConvergenceSums:
     """Running sums over samples for each member p and reported step g (float64, on the
-    device); a single model is a population of one (P = 1).
+    device).
 
     scalars [P, G, len(FIELDS)]; unit_sums [P, G, 2, K] (sum a, sum a^2 per unit);
     r2 [P, G, n] per-sample R^2 (list of per-batch blocks until `tables`).
@@ -68,7 +59,7 @@ class ConvergenceSums:
 
     @classmethod
     def empty(cls, steps: list[int], poisson: bool, n_latents: int, device,
-              n_members: int = 1) -> ConvergenceSums:
+              n_members: int) -> ConvergenceSums:
         kl = ("kl_reference", "kl_exact") if poisson else ("kl",)
         fields = ("n", "sse", "r2_sum", "ss_res", "ss_tot", "zeros", "population",
                   "nll", "loss", *kl)
@@ -78,19 +69,18 @@ class ConvergenceSums:
                    torch.zeros(n_members, g, 2, n_latents, dtype=torch.float64, device=device))
 
     def add(self, g: int, model: IterativeVAE, x: Tensor, out, beta: float | Tensor) -> Tensor:
-        """Accumulate the output `out` (a StepOutput; a population's with members first) of
-        reported step g on the inputs x [B, M]; beta: the loss's KL weight, a float or one
-        per member [P]. Returns the per-sample R^2 [P, B]."""
-        a, x_hat, recon, kl = _members_first(model, model.activation(out.z), out.x_hat,
-                                             out.recon, out.kl)  # [P, B, K], [P, B, M], [P, B], [P, B, K]
-        a, recon = a.double(), recon.double()
-        ss_res, ss_tot = Mx.sum_squares(x.double(), x_hat.double())  # [P, B], [B]
+        """Accumulate the output `out` (a StepOutput) of reported step g on the inputs
+        x [B, M]; beta: the loss's KL weight, a float or one per member [P]. Returns the
+        per-sample R^2 [P, B]."""
+        a = model.activation(out.z).double()  # [P, B, K]
+        recon, kl = out.recon.double(), out.kl  # [P, B], [P, B, K]
+        ss_res, ss_tot = Mx.sum_squares(x.double(), out.x_hat.double())  # [P, B], [B]
         ss_tot = ss_tot.expand_as(ss_res)
         r2 = 1.0 - ss_res / (ss_tot + Mx.FLOAT32_EPS)
         scale = 256.0 / model.config.input_dim
         if model.is_poisson:
             forms = model.kl_both_forms(out.state, out.prior)
-            kls = _members_first(model, forms["reference"], forms["exact"])
+            kls = (forms["reference"], forms["exact"])
         else:
             kls = (kl,)
         beta_col = torch.as_tensor(beta, dtype=torch.float64, device=a.device).reshape(-1, 1)
@@ -113,7 +103,7 @@ class ConvergenceSums:
 
     def tables(self, ranks: Ranks, input_dim: int) -> list[dict[str, list[float]]]:
         """Reduce over ranks and turn the sums into each member's per-step table (plain
-        lists; a single model: a list of one)."""
+        lists)."""
         scalars = ranks.sum(self.scalars)
         unit_sums = ranks.sum(self.unit_sums)
         p, g = scalars.shape[:2]
@@ -157,7 +147,7 @@ def rank_seed(seed: int, rank: int) -> int:
 
 @dataclass
 class ConvergenceResult:
-    """One model's (or member's) per-step table (identical on every rank) and a few local
+    """One member's per-step table (identical on every rank) and a few local
     final-step arrays for figures: x, x_hat [n_keep, M]; activity [n_local_kept, K] (this
     rank's samples); usage [K], each unit's mean activity at the last step."""
 
@@ -178,16 +168,16 @@ def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: f
     """Inference on the rows x [n, M] of one process: the sums for the reported `steps`
     (1-based) and, for figures, the first n_keep inputs / reconstructions and the final
     activity of up to max_activity_rows rows ({'x' [n_keep, M], 'x_hat' [P, n_keep, M],
-    'activity' [P, n_act, K]}, on the cpu; P = 1 for a single model). A population runs
-    every member at once (beta and eps: a float or one per member [P]).
+    'activity' [P, n_act, K]}, on the cpu), every member at once (beta and eps: a float or
+    one per member [P]).
 
     Steps that are not reported draw no output sample (`same_stream=False`)."""
     if steps[-1] != n_steps:
         raise ValueError("the last step must be reported")
     report = {s: g for g, s in enumerate(steps)}  # 1-based step -> grid row
-    p, k, m = model.n_members or 1, model.config.n_latents, model.config.input_dim
+    p, k, m = model.n_members, model.config.n_latents, model.config.input_dim
     sums = ConvergenceSums.empty(steps, model.is_poisson, k, device, p)
-    generator = eval_generators(model, seed, device)
+    generators = sampling_generators(model, seed, device)
     extras = {"x": torch.zeros(0, m), "x_hat": torch.zeros(p, 0, m)}
     activity = []
     n_act = 0
@@ -195,14 +185,13 @@ def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: f
         xb = x[start:start + batch_size].to(device, torch.float32)
         block = torch.empty(p, len(steps), xb.shape[0], dtype=torch.float64, device=device)
         for step, out in inference.steps(model, xb, n_steps, temp, eps, beta, record=steps,
-                                         generator=generator, same_stream=False):
+                                         generators=generators, same_stream=False):
             block[:, report[step]] = sums.add(report[step], model, xb, out, beta)
         sums.r2_blocks.append(block)
-        z, x_hat = _members_first(model, out.z, out.x_hat)
         if start == 0:
-            extras["x"], extras["x_hat"] = xb[:n_keep].cpu(), x_hat[:, :n_keep].cpu()
+            extras["x"], extras["x_hat"] = xb[:n_keep].cpu(), out.x_hat[:, :n_keep].cpu()
         if n_act < max_activity_rows:
-            activity.append(model.activation(z[:, : max_activity_rows - n_act]).float().cpu())
+            activity.append(model.activation(out.z[:, : max_activity_rows - n_act]).float().cpu())
             n_act += activity[-1].shape[1]
     extras["activity"] = torch.cat(activity, dim=1) if activity else torch.zeros(p, 0, k)
     return sums, extras
@@ -212,19 +201,18 @@ def run_convergence(model: IterativeVAE, x: Tensor, n_steps: int = 1000, temp: f
                     beta: float | Tensor | None = None, batch_size: int = 2048,
                     steps: list[int] | None = None, ranks: Ranks | None = None, seed: int = 0,
                     n_keep: int = 64, max_activity_rows: int = 20_000,
-                    eps: float | Tensor = 1.0) -> ConvergenceResult | list[ConvergenceResult]:
+                    eps: float | Tensor = 1.0) -> list[ConvergenceResult]:
     """Run inference on this rank's rows of x [N, M] (all ranks call it with the whole x).
 
     Returns the table over the log grid of reported steps (`steps`, default
     `metrics.log_grid(n_steps, [t_total])`), reduced over ranks. The last step must be a
-    reported one (it feeds the figures). A population: every member in one batched
-    inference (beta default: each member's beta_outer), one ConvergenceResult per member.
+    reported one (it feeds the figures). Every member in one batched inference (beta
+    default: each member's beta_outer), one ConvergenceResult per member.
     """
     ranks = ranks or Ranks()
     temp = eval_temperature(model) if temp is None else float(temp)
     if beta is None:
-        beta = (float(model.config.beta_outer) if model.n_members is None
-                else torch.tensor([m.beta_outer for m in model.members], dtype=torch.float64))
+        beta = torch.tensor([m.beta_outer for m in model.members], dtype=torch.float64)
     steps = steps or Mx.log_grid(n_steps, [model.config.t_total])
     if steps[-1] != n_steps:
         raise ValueError("the last step must be reported")
@@ -239,7 +227,7 @@ def run_convergence(model: IterativeVAE, x: Tensor, n_steps: int = 1000, temp: f
         results.append(ConvergenceResult(table=table, usage=usage, x=extras["x"],
                                          x_hat=extras["x_hat"][i], activity=extras["activity"][i],
                                          n_samples=n_samples))
-    return results[0] if model.n_members is None else results
+    return results
 
 
 @torch.no_grad()
@@ -247,8 +235,8 @@ def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
                      temp: float | None = None, batch_size: int = 2048,
                      device: torch.device | str = "cpu", seed: int = 0,
                      eps: float | Tensor = 1.0) -> Tensor:
-    """Mean activity a(z) over the last `window` of n_steps inference steps, [N, K] (cpu;
-    a population: every member at once, [P, N, K]).
+    """Mean activity a(z) over the last `window` of n_steps inference steps of every
+    member at once, [P, N, K] (cpu).
 
     The "response" of a unit to a stimulus (bar of light) and the features of the linear
     probe: the time average of the samples, i.e. an estimate of the firing rate at the
@@ -257,16 +245,16 @@ def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
     """
     temp = eval_temperature(model) if temp is None else float(temp)
     window = max(1, min(window, n_steps))
-    generator = eval_generators(model, seed, device)
-    lead = () if model.n_members is None else (model.n_members,)
+    generators = sampling_generators(model, seed, device)
+    p, k = model.n_members, model.config.n_latents
     out = []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size].to(device, torch.float32)
-        total = torch.zeros(*lead, xb.shape[0], model.config.n_latents, device=device)
+        total = torch.zeros(p, xb.shape[0], k, device=device)
         for _, step_out in inference.steps(model, xb, n_steps, temp, eps,
                                            record=range(n_steps - window + 1, n_steps + 1),
-                                           generator=generator, same_stream=False,
+                                           generators=generators, same_stream=False,
                                            outputs=False):
             total += model.activation(step_out.z)
         out.append((total / window).cpu())
-    return torch.cat(out, dim=-2) if out else torch.zeros(*lead, 0, model.config.n_latents)
+    return torch.cat(out, dim=-2) if out else torch.zeros(p, 0, k)

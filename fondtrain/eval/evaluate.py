@@ -1,23 +1,27 @@
-"""`fondtrain eval` and `fondtrain compare`: what the paper measures, one command away.
+"""`fondtrain eval`: what the paper measures, one command away.
 
 `evaluate(run)` loads the newest complete checkpoint of a run (or any checkpoint given,
-a reference `.pt` included) and writes
+a reference `.pt` included) with every member (`run_files.load_run`; a plain run is one
+member) and writes, for each member,
 
     <out>/metrics.json        the per-step convergence table and every summary number
     <out>/figures/*.png       convergence, dictionary, reconstructions, latent activity,
                               orientation tuning (bars, gratings)
     <out>/tuning.npz          raw tuning responses, for further analysis
 
-where <out> is `runs/<name>/eval` (or `eval-<dataset>` when evaluating on another data
-set than the run's own; `fondtrain.eval.report` writes them), and the same scalars and
-images to TensorBoard under
-`runs/<name>/tb/eval` (tags `eval/<dataset>/...`; the per-step curves are logged with the
-inference step as x, the summaries at the checkpoint's training step).
+(`fondtrain.eval.report` writes them) where <out> is `runs/<name>/eval` for a plain run
+and `runs/<name>/eval/members/<member>` for a sweep's members (`eval-<dataset>` instead
+of `eval` when evaluating on another data set than the run's own), with the same scalars
+and images in TensorBoard under `runs/<name>/tb/eval` (a member's: `<out>/tb`; tags
+`eval/<dataset>/...`; the per-step curves are logged with the inference step as x, the
+summaries at the checkpoint's training step). A sweep also gets its summary,
+`runs/<name>/eval/sweep_summary.tsv` and `rate_distortion.png` (SPEC 9.4).
 
-The stages that run the model (`infer`: convergence, probe features, tuning responses)
-take a single model or a whole population; `fondtrain.eval.population` evaluates a
-population's members in one batched inference per stage, `evaluate(..., member=NAME)` one
-member on its own.
+The stages that run the model (`infer`: the convergence table on the validation rows,
+the probes' features, the tuning responses) run every member in one batched inference
+through the inference engine. Member i samples from its own generator, seeded as its
+evaluation alone (`evaluate(..., member=NAME)`: a population of one) would seed it, with
+its own beta_outer and clamp opening eps: its numbers are that evaluation's.
 
 Under `accelerate launch` the inference is data-parallel (each rank takes a contiguous
 part of the rows; see `fondtrain.eval.dist`); only the main process writes files.
@@ -39,8 +43,10 @@ from fondtrain.eval.convergence import eval_temperature, run_convergence
 from fondtrain.eval.data import EvalData, fit_to_model, limit_rows, load_eval_data
 from fondtrain.eval.dist import Ranks
 from fondtrain.eval.report import ModelResults, ReportTarget, training_step, write_report
+from fondtrain.eval.sweep_summary import write_eval_summary
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.run_files import checkpoint_eps, member_index, run_members
+from fondtrain.run_files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
+from fondtrain.sweep import member_dir
 
 # Default data set for checkpoints that carry no run config (reference .pt), by input size.
 DEFAULT_DATASET_BY_DIM = {256: "natural16", 64: "digits"}
@@ -103,10 +109,11 @@ class EvalOptions:
 # ----------------------------------------------------------------------------- context
 @dataclass
 class EvalContext:
-    """What an evaluation reads and where it writes, shared by a population's members:
-    the checkpoint, its run (None for a bare checkpoint) and config (None for reference
+    """What an evaluation reads and where it writes, shared by the members: the
+    checkpoint, its run (None for a bare checkpoint) and config (None for reference
     checkpoints), the data set evaluated on (`own`: the run's) and its validation rows
-    x_val [N, M], and `out`: RUN/eval (RUN/eval-DATASET, or --out)."""
+    x_val [N, M], and `out`: RUN/eval (RUN/eval-DATASET, or --out; one member evaluated
+    alone: RUN/eval/members/MEMBER, or --out)."""
 
     target: Path
     run_dir: Path | None
@@ -135,8 +142,9 @@ class EvalContext:
 
 
 def eval_context(run: str | Path | None, target: Path, config: RunConfig | None, input_dim: int,
-                 opts: EvalOptions, ranks: Ranks) -> EvalContext:
-    """Resolve the data set and the output folder of the evaluation of `target`."""
+                 opts: EvalOptions, ranks: Ranks, member: str | None) -> EvalContext:
+    """Resolve the data set and the output folder of the evaluation of `target` (of its
+    member `member` alone, when given)."""
     run_dir = Path(run) if run is not None else _run_dir_of(target)
     own = config.data.dataset if config is not None else DEFAULT_DATASET_BY_DIM.get(input_dim)
     dataset = opts.dataset or own
@@ -157,7 +165,7 @@ def eval_context(run: str | Path | None, target: Path, config: RunConfig | None,
         out = Path(opts.out)
     else:
         base = run_dir if run_dir is not None else (target if target.is_dir() else target.parent)
-        out = base / ("eval" if dataset == own else f"eval-{dataset}")
+        out = member_dir(base / ("eval" if dataset == own else f"eval-{dataset}"), member or "")
     return EvalContext(target, run_dir, config, dataset, own, path, shards_root, seed, data,
                        x_val, out, ranks)
 
@@ -171,22 +179,16 @@ def _run_dir_of(checkpoint: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- inference
-def infer(model: IterativeVAE, ctx: EvalContext, opts: EvalOptions, temp: float,
-          eps: float | torch.Tensor, say) -> list[ModelResults]:
-    """Every stage of the evaluation that runs the model: the convergence table on the
-    validation rows, the probes' latent features and the tuning responses. A single
-    model gives a list of one; a population runs all its members in each stage's one
-    batched inference (eps: a float or one per member [P]), one ModelResults per member."""
-    ranks = ctx.ranks
-    n = model.n_members or 1
-
-    def per_member(result) -> list:  # a stage's result as one per member
-        return [result] if model.n_members is None else list(result)
-
+def infer(model: IterativeVAE, ctx: EvalContext, opts: EvalOptions, temp: float, eps: torch.Tensor,
+          say) -> list[ModelResults]:
+    """Every stage of the evaluation that runs the model, each one batched inference of
+    all members (eps: each member's clamp opening [P]): the convergence table on the
+    validation rows, the probes' latent features and the tuning responses. One
+    ModelResults per member."""
+    ranks, n = ctx.ranks, model.n_members
     t0 = time.time()
-    convs = per_member(run_convergence(model, torch.from_numpy(np.ascontiguousarray(ctx.x_val)),
-                                       opts.n_steps, temp, batch_size=opts.batch_size, ranks=ranks,
-                                       seed=opts.seed, eps=eps))
+    convs = run_convergence(model, torch.from_numpy(np.ascontiguousarray(ctx.x_val)), opts.n_steps, temp,
+                            batch_size=opts.batch_size, ranks=ranks, seed=opts.seed, eps=eps)
     timing = {"convergence_s": time.time() - t0}
 
     probes: list[dict | None] = [None] * n
@@ -210,7 +212,7 @@ def infer(model: IterativeVAE, ctx: EvalContext, opts: EvalOptions, temp: float,
             scores = linear_probe(model, labelled, steps, opts.window, ranks, opts.batch_size,
                                   opts.probe_max_samples, opts.seed, eps)
             if ranks.is_main:
-                for member_probes, score in zip(probes, per_member(scores), strict=True):
+                for member_probes, score in zip(probes, scores, strict=True):
                     member_probes[name] = score
         timing["probe_s"] = time.time() - t0
 
@@ -224,11 +226,10 @@ def infer(model: IterativeVAE, ctx: EvalContext, opts: EvalOptions, temp: float,
         for kind in ("bar", "grating"):
             results = bar_of_light(model, kind, steps, opts.window, opts.n_orientations,
                                    device=ranks.device, seed=opts.seed, eps=eps)
-            for member_tuning, result in zip(tunings, per_member(results), strict=True):
+            for member_tuning, result in zip(tunings, results, strict=True):
                 member_tuning[kind] = result
         timing["tuning_s"] = time.time() - t0
-    if model.n_members is not None:
-        timing["batched_members"] = model.n_members
+    timing["batched_members"] = n
     return [ModelResults(conv, probe, tuning, dict(timing))
             for conv, probe, tuning in zip(convs, probes, tunings, strict=True)]
 
@@ -244,43 +245,55 @@ def say_to(ranks: Ranks, verbose: bool):
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None,
              options: EvalOptions | None = None, verbose: bool = True,
-             member: str | None = None) -> dict | None:
-    """Evaluate a run's newest complete checkpoint (or `checkpoint`) and write the results.
+             member: str | None = None) -> dict[str, dict] | None:
+    """Evaluate every member of a run's newest complete checkpoint (or of `checkpoint`)
+    in one batched inference per stage; write each member's results and, for a sweep,
+    the sweep summary (see the module docstring).
 
-    `member`: one member of a population run, on its own (its results in
-    RUN/eval/members/MEMBER, or --out; `fondtrain.eval.population` evaluates them all
-    in one batched inference).
-    Returns the metrics dict (what metrics.json holds) on the main process, None on others.
+    `member`: that member of a sweep alone, as a population of one (its results in
+    RUN/eval/members/MEMBER, or --out; no sweep summary).
+    Returns {member name: its metrics dict (what its metrics.json holds)} ("" names a
+    plain run's one member) on the main process, None on the others.
     """
-    from fondtrain.run_files import load_model, resolve_checkpoint
-
     opts = options or EvalOptions()
     if run is None and checkpoint is None:
         raise UserError("give a run directory (fondtrain eval runs/NAME) or --checkpoint PATH.")
     started = time.time()
     target = resolve_checkpoint(checkpoint if checkpoint is not None else run)
-    model, config = load_model(target, member)
+    model, config, members = load_run(target)
+    indices = list(range(len(members)))
+    if member is not None:  # that member alone, as a population of one
+        indices = [member_index(members, member, target)]
+        model, members = one_member(model, indices[0]), [members[indices[0]]]
+    # The soft clamps as the run left them: a run stopped early (the quickstart) still has
+    # them partly closed, and opening them fully would let its inference run away.
+    eps = torch.tensor([checkpoint_eps(target, i) for i in indices], dtype=torch.float64)
     ranks = Ranks(opts.device)
     say = say_to(ranks, verbose)
     mc = model.config
-    ctx = eval_context(run, target, config, mc.input_dim, opts, ranks)
-    out_dir = ctx.out if member is None or opts.out is not None else ctx.out / "members" / member
-    if ranks.is_main:
-        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    ctx = eval_context(run, target, config, mc.input_dim, opts, ranks, member)
     model = model.to(ranks.device)
     temp = eval_temperature(model) if opts.temp is None else float(opts.temp)
-    # The soft clamps as the run left them: a run stopped early (the quickstart) still has
-    # them partly closed, and opening them fully would let its inference run away.
-    index = 0 if member is None else member_index(run_members(target), member)
-    eps = checkpoint_eps(target, index)
-    tag = ctx.name() + ("" if member is None else f"/{member}")
-    say(f"evaluating {tag} ({mc.preset}, K={mc.n_latents}, M={mc.input_dim}) on {ctx.dataset}: "
-        f"{len(ctx.x_val)} samples x {opts.n_steps} steps at temperature {temp:g}, clamp eps {eps:.3g}, "
-        f"{ranks.world} process(es) on {ranks.device}")
-    (results,) = infer(model, ctx, opts, temp, eps, say)
+    tags = [ctx.name() + (f"/{m.name}" if m.name else "") for m in members]
+    say(f"evaluating {', '.join(tags)} ({mc.preset}, K={mc.n_latents}, M={mc.input_dim}) on {ctx.dataset}: "
+        f"{len(ctx.x_val)} samples x {opts.n_steps} steps at temperature {temp:g}, clamp eps "
+        f"{', '.join(f'{e:.3g}' for e in eps.tolist())}, {ranks.world} process(es) on {ranks.device}")
+    results = infer(model, ctx, opts, temp, eps, say)
     ranks.barrier()
     if not ranks.is_main:
         return None
-    tb_dir = out_dir / "tb" if member is not None or ctx.run_dir is None else ctx.run_dir / "tb" / "eval"
-    report = ReportTarget(tag, mc, model.W.detach().cpu().numpy(), eps, out_dir, tb_dir)
-    return write_report(results, report, ctx.about(), opts, temp, started, say)
+    weights = model.W.detach().cpu().numpy()
+    metrics = {}
+    for i, (m, tag) in enumerate(zip(members, tags, strict=True)):
+        out_dir = ctx.out if member is not None else member_dir(ctx.out, m.name)
+        # a plain run's evaluation logs to the run's TensorBoard, beside its training curves
+        in_run_tb = member is None and not m.name and ctx.run_dir is not None
+        tb_dir = ctx.run_dir / "tb" / "eval" if in_run_tb else out_dir / "tb"
+        if m.name:
+            say(f"member {m.name}:")
+        report = ReportTarget(tag, model.members[i], weights[i], float(eps[i]), out_dir, tb_dir)
+        metrics[m.name] = write_report(results[i], report, ctx.about(), opts, temp, started, say)
+    if member is None and any(m.name for m in members):
+        table, figure = write_eval_summary(members, metrics, ctx.out, ctx.name())
+        say(f"sweep summary: {table} and {figure}")
+    return metrics

@@ -39,6 +39,7 @@ from fondtrain import stats as Mx
 from fondtrain.errors import UserError
 from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE, State
+from fondtrain.sweep import member_dir
 
 DISPLAY_SIDE = 128  # the high-resolution bar is drawn on at least this many pixels
 
@@ -63,8 +64,8 @@ class HubelWieselOptions:
     Gaussian 1); frame_ms: nominal duration of one frame (one inference step);
     slow_down: audio and movie play this many times slower than that; lead: blank frames
     before each sweep in the WAV and the movie; movie: write the movie; out: output folder
-    (default RUN/hubel-wiesel); device: e.g. cpu, cuda (default: cuda if available);
-    seed: seed of the sampling noise.
+    (default RUN/hubel-wiesel; a sweep's member's: RUN/members/MEMBER/hubel-wiesel);
+    device: e.g. cpu, cuda (default: cuda if available); seed: seed of the sampling noise.
     """
 
     unit: int | None = None
@@ -187,15 +188,15 @@ class MovingBars:
 # ----------------------------------------------------------------------------- inference
 @torch.no_grad()
 def run_frames(model: IterativeVAE, feeder, temp: float, eps: float,
-               generator: torch.Generator | None, on_frame) -> None:
+               generators: list[torch.Generator] | None, on_frame) -> None:
     """The inference loop over a movie (the model's one inference engine): frame t is step
     t's input, the state is carried from frame to frame (never reset). on_frame(t, state,
-    z) sees the state after step t and its fresh sample z [B, K] (what `model.step` outputs
-    as z)."""
+    z) sees the state after step t and its fresh sample z [P, B, K] (what `model.step`
+    outputs as z)."""
     device = model.W.device
     frames = [feeder[t].to(device) for t in range(len(feeder))] if device.type != "cpu" else feeder
     batch = torch.empty(feeder.batch_size, model.config.input_dim, device=device)
-    for step, out in inference.steps(model, batch, len(feeder), temp, eps, generator=generator,
+    for step, out in inference.steps(model, batch, len(feeder), temp, eps, generators=generators,
                                      feeder=frames, outputs=False):
         on_frame(step - 1, out.state, out.z)
 
@@ -236,8 +237,11 @@ class SweepRecord:
 
 def record_sweeps(model: IterativeVAE, bars: MovingBars, temp: float, eps: float, seed: int,
                   unit: int | None = None) -> SweepRecord:
-    """Run the whole movie once (all orientations in one batch) and count spikes; with
-    `unit`, also keep that unit's spikes and rates at every frame."""
+    """Run the whole movie once (all orientations in one batch) through one model (a
+    population of one, `run_files.load_model`) and count spikes; with `unit`, also keep
+    that unit's spikes and rates at every frame."""
+    if model.n_members != 1:
+        raise ValueError(f"the experiment records one model, not {model.n_members} members")
     device = model.W.device
     readout = SpikeReadout(model)
     b, k = bars.batch_size, model.config.n_latents
@@ -247,17 +251,16 @@ def record_sweeps(model: IterativeVAE, bars: MovingBars, temp: float, eps: float
     settle = bars.n_blank // 2
 
     def on_frame(t: int, state: State, z: torch.Tensor) -> None:
-        spikes = readout.spikes(z)
+        spikes = readout.spikes(z)[0]
         if t >= bars.n_blank:
             counts.add_(spikes.double())
         elif t >= settle:
             blank.add_(spikes.double())
         if unit is not None:
             traces["spikes"].append(spikes[:, unit].cpu())
-            traces["rate"].append(readout.rate(state)[:, unit].cpu())
+            traces["rate"].append(readout.rate(state)[0, :, unit].cpu())
 
-    generator = torch.Generator(device=device).manual_seed(seed)
-    run_frames(model, bars, temp, eps, generator, on_frame)
+    run_frames(model, bars, temp, eps, [torch.Generator(device=device).manual_seed(seed)], on_frame)
     record = SweepRecord(counts.cpu().numpy(), (blank.mean(0) / (bars.n_blank - settle)).cpu().numpy())
     if unit is not None:
         record.unit = unit
@@ -322,18 +325,22 @@ def _side_of(model: IterativeVAE) -> int:
 
 
 def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = None,
-                 options: HubelWieselOptions | None = None, verbose: bool = True) -> dict:
-    """Run the experiment on a run's newest checkpoint (or `checkpoint`), write its figures,
-    WAV and movie, print a summary naming them; returns the summary as a dict."""
+                 options: HubelWieselOptions | None = None, verbose: bool = True,
+                 member: str | None = None) -> dict:
+    """Run the experiment on a run's newest checkpoint (or `checkpoint`; a sweep's member
+    `member`), write its figures, WAV and movie, print a summary naming them; returns the
+    summary as a dict."""
     from fondtrain.eval.convergence import eval_temperature
     from fondtrain.eval.hubel_wiesel_media import write_media
-    from fondtrain.run_files import checkpoint_eps, load_model, resolve_checkpoint
+    from fondtrain.run_files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
 
     opts = options or HubelWieselOptions()
     if run is None and checkpoint is None:
         raise UserError("give a run directory (fondtrain hubel-wiesel runs/NAME) or --checkpoint PATH.")
     target = resolve_checkpoint(checkpoint if checkpoint is not None else run)
-    model, _ = load_model(target)
+    model, _, members = load_run(target)
+    index = member_index(members, member, target)
+    model = one_member(model, index)
     side = _side_of(model)
     k = model.config.n_latents
     if opts.unit is not None and (isinstance(opts.unit, bool) or not isinstance(opts.unit, int)
@@ -344,11 +351,11 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
     else:
         folder = target if target.is_dir() else target.parent
         base = folder.parent.parent if folder.parent.name == "ckpt" else folder
-    out_dir = Path(opts.out) if opts.out is not None else base / "hubel-wiesel"
+    out_dir = Path(opts.out) if opts.out is not None else member_dir(base, member or "") / "hubel-wiesel"
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device)
     temp = eval_temperature(model) if opts.temp is None else float(opts.temp)
-    eps = checkpoint_eps(target)
+    eps = checkpoint_eps(target, index)
     bars = MovingBars(side, opts.orientations, opts.n_blank, opts.n_sweep, opts.thickness, opts.contrast)
     say = print if verbose else (lambda *a, **kw: None)
     say(f"hubel-wiesel {target}: {model.config.preset}, K={k}, {side}x{side} patch; "
@@ -380,7 +387,7 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
         "frame_ms": opts.frame_ms, "slow_down": opts.slow_down,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = write_media(out_dir, model.W.detach().cpu().numpy()[:, unit], bars, record, tuning,
+    files = write_media(out_dir, model.W[0].detach().cpu().numpy()[:, unit], bars, record, tuning,
                         pref, orth, opts, summary)
     np.savez_compressed(out_dir / "hubel_wiesel.npz", orientations=bars.orientations,
                         counts=record.counts, baseline=record.baseline, evoked=tuning.evoked,

@@ -44,26 +44,25 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
 def features(model: IterativeVAE, x: np.ndarray, n_steps: int, window: int, ranks: Ranks,
              batch_size: int = 2048, seed: int = 0, eps: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """Latent responses [N, K] (a population's [P, N, K]) of all rows of x, each rank doing
-    its part (gathered)."""
+    """Every member's latent responses [P, N, K] to all rows of x, each rank doing its
+    part (gathered)."""
     local = torch.from_numpy(np.ascontiguousarray(x[ranks.part(len(x))], dtype=np.float32))
     feats = latent_responses(model, local, n_steps, window, batch_size=batch_size,
                              device=ranks.device, seed=stream_seed(seed, "probe", ranks.rank), eps=eps)
-    if model.n_members is None:
-        return ranks.gather_rows(feats.to(ranks.device)).cpu()
     rows_first = feats.transpose(0, 1).contiguous().to(ranks.device)  # [n, P, K]: rows are gathered
     return ranks.gather_rows(rows_first).transpose(0, 1).cpu()
 
 
 def linear_probe(model: IterativeVAE, data: EvalData, n_steps: int, window: int,
                  ranks: Ranks, batch_size: int = 2048, max_samples: int | None = 10_000,
-                 seed: int = 0, eps: float | torch.Tensor = 1.0) -> dict | list[dict] | None:
-    """Probe accuracies of the latents and of the pixels on a labelled data set.
+                 seed: int = 0, eps: float | torch.Tensor = 1.0) -> list[dict] | None:
+    """Probe accuracies of each member's latents and of the pixels on a labelled data set:
+    the features of every member from one batched inference, then one probe per member
+    (the pixel baseline is fitted once).
 
-    Returns {'latent_acc', 'pixel_acc', 'chance', 'n_train', 'n_test', 'n_classes',
-    'n_steps', 'window', 'data'} (on the main process; None elsewhere). A population: the
-    features of every member from one batched inference, then one probe per member (a
-    list of those dicts; the pixel baseline is fitted once).
+    Returns one dict per member, {'latent_acc', 'pixel_acc', 'chance', 'n_train',
+    'n_test', 'n_classes', 'n_steps', 'window', 'data'} (on the main process; None
+    elsewhere).
     """
     if data.y_train is None or data.y_val is None:
         raise ValueError(f"data set {data.name} has no labels")
@@ -85,7 +84,5 @@ def linear_probe(model: IterativeVAE, data: EvalData, n_steps: int, window: int,
         "window": int(min(window, n_steps)),
         "data": data.meta.get("resized", "as is"),
     }
-    one = model.n_members is None
-    results = [{"latent_acc": probe_accuracy(tr.numpy(), y_tr, te.numpy(), y_te, seed=seed), **shared}
-               for tr, te in zip([f_tr] if one else f_tr, [f_te] if one else f_te, strict=True)]
-    return results[0] if one else results
+    return [{"latent_acc": probe_accuracy(tr.numpy(), y_tr, te.numpy(), y_te, seed=seed), **shared}
+            for tr, te in zip(f_tr, f_te, strict=True)]

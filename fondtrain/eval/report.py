@@ -1,6 +1,6 @@
-"""What an evaluation writes for one model (or one member of a population): metrics.json,
-the figures, the Gabor fits, the tuning responses and TensorBoard, from the results of
-its inference (`fondtrain.eval.evaluate.infer`, batched over a population's members).
+"""What an evaluation writes for each member: metrics.json, the figures, the Gabor fits,
+the tuning responses and TensorBoard, from the results of its inference
+(`fondtrain.eval.evaluate.infer`, batched over the members).
 
     <out>/metrics.json        the per-step convergence table and every summary number
     <out>/figures/*.png       convergence, dictionary, reconstructions, latent activity,
@@ -33,10 +33,10 @@ SUMMARY_KEYS = ("mse", "r2_pooled", "r2_median", "r2_mean", "frac_zeros", "lifet
 
 @dataclass
 class ModelResults:
-    """One model's (member's) inference results: the convergence table and final-step
-    arrays, the probe scores by data set (None: not run; on ranks other than the main
-    one, None), the tuning by stimulus kind, and the inference stages' wall times (a
-    population's: the batched stage's, shared by all members)."""
+    """One member's inference results: the convergence table and final-step arrays, the
+    probe scores by data set (None: not run; on ranks other than the main one, None), the
+    tuning by stimulus kind, and the inference stages' wall times (the batched stages',
+    shared by all members)."""
 
     conv: ConvergenceResult
     probe: dict[str, dict] | None
@@ -46,7 +46,7 @@ class ModelResults:
 
 @dataclass
 class ReportTarget:
-    """Which model a report is of and where it goes: tag names it in titles (run, or
+    """Which member a report is of and where it goes: tag names it in titles (run, or
     run/member); mc its config; weight its dictionary W [M, K]; eps its clamp opening."""
 
     tag: str
@@ -59,7 +59,7 @@ class ReportTarget:
 
 def write_report(results: ModelResults, target: ReportTarget, about: dict[str, Any],
                  opts, temp: float, started: float, say) -> dict:
-    """Assemble the metrics of one model, fit its dictionary's Gabors, draw its figures
+    """Assemble the metrics of one member, fit its dictionary's Gabors, draw its figures
     and write metrics.json (and TensorBoard). `about`: the entries every member shares
     (run, checkpoint, training_step, dataset, trained_on, out_of_distribution, data,
     n_processes). Main process only. Returns the metrics dict."""

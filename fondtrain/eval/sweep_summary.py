@@ -23,8 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fondtrain.eval.figures import DPI
-from fondtrain.members_table import MemberRow, read_members_tsv
-from fondtrain.sweep import format_value, member_name
+from fondtrain.sweep import Member, MemberRow, format_value, member_name, read_members_tsv
 
 SUMMARY_TSV = "sweep_summary.tsv"
 FIGURE_PNG = "rate_distortion.png"
@@ -94,6 +93,20 @@ def write_sweep_summary(rows: Sequence[MemberRow], out_dir: str | Path, title: s
     table = out_dir / SUMMARY_TSV
     table.write_text("\n".join(lines) + "\n")
     return table, _rate_distortion_figure(rows, groups, out_dir / FIGURE_PNG, title)
+
+
+def write_eval_summary(members: Sequence[Member], metrics: dict[str, dict], out_dir: str | Path,
+                       title: str = "") -> tuple[Path, Path]:
+    """The summary of an evaluation of a sweep's members: R^2 pooled and the percentage
+    of zero latents at the last inference step (metrics[name]: a member's metrics.json)."""
+    rows = [MemberRow(m.name, m.settings, _final(metrics[m.name], "r2_pooled"),
+                      100.0 * _final(metrics[m.name], "frac_zeros")) for m in members]
+    return write_sweep_summary(rows, out_dir, title)
+
+
+def _final(metrics: dict, key: str) -> float:
+    value = metrics["final"].get(key)
+    return math.nan if value is None else float(value)
 
 
 def summarise_sweep(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:

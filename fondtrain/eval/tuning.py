@@ -149,10 +149,9 @@ class TuningResult:
 def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, window: int = 100,
                  n_orientations: int = 16, n_repeats: int = 4, contrast: float = 1.0,
                  device: torch.device | str = "cpu", seed: int = 0, eps: float | torch.Tensor = 1.0,
-                 **stimulus_kwargs) -> TuningResult | list[TuningResult]:
-    """Flash oriented stimuli at the model and measure every unit's orientation tuning
-    (a population: every member's responses from one batched inference, one TuningResult
-    per member)."""
+                 **stimulus_kwargs) -> list[TuningResult]:
+    """Flash oriented stimuli at the model and measure every unit's orientation tuning:
+    every member's responses from one batched inference, one TuningResult per member."""
     from fondtrain.images import patch_side
 
     side = patch_side(model.config.input_dim)
@@ -163,8 +162,6 @@ def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, wi
     batch = torch.from_numpy(np.repeat(flat, n_repeats, axis=0))
     resp = latent_responses(model, batch, n_steps, window, device=device, seed=seed,
                             batch_size=4096, eps=eps).double()
-    if model.n_members is None:
-        return tuning_from_responses(resp, kind, stimuli, orientations, n_repeats, n_steps, window)
     return [tuning_from_responses(r, kind, stimuli, orientations, n_repeats, n_steps, window)
             for r in resp]
 
@@ -172,7 +169,7 @@ def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, wi
 def tuning_from_responses(resp: torch.Tensor, kind: str, stimuli: np.ndarray,
                           orientations: np.ndarray, n_repeats: int, n_steps: int,
                           window: int) -> TuningResult:
-    """One model's tuning from its responses resp [(n_orient n_phase + 1) n_repeats, K]
+    """One member's tuning from its responses resp [(n_orient n_phase + 1) n_repeats, K]
     (float64; every stimulus `n_repeats` times in a row, the blank last)."""
     n_orient, n_phase, _ = stimuli.shape
     resp = resp.reshape(-1, n_repeats, resp.shape[-1]).mean(1)
