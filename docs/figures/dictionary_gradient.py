@@ -21,15 +21,15 @@ import torch
 from fondtrain.data.loader import ShardLoader
 from fondtrain.data.shards import shard_folder
 from fondtrain.run_files import TRAINER_STATE, load_model, resolve_checkpoint
-from fondtrain.schedules import schedule_for
+from fondtrain.schedules import Schedules, schedule_for
 
 
 def gradient_samples(checkpoint: str, batch: int, n: int) -> tuple[np.ndarray, str]:
     """n per-batch gradients of W [n, M, K] at the checkpoint, and a line saying where."""
-    model, cfg = load_model(checkpoint)
+    model, cfg = load_model(checkpoint)  # a population of one: W [1, M, K]
     model.train()
     state = json.loads((resolve_checkpoint(checkpoint) / TRAINER_STATE).read_text())
-    values = schedule_for(cfg, state["total_steps"]).at(state["global_step"])
+    values = Schedules([schedule_for(cfg, state["total_steps"])]).at(state["global_step"])
     d = cfg.data
     loader = ShardLoader(shard_folder(d.shards_root, d.dataset, d.path), "train", batch_size=batch,
                          rank=0, world_size=1, seed=1, in_memory=True)
@@ -41,10 +41,10 @@ def gradient_samples(checkpoint: str, batch: int, n: int) -> tuple[np.ndarray, s
         model.zero_grad()
         out = model(b["x"], model.init_state(batch), 0, cfg.model.t_train, values.temp, values.beta,
                     values.eps)
-        out.loss.backward()
-        grads.append(model.W.grad.detach().clone().numpy())
-    where = (f"step {state['global_step']}: temp {values.temp:.3f}, beta {values.beta:.2f}, "
-             f"lr {values.lr:.1e}, {n} batches of {batch}")
+        out.loss.sum().backward()
+        grads.append(model.W.grad[0].detach().clone().numpy())
+    where = (f"step {state['global_step']}: temp {float(values.temp[0]):.3f}, beta {float(values.beta[0]):.2f}, "
+             f"lr {float(values.lr[0]):.1e}, {n} batches of {batch}")
     return np.stack(grads), where
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--n", type=int, default=40)
     args = parser.parse_args()
-    weights = [load_model(c)[0].W.detach().numpy() for c in args.checkpoints]
+    weights = [load_model(c)[0].W[0].detach().numpy() for c in args.checkpoints]
     for previous, current, name in zip(weights[:-1], weights[1:], args.checkpoints[1:], strict=True):
         cos = (previous * current).sum(0) / np.linalg.norm(previous, axis=0) / np.linalg.norm(current, axis=0)
         print(f"{name}: median element cosine to the previous checkpoint {np.median(cos):.4f}")
