@@ -18,8 +18,8 @@ the same draws (tested):
   where the compiled torch.rand_like is scalar code; elsewhere torch.rand_like), the
   Poisson sampler runs a fixed number of arrivals (the bucket of the longest n_exp,
   `n_exp.N_EXP_BUCKETS`) and masks those beyond each member's n_exp, and the state step
-  is the plain composition, which the compiler fuses. A new bucket compiles a new graph
-  once; dynamo keeps at most `torch._dynamo.config.recompile_limit` graphs (8 by default).
+  is the plain composition, which the compiler fuses. A new bucket (or another window of
+  n_iters_outer) compiles a new graph once (`RECOMPILE_LIMIT` graphs at most).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from fondtrain.model.n_exp import n_exp_bucket
 from fondtrain.model.random_streams import draw_keys, member_generators
 from fondtrain.model.states import CycleOutput, State
 
+# Graphs dynamo may build for the cycle (its default, 8, is reached by a run whose n_exp
+# crosses a few buckets with n_iters_outer 2: beyond it dynamo would run the loop eagerly).
+RECOMPILE_LIMIT = 64
 # Largest [c, B, K] float32 state tensor of a CPU member chunk: 8 vH16 members' (3.2 MB),
 # the fastest of the chunk sizes 1, 4, 8 and 64 measured on the development machine.
 CHUNK_BYTES = 8 * 200 * 512 * 4
@@ -157,6 +160,10 @@ def compile_cycle(mode: str | None = None, **options):
     "reduce-overhead" for CUDA graphs; None = default)."""
     if not hasattr(torch, "compile"):
         return None
+    config = torch._dynamo.config
+    for limit in ("recompile_limit", "accumulated_recompile_limit"):
+        if hasattr(config, limit):
+            setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
     try:
         return torch.compile(_graph_loop, fullgraph=True, dynamic=False, mode=mode, options=options or None)
     except Exception as exc:  # noqa: BLE001 - any failure means: stay eager

@@ -5,6 +5,7 @@ member at once (a plain run is one member).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ def make_inputs(config: RunConfig, x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def train_batch(model, core, optimizer, backend, inputs: torch.Tensor, values: ScheduleValues,
-                config: RunConfig) -> BatchResult:
+                config: RunConfig, noise: Callable | None = None) -> BatchResult:
     """Train every member on one batch: inputs as `make_inputs` gives them, with
     B = batch_size x grad_accum; values: the schedule values of every member ([P]).
 
@@ -55,7 +56,9 @@ def train_batch(model, core, optimizer, backend, inputs: torch.Tensor, values: S
     backward); core: the IterativeVAE inside it. Each micro-batch keeps its own posterior
     state across the windows, re-attached to u_init between windows (gradients do not
     cross a window). The members' losses are summed for backward, so member i's gradient
-    is its own loss's; each member is clipped to its own norm.
+    is its own loss's; each member is clipped to its own norm. noise(outer, j), for exact
+    replay (tests): the noise of window `outer`, micro-batch j, as `IterativeVAE.forward`
+    takes it.
     """
     m, grad_accum = config.model, config.train.grad_accum
     set_lr(optimizer, values.lr)
@@ -73,7 +76,8 @@ def train_batch(model, core, optimizer, backend, inputs: torch.Tensor, values: S
             # gradients are synchronised only on the last micro-batch of a window
             last_micro = j == len(micro_inputs) - 1
             with nullcontext() if last_micro else backend.no_sync(model):
-                out = model(window, states[j], t0, m.t_train, values.temp, beta, eps)
+                out = model(window, states[j], t0, m.t_train, values.temp, beta, eps,
+                            None if noise is None else noise(outer, j))
                 backend.backward(out.loss.sum() / grad_accum)
             states[j] = core.reattach_to_init(out.state)
             compile_s += out.compile_s
