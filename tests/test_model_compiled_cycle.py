@@ -23,7 +23,7 @@ from fondtrain.schedules import ScheduleValues
 from fondtrain.train.batch import train_batch
 from fondtrain.train.optim import MemberAdamax
 
-GRAD_ACCUM, MICRO, M = 2, 3, 12
+GRAD_ACCUM, MICRO, M = 2, 3, 16  # M: a 4 x 4 patch, so that the jitter feeder can move it
 
 
 def _values(p: int, lr: float, beta: float, eps: float, temp: float, max_norm: float) -> ScheduleValues:
@@ -147,11 +147,15 @@ def _config(preset: str, n_members: int, sequence: bool) -> tuple[RunConfig, lis
     return config, members
 
 
+def _rates(n_members: int) -> torch.Tensor:
+    """Largest rates [P, t_total] that make a different n_exp at each step and member."""
+    return torch.tensor([[0.3, 1.5, 0.05, 2.5]]).repeat(n_members, 1) * torch.linspace(1.0, 1.5, n_members).view(-1, 1)
+
+
 def _model(config: RunConfig, members: list[ModelConfig]) -> tuple[IterativeVAE, MemberAdamax]:
     model = IterativeVAE(config.model, members)
-    if model.is_poisson:  # a different n_exp at each step and member, all below the graph's bucket
-        model.set_n_exp(torch.tensor([[0.3, 1.5, 0.05, 2.5]]).repeat(len(members), 1) * torch.linspace(
-            1.0, 1.5, len(members)).view(-1, 1))
+    if model.is_poisson:
+        model.set_n_exp(_rates(len(members)))
     optimizer = MemberAdamax(model.parameters(), lr=[1.0] * len(members), eps=1e-8, weight_decay=3e-4)
     return model, optimizer
 
@@ -238,7 +242,7 @@ def test_in_graph_noise_trains_without_recompiling_and_replays_from_the_generato
     first = batch(0, 1)
     graphs = counters["stats"]["unique_graphs"]
     second = batch(1, 2)
-    model.set_n_exp(torch.tensor([[0.05, 0.3, 2.5, 1.5]] * 2))  # other n_exp, the same bucket (12)
+    model.set_n_exp(_rates(2).flip(1))  # other n_exp at every step, the same longest one (its bucket)
     saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
     third = batch(0, 3)
     after = [p.detach().clone() for p in model.parameters()]
