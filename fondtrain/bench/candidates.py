@@ -4,11 +4,13 @@ checkout), with the models they run on.
 
 Both implementations start from the same parameters (the reference's initialisation
 copied into fondtrain's model, or a checkpoint's trained parameters copied into the
-reference's) and use the trainer's optimiser settings (`TrainConfig`).
+reference's) and use the trainer's optimiser settings (`TrainConfig`). fondtrain's cycle is
+the trainer's own batch function (`train.batch.train_batch`), for one member or many.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -16,12 +18,14 @@ import torch
 
 from fondtrain.bench import harness
 from fondtrain.bench.settings import BenchSettings
-from fondtrain.config import ModelConfig, TrainConfig
+from fondtrain.config import ModelConfig, RunConfig, TrainConfig
 from fondtrain.eval.convergence import eval_temperature
 from fondtrain.model import inference, upstream
 from fondtrain.model.vae import IterativeVAE
+from fondtrain.schedules import ScheduleValues
 from fondtrain.stats import log_grid, r2_per_sample
-from fondtrain.train.population_optim import PopulationAdamax, clip_grad_norm_per_member_
+from fondtrain.train.batch import train_batch
+from fondtrain.train.optim import MemberAdamax
 
 OPTIM = TrainConfig()  # lr, betas, weight decay and clipping norm of a training run
 ADAMAX_EPS = 1e-8  # as train/trainer.py builds its Adamax
@@ -40,18 +44,22 @@ def train_temp(poisson: bool, s: BenchSettings) -> float:
 
 
 def fondtrain_model(preset: str, s: BenchSettings, ref_model=None,
-                    device: torch.device | None = None) -> IterativeVAE:
-    """A fresh model of `s`'s sizes (with `ref_model`: its very parameters), n_exp = s.n_exp."""
-    cfg = ModelConfig(preset=preset, input_dim=s.input_dim, n_latents=s.n_latents,
-                      t_train=s.t_train, seed=s.seed)
-    model = IterativeVAE(cfg)
+                    device: torch.device | None = None, n_members: int = 1) -> IterativeVAE:
+    """A fresh model of `s`'s sizes with `n_members` members seeded s.seed, s.seed + 1, ...
+    (their own init and sampler generators; with `ref_model`: one member, its very
+    parameters), n_exp = s.n_exp."""
+    configs = [ModelConfig(preset=preset, input_dim=s.input_dim, n_latents=s.n_latents,
+                           t_train=s.t_train, seed=s.seed + i) for i in range(n_members)]
+    device = device or harness.device()
+    model = IterativeVAE(configs[0], configs)
     if ref_model is not None:
         ours = upstream.state_dict_from_upstream(ref_model.state_dict())
         ours.pop("n_exp", None)
         model.load_state_dict(ours, strict=False)
     if model.is_poisson:
         model.fill_n_exp(s.n_exp)
-    return model.to(device or harness.device())
+    model.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+    return model.to(device)
 
 
 def reference_setup(s: BenchSettings, preset: str, device: torch.device):
@@ -78,11 +86,12 @@ def paired_models(preset: str, s: BenchSettings, device: torch.device):
     from fondtrain.run_files import load_model
 
     ours = load_model(s.checkpoint)[0].train().to(device)
+    ours.generators = [torch.Generator(device=device).manual_seed(s.seed)]
     if s.reference_dir:
         ref_model, ref = reference_setup(s, preset, device)
         ref_model.load_state_dict({**ref_model.state_dict(), **upstream.state_dict_to_upstream(ours)})
         if ours.is_poisson:  # per step; a longer schedule repeats the last value
-            n_exp, theirs = ref_model.layer.n_exp, ours.n_exp.to(ref_model.layer.n_exp)
+            n_exp, theirs = ref_model.layer.n_exp, ours.n_exp[0].to(ref_model.layer.n_exp)
             n_exp.fill_(int(theirs[-1]))
             n_exp[: len(theirs)] = theirs[: len(n_exp)]
     return ours, ref_model, ref
@@ -107,55 +116,45 @@ def matmul_limit(batch: int, input_dim: int, n_latents: int, n_steps: int, per_s
 
 
 # ----------------------------------------------------------------------------- fondtrain
-def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings) -> Callable[[], None]:
-    """One training cycle as train/trainer.py runs it (one process, no accumulation): t_train
-    steps forward, backward, clipping, one Adamax step."""
-    opt = torch.optim.Adamax(model.parameters(), lr=OPTIM.lr, betas=tuple(OPTIM.betas),
-                             eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)
-    temp = train_temp(model.is_poisson, s)
-    beta = model.config.beta_outer
+class LocalBackend:
+    """The back-end calls `train_batch` makes, for one process without Accelerate's
+    bookkeeping (what a prepared one-process model does: plain backward, no sync)."""
+
+    @staticmethod
+    def backward(loss: torch.Tensor) -> None:
+        loss.backward()
+
+    @staticmethod
+    def no_sync(model):
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def unscale_gradients() -> None:
+        pass
+
+
+def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings, backend=None,
+                    optimizer=None) -> Callable[[], None]:
+    """One training cycle of every member as the trainer runs it (`train_batch`, one
+    window, no accumulation): t_train steps forward, backward, each member clipped to its
+    own norm, one MemberAdamax step. backend / optimizer: a prepared pair (e.g. an
+    Accelerator's), else one process of `model` itself."""
+    core = model if backend is None else backend.unwrap_model(model)
+    p = core.n_members
+    if optimizer is None:
+        optimizer = MemberAdamax(model.parameters(), lr=[OPTIM.lr] * p, betas=tuple(OPTIM.betas),
+                                 eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)
+    config = RunConfig(model=core.config, train=TrainConfig(batch_size=x.shape[0]))
+
+    def column(value: float) -> torch.Tensor:
+        return torch.full((p,), float(value), dtype=torch.float64)
+
+    values = ScheduleValues(lr=column(OPTIM.lr), beta=column(core.config.beta_outer), eps=column(1.0),
+                            temp=column(train_temp(core.is_poisson, s)), max_norm=column(OPTIM.grad_clip),
+                            warming_up=torch.zeros(p, dtype=torch.bool))
 
     def run() -> None:
-        state = model.init_state(x.shape[0])
-        out = model(x, state, 0, model.config.t_train, temp, beta, 1.0)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return run
-
-
-def population_model(preset: str, s: BenchSettings, n_members: int,
-                     device: torch.device | None = None) -> IterativeVAE:
-    """A fresh population of `s`'s sizes, members seeded s.seed, s.seed + 1, ... (their own
-    init and sampler generators), n_exp = s.n_exp."""
-    configs = [ModelConfig(preset=preset, input_dim=s.input_dim, n_latents=s.n_latents,
-                           t_train=s.t_train, seed=s.seed + i) for i in range(n_members)]
-    device = device or harness.device()
-    model = IterativeVAE(configs[0], configs)
-    if model.is_poisson:
-        model.fill_n_exp(s.n_exp)
-    model.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
-    return model.to(device)
-
-
-def population_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings) -> Callable[[], None]:
-    """`fondtrain_cycle` of a population, as the trainer runs it: the members' summed loss
-    backward, each member clipped to its own norm, one PopulationAdamax step."""
-    p = model.n_members
-    opt = PopulationAdamax(model.parameters(), lr=[OPTIM.lr] * p, betas=tuple(OPTIM.betas),
-                           eps=ADAMAX_EPS, weight_decay=OPTIM.weight_decay)
-    max_norm = torch.full((p,), OPTIM.grad_clip, device=x.device)
-    temp = train_temp(model.is_poisson, s)
-    beta = model.config.beta_outer
-
-    def run() -> None:
-        state = model.init_state(x.shape[0])
-        out = model(x, state, 0, model.config.t_train, temp, beta, 1.0)
-        out.loss.sum().backward()
-        clip_grad_norm_per_member_(model.parameters(), max_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_batch(model, core, optimizer, backend or LocalBackend, x, values, config)
     return run
 
 

@@ -86,9 +86,8 @@ def derived(row: dict, s: BenchSettings) -> dict:
 
 def compiled_cycle(preset: str, s: BenchSettings, x: torch.Tensor, log=print):
     """(the compiled training cycle, seconds of its first call) or None where compiling
-    failed: today `model.enable_compile` (torch.compile of the state update and outputs);
-    issue 16's whole-cycle graph replaces what is built here, and `speed` times it
-    against the eager cycle in the same rounds."""
+    failed: the same cycle (`train_batch`) with `model.enable_compile` (the whole TBPTT
+    cycle as one graph); `speed` times it against the eager cycle in the same rounds."""
     # one compiled model per process in training; here presets follow each other, so
     # start each from an empty dynamo cache (no recompile limit across models)
     torch._dynamo.reset()
@@ -99,7 +98,7 @@ def compiled_cycle(preset: str, s: BenchSettings, x: torch.Tensor, log=print):
     run = C.fondtrain_cycle(model, x, s)
     first_s = harness.time_once(run)
     log(f"[{preset}] torch.compile: first cycle {first_s:.1f} s")
-    if model.compiled is None:  # it fell back to eager during the first cycle
+    if model.compiled_cycle is None:  # it fell back to eager during the first cycle
         return None
     return run, first_s
 
@@ -116,7 +115,7 @@ def population_cycles(s: BenchSettings, log=print) -> dict:
         single = C.fondtrain_cycle(C.fondtrain_model(preset, s, None, device), x, s)
         rows = {}
         for p in s.population:
-            population = C.population_cycle(C.population_model(preset, s, p, device), x, s)
+            population = C.fondtrain_cycle(C.fondtrain_model(preset, s, None, device, n_members=p), x, s)
             r = harness.bracketed_ratio(single, population, p, s.repeats)
             rows[p] = {"cycle_s": r["batched_s"], "single_s": r["single_s"],
                        "per_member": r["ratio"], "per_member_min": r["ratio_min"],

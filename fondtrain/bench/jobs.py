@@ -18,6 +18,7 @@ from fondtrain.bench import candidates as C
 from fondtrain.bench import harness
 from fondtrain.bench.settings import BenchSettings
 from fondtrain.errors import UserError
+from fondtrain.train.optim import MemberAdamax
 
 
 def memory_job(impl: str, preset: str, s: BenchSettings) -> dict:
@@ -59,20 +60,10 @@ def ddp_job(s: BenchSettings) -> dict:
     torch.manual_seed(s.seed + accelerator.process_index)
     local = s.varied(batch_size=s.batch_size // world)
     model = C.fondtrain_model("ipvae", local, None, accelerator.device)
-    opt = torch.optim.Adamax(model.parameters(), lr=C.OPTIM.lr, betas=tuple(C.OPTIM.betas),
-                             eps=C.ADAMAX_EPS, weight_decay=C.OPTIM.weight_decay)
+    opt = MemberAdamax(model.parameters(), lr=[C.OPTIM.lr], betas=tuple(C.OPTIM.betas),
+                       eps=C.ADAMAX_EPS, weight_decay=C.OPTIM.weight_decay)
     model, opt = accelerator.prepare(model, opt)
-    x = C.inputs(local, accelerator.device)
-    core = accelerator.unwrap_model(model)
-    temp = C.train_temp(core.is_poisson, s)
-
-    def run() -> None:
-        out = model(x, core.init_state(x.shape[0]), 0, core.config.t_train, temp,
-                    core.config.beta_outer, 1.0)
-        accelerator.backward(out.loss)
-        accelerator.clip_grad_norm_(model.parameters(), C.OPTIM.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    run = C.fondtrain_cycle(model, C.inputs(local, accelerator.device), s, accelerator, opt)
 
     times = harness.interleaved({"cycle": run}, s.repeats)
     t = torch.tensor([times["cycle"]], device=accelerator.device)
