@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fondtrain import run_files
-from fondtrain.config import RunConfig, save_yaml
+from fondtrain.config import RunConfig, save_yaml, with_input_dim
 from fondtrain.errors import UserError
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.schedules import schedule_for
@@ -81,7 +81,7 @@ def train(config: RunConfig) -> TrainResult:
         run_dir = Path(tc.runs_root) / tc.name
         ckpt_root = run_dir / "ckpt"
         train_loader, val_loader = prepare_data(config, accelerator, data_rank, data_world)
-        config.model = dataclasses.replace(config.model, input_dim=train_loader.input_dim)
+        config.model = with_input_dim(config.model, train_loader.input_dim, config.data.dataset)
         members = members_from_sweep(config, tc.sweep) if tc.sweep else None  # a population
         own = share.members(members) if share else members  # the members this rank trains
         if members is not None and tc.member_data_order == "own":
@@ -194,7 +194,7 @@ def prepare_data(config: RunConfig, accelerator, rank: int, world: int):
 
     d, t = config.data, config.train
     if accelerator.is_main_process:
-        ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed)
+        ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed, say=print)
     accelerator.wait_for_everyone()
     shard_dir = shard_folder(d.shards_root, d.dataset, d.path)
     common = dict(rank=rank, world_size=world,
