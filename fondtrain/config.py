@@ -41,8 +41,8 @@ class ModelConfig:
 
     Attributes:
         preset: which iterative VAE: ipvae (Poisson), igvae (Gaussian) or igrelu (Gaussian, relu rates)
-        input_dim: input size M (pixels per sample); none: the data set's (digits 64, 16x16 patches 256),
-            which another value cannot override
+        input_dim: input size M (pixels per sample); the data set decides it (digits 64, 16x16 patches
+            256), so leave it out (none)
         n_latents: latent units K
         t_train: inference steps per TBPTT window (one gradient step)
         n_iters_outer: TBPTT windows per batch (the model runs t_train * n_iters_outer steps)

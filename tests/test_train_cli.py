@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from fondtrain.cli.flags import resolve_config
 from fondtrain.config import TrainConfig
 from fondtrain.errors import UserError
-from fondtrain.flags import resolve_config
 from tests.train_helpers import REPO, subprocess_env
 
 BAD_FLAGS = [

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from fondtrain import stats as Mx
 from fondtrain.eval.dist import Ranks
+from fondtrain.eval.progress import Progress
 from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.seeding import stream_seed
@@ -191,12 +192,14 @@ def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: f
     extras = {"x": torch.zeros(0, m), "x_hat": torch.zeros(p, 0, m)}
     activity = []
     n_act = 0
+    progress = Progress("convergence", -(-x.shape[0] // batch_size) * n_steps)
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size].to(device, torch.float32)
         block = torch.empty(p, len(steps), xb.shape[0], dtype=torch.float64, device=device)
         for step, out in inference.steps(model, xb, n_steps, temp, eps, beta, record=steps,
                                          generator=generator, same_stream=False):
             block[:, report[step]] = sums.add(report[step], model, xb, out, beta)
+            progress.at(start // batch_size * n_steps + step)
         sums.r2_blocks.append(block)
         z, x_hat = _members_first(model, out.z, out.x_hat)
         if start == 0:
@@ -260,13 +263,15 @@ def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
     generator = eval_generators(model, seed, device)
     lead = () if model.n_members is None else (model.n_members,)
     out = []
+    progress = Progress("latent responses", -(-x.shape[0] // batch_size) * n_steps)
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size].to(device, torch.float32)
         total = torch.zeros(*lead, xb.shape[0], model.config.n_latents, device=device)
-        for _, step_out in inference.steps(model, xb, n_steps, temp, eps,
-                                           record=range(n_steps - window + 1, n_steps + 1),
-                                           generator=generator, same_stream=False,
-                                           outputs=False):
+        for step, step_out in inference.steps(model, xb, n_steps, temp, eps,
+                                              record=range(n_steps - window + 1, n_steps + 1),
+                                              generator=generator, same_stream=False,
+                                              outputs=False):
             total += model.activation(step_out.z)
+            progress.at(start // batch_size * n_steps + step)
         out.append((total / window).cpu())
     return torch.cat(out, dim=-2) if out else torch.zeros(*lead, 0, model.config.n_latents)
