@@ -188,6 +188,45 @@ def test_positional_words_and_varargs():
     assert typed_arguments(fn, ["run", "--out", "o"], "fondtrain export") == ([], {"run": "run", "out": "o"})
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["runs/x", "--probe", "maybe"], "--probe got 'maybe', which is not a valid bool"),
+    (["--run", "runs/x", "--gabor", "maybe"], "--gabor got 'maybe', which is not a valid bool"),
+])
+def test_a_word_after_a_boolean_is_its_value_where_no_positional_word_fits(argv, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        _eval_kwargs(argv)
+
+
+@pytest.mark.parametrize("argv,probe", [(["--probe", "runs/x"], True), (["--noprobe", "runs/x"], False),
+                                        (["runs/x", "--noprobe"], False), (["runs/x", "--probe"], True)])
+def test_the_run_may_follow_a_boolean_flag(argv, probe):
+    assert _eval_kwargs(argv) == {"run": "runs/x", "probe": probe}
+
+
+@pytest.mark.parametrize("columns", [60, 100])
+def test_help_wraps_to_the_terminal_width(columns, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(columns))  # what shutil.get_terminal_size reads first
+    for command in ("train", "eval", "bench", "--help"):
+        main([command, "--help"] if command != "--help" else [command])
+        out = capsys.readouterr().out
+        too_long = [line for line in out.splitlines() if len(line) >= columns and " " in line.strip()]
+        assert not too_long, (command, too_long)  # only a single word longer than the width may stick out
+    main(["train", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    compile_help = lines[lines.index("  --compile  bool  (default: False)") + 1:]
+    described = [line for line in compile_help[:compile_help.index("  --log_every  int  (default: 20)")]]
+    assert len(described) > 1 and all(line.startswith("      ") for line in described)  # continuation indented
+
+
+def test_optimiser_flags_name_adamax(capsys):
+    main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "AdamW" not in out
+    for text in ("--lr float (default: 0.005) peak learning rate (Adamax)", "Adamax weight decay",
+                 "Adamax beta1,beta2"):
+        assert text in out, text
+
+
 def test_unknown_command_names_the_closest(capsys):
     with pytest.raises(SystemExit) as info:
         main(["trian", "--epochs", "1"])

@@ -17,11 +17,12 @@ from typing import Any
 import fire
 
 from fondtrain import __version__
-from fondtrain.cli.commands import FondtrainCLI
-from fondtrain.cli.flags import command_help, fire_command, overview, wants_help
+from fondtrain.cli.commands import FondtrainCLI, commands
+from fondtrain.cli.flags import fire_command, wants_help
+from fondtrain.cli.help import command_help, overview
 from fondtrain.errors import UserError
 
-__all__ = ["FondtrainCLI", "dispatch", "main", "run_or_exit", "train_command"]
+__all__ = ["FondtrainCLI", "commands", "dispatch", "main", "run_or_exit", "train_command"]
 
 
 def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -34,12 +35,6 @@ def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         sys.stderr.write(f"error: {message}\n")
         sys.stderr.flush()
         raise SystemExit(2) from None
-
-
-def commands() -> dict[str, Callable[..., Any]]:
-    """Command name (with `_`) -> its method, in the order of the class."""
-    cli = FondtrainCLI()
-    return {name: getattr(cli, name) for name in vars(FondtrainCLI) if not name.startswith("_")}
 
 
 def dispatch(argv: list[str], prog: str | None = None) -> Any:

@@ -10,6 +10,7 @@ the command. A command only calls the module that does the work and returns what
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from fondtrain.cli.flags import resolve_config
@@ -267,3 +268,8 @@ class FondtrainCLI:
 
         compare(list(runs), out)
 
+
+def commands() -> dict[str, Callable[..., Any]]:
+    """Command name (with `_`) -> its method, in the order of the class."""
+    cli = FondtrainCLI()
+    return {name: getattr(cli, name) for name in vars(FondtrainCLI) if not name.startswith("_")}

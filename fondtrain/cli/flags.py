@@ -10,7 +10,8 @@ are the same letter), `--flag value` or `--flag=value`, booleans as `--flag`, `-
 
 fire alone would read values as Python literals (`false` a string, `1e5` a float,
 `--name 1` an int) and answer --help with its own pager, so `fire_command` hands it each
-converted value as the literal its parser reads back exactly, and the help is printed here.
+converted value as the literal its parser reads back exactly, and fondtrain/cli/help.py
+prints the table.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import inspect
 import json
 import math
 import re
-import shutil
-import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -34,8 +33,6 @@ from fondtrain.errors import UserError
 from fondtrain.sweep import members_from_sweep, split_sweep
 
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
-BOOLEAN_NOTE = ("Booleans: --flag, --noflag or --flag true|false|yes|no|1|0; `none` clears an "
-                "optional value; names are exact (no abbreviations).")
 SECTIONS = {"model": cfg.ModelConfig, "data": cfg.DataConfig, "train": cfg.TrainConfig}
 ALIASES = {"model": "preset", "data_path": "path"}  # the names the reference and the README use
 CONFIG_HELP = "YAML file with model/data/train sections, read before the flags"
@@ -205,12 +202,6 @@ def positional(fn: Callable[..., Any]) -> list[inspect.Parameter]:
         p.kind is p.POSITIONAL_OR_KEYWORD and (p.default is p.empty or i == 0))]
 
 
-def usage(prog: str, fn: Callable[..., Any]) -> str:
-    words = [f"{p.name.upper()}..." if p.kind is p.VAR_POSITIONAL else
-             p.name.upper() if p.default is p.empty else f"[{p.name.upper()}]" for p in positional(fn)]
-    return " ".join(["usage:", prog, *words, "[--FLAG VALUE ...]"])
-
-
 # ------------------------------------------------------------------ parsing
 
 def wants_help(argv: list[str]) -> bool:
@@ -360,50 +351,3 @@ def parse_args(argv: list[str], prog: str = "fondtrain train") -> cfg.RunConfig:
     if words:
         raise UserError(f"{prog} got an extra argument {words[0]!r}: `{prog} --help` lists its arguments.")
     return resolve_config(values.pop("config", None), values)
-
-
-# ------------------------------------------------------------------ help
-
-def _wrap(text: str, indent: int, width: int, more: int = 0) -> list[str]:
-    """text as lines of at most `width` columns (a longer word keeps its own line), indented
-    by `indent` and continuation lines by `more` on top."""
-    return textwrap.wrap(text, width, initial_indent=" " * indent,
-                         subsequent_indent=" " * (indent + more), break_long_words=False,
-                         break_on_hyphens=False)
-
-
-def command_help(prog: str, fn: Callable[..., Any]) -> str:
-    """Usage, the docstring's text, the boolean rules, and per option its names, type or
-    choices, default and description, wrapped to the terminal's width (80 when piped)."""
-    width = max(shutil.get_terminal_size().columns - 1, 40)
-    text, help_of = described(fn)
-    lines = [usage(prog, fn), ""]
-    for paragraph in text.split("\n\n"):
-        lines += [*_wrap(paragraph, 0, width), ""]
-    lines += _wrap(BOOLEAN_NOTE, 0, width)
-    for p in parameters(fn):
-        if p.kind is p.VAR_POSITIONAL:
-            lines += _wrap(f"{p.name.upper()}...  {help_of.get(p.name, '')}", 2, width)
-    group = None
-    for o in command_options(fn):
-        if o.group != group:
-            group = o.group
-            lines += ["", f"{group}:"] if group else [""]
-        default = ",".join(map(str, o.default)) if isinstance(o.default, tuple) else o.default
-        shown = "none" if default is None else repr(default) if default == "" else default
-        kind = "{" + "|".join(o.choices) + "}" if o.choices else type_name(o.kind)
-        names = ", ".join(f"--{n}" for n in (o.name, *o.aliases))
-        lines += _wrap(f"{names}  {kind}  " + ("(required)" if o.required else f"(default: {shown})"), 2, width, 6)
-        lines += _wrap(o.help, 6, width)
-    return "\n".join(lines)
-
-
-def overview(commands: dict[str, Callable[..., Any]], version: str) -> str:
-    """`fondtrain --help`: every command with the first paragraph of its docstring."""
-    width = max(shutil.get_terminal_size().columns - 1, 40)
-    lines = [f"usage: fondtrain COMMAND [ARGS] [--FLAG VALUE ...]   (fondtrain {version})", "", "commands:"]
-    for name, fn in commands.items():
-        summary = described(fn)[0].split("\n\n")[0]
-        lines += _wrap(f"{name.replace('_', '-'):<18}{summary}", 2, width, 18)
-    return "\n".join([*lines, "", *_wrap("`fondtrain COMMAND --help` lists a command's flags; "
-                                         "`fondtrain --version` prints the version.", 0, width)])
