@@ -33,7 +33,8 @@ def test_fire_dispatches_with_the_typed_values(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("value", ["123", "false", "a 'quoted' \"word\"\n", "--help", "-", "", 1e5, 0.1, -7.0,
-                                   math.inf, -math.inf, 3, True, None, (0.9, 0.999), (5.0,), (), ("ipvae", "igvae")])
+                                   math.inf, -math.inf, 3, 2**62 + 1, True, None, (0.9, 0.999), (5.0,), (),
+                                   ("ipvae", "igvae")])
 def test_fire_reads_each_literal_back_exactly(value):
     got = fire.Fire(lambda v=None: v, command=[f"--v={literal(value)}"], serialize=lambda result: None)
     assert got == value and type(got) is type(value)

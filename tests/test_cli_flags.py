@@ -110,6 +110,12 @@ def test_values_convert_to_their_types():
     assert parse_args(["--n-latents", "8"]).model.n_latents == 8
 
 
+def test_large_whole_numbers_stay_exact():
+    seed = 2**62 + 1  # a float would round it
+    assert parse_args(["--seed", str(seed)]).train.seed == seed
+    assert resolve_config(None, {"seed": seed}).model.seed == seed  # typed values pass through again
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--n_latent", "32"], "unknown option --n_latent (did you mean --n_latents?)"),
     (["--n_lat", "32"], "unknown option --n_lat"),

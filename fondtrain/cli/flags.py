@@ -83,7 +83,8 @@ def _scalar(value: Any, kind: type) -> Any:
         if kind is not bool or word not in TRUE_WORDS + FALSE_WORDS:
             raise ValueError(value)
         return word in TRUE_WORDS
-    if kind is int and isinstance(value, str) and value.strip().lstrip("+-").replace("_", "").isdigit():
+    if kind is int and (isinstance(value, int) or (  # exact, where a float would round a large seed
+            isinstance(value, str) and value.strip().lstrip("+-").replace("_", "").isdigit())):
         return int(value)
     number = float(value)
     if math.isnan(number) or (kind is int and not number.is_integer()):  # 1e5 is a fine count, 2.5 is not
@@ -215,6 +216,10 @@ def unknown_option(flag: str, names: list[str], prog: str) -> UserError:
     return UserError(f"unknown option {flag}{guess}: `{prog} --help` lists the options.")
 
 
+def extra_argument(word: str, prog: str) -> UserError:
+    return UserError(f"{prog} got an extra argument {word!r}: `{prog} --help` lists its arguments.")
+
+
 def _is_number(word: str) -> bool:
     try:
         float(word)
@@ -287,7 +292,7 @@ def bind(fn: Callable[..., Any], words: list[str], values: dict[str, Any],
             needed = f"--{p.name}" if p.kind is p.KEYWORD_ONLY else p.name.upper()
             raise UserError(f"{prog} needs {needed}: `{prog} --help` explains it.")
     if words:
-        raise UserError(f"{prog} got an extra argument {words[0]!r}: `{prog} --help` lists its arguments.")
+        raise extra_argument(words[0], prog)
     return args, kwargs
 
 
@@ -349,5 +354,5 @@ def parse_args(argv: list[str], prog: str = "fondtrain train") -> cfg.RunConfig:
     """The run config that `fondtrain train ARGV` would train."""
     words, values = parse_flags(argv, train_options(), prog)
     if words:
-        raise UserError(f"{prog} got an extra argument {words[0]!r}: `{prog} --help` lists its arguments.")
+        raise extra_argument(words[0], prog)
     return resolve_config(values.pop("config", None), values)
