@@ -19,9 +19,9 @@ import statistics
 import time
 
 import torch
+from fondtrain.model.compiled_cycle import CompiledCycle
 
 from fondtrain.config import PRESETS, ModelConfig
-from fondtrain.model.compiled_cycle import CompiledCycle
 from fondtrain.model.vae import IterativeVAE
 
 TRAIN_TEMP = {"ipvae": 0.5, "igvae": 1.0, "igrelu": 1.0}

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from fondtrain.eval.population import evaluate_population
+from fondtrain.members_table import MemberRow
 
 from fondtrain.eval.evaluate import EvalOptions, evaluate
-from fondtrain.eval.population import evaluate_population
 from fondtrain.eval.sweep_summary import write_sweep_summary
-from fondtrain.members_table import MemberRow
 from fondtrain.run_files import run_members
 
 

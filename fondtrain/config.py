@@ -36,11 +36,31 @@ class ModelConfig:
 
     `beta_outer`, `clamp_u` and `clamp_du` left as None take the preset's value
     (SPEC 1 and 3). `poisson_kl="reference"` reproduces the paper's code (posterior
-    rate times f(delta)); `"exact"` is KL(Pois(r) || Pois(r0)).
+    rate times f(delta)); `"exact"` is KL(Pois(r) || Pois(r0)). `input_dim` left as None
+    is the data set's (the trainer fills it in, `with_input_dim`).
+
+    Attributes:
+        preset: which iterative VAE: ipvae (Poisson), igvae (Gaussian) or igrelu (Gaussian, relu rates)
+        input_dim: input size M (pixels per sample); the data set decides it (digits 64, 16x16 patches
+            256), so leave it out (none)
+        n_latents: latent units K
+        t_train: inference steps per TBPTT window (one gradient step)
+        n_iters_outer: TBPTT windows per batch (the model runs t_train * n_iters_outer steps)
+        n_iters_inner: repeats of each inference step on the same input
+        beta_outer: weight of the KL term (none: the preset's, 24 for ipvae, 8 for igvae/igrelu)
+        beta_inner: KL weight inside the inference update
+        poisson_kl: Poisson KL form: reference (the paper's code) or exact KL(Pois(r) || Pois(r0))
+        init_scale: standard deviation of the initial dictionary weights
+        clamp_u: soft-clamp ceilings of the state, one per component (none: the preset's)
+        clamp_du: soft-clamp ceilings of the state update, one per component (none: the preset's)
+        u_init_low: lower bound of the uniform initial Poisson log-rates
+        u_init_high: upper bound of the uniform initial Poisson log-rates
+        n_exp_p: tail probability at which the relaxed Poisson sampler truncates (sets n_exp)
+        seed: seed of model init, data order, sampler noise and feeders (every section)
     """
 
     preset: str = "ipvae"
-    input_dim: int = 256
+    input_dim: int | None = None
     n_latents: int = 512
     t_train: int = 16
     n_iters_outer: int = 1
@@ -63,8 +83,10 @@ class ModelConfig:
             raise UserError(
                 f"unknown model preset {self.preset!r}: choose one of {', '.join(PRESETS)}."
             )
-        for name in ("input_dim", "n_latents", "t_train", "n_iters_outer", "n_iters_inner"):
+        for name in ("n_latents", "t_train", "n_iters_outer", "n_iters_inner"):
             _require_count(name, getattr(self, name), minimum=1)
+        if self.input_dim is not None:
+            _require_count("input_dim", self.input_dim, minimum=1)
         if self.beta_outer is None:
             self.beta_outer = PRESET_BETA_OUTER[self.preset]
         for name in ("beta_outer", "beta_inner", "init_scale"):
@@ -100,6 +122,15 @@ class ModelConfig:
         return self.t_train * self.n_iters_outer
 
 
+def with_input_dim(model: ModelConfig, input_dim: int, dataset: str) -> ModelConfig:
+    """`model` with the input size M of the data set's samples; UserError if `model` names
+    another (the data set decides M: a model of another size could not read its samples)."""
+    if model.input_dim not in (None, input_dim):
+        raise UserError(f"--input_dim {model.input_dim} does not fit data set {dataset}, whose samples "
+                        f"have {input_dim} values: leave --input_dim out (the data set decides it).")
+    return dataclasses.replace(model, input_dim=input_dim)
+
+
 def _as_clamp(value: Any, default: tuple[float, ...], n: int, name: str) -> tuple[float, ...]:
     if value is None:
         return tuple(default)
@@ -111,7 +142,17 @@ def _as_clamp(value: Any, default: tuple[float, ...], n: int, name: str) -> tupl
 
 @dataclass
 class DataConfig:
-    """Where the data comes from and how it is fed."""
+    """Where the data comes from and how it is fed.
+
+    Attributes:
+        dataset: data set: natural16 and digits are built in; vh16, mnist, npy, npz, images need --path
+        path: the file or folder a data set is read from (vh16: processed.npy, mnist: IDX folder, ...)
+        shards_root: folder of the WebDataset shards; the data set's shards go to SHARDS_ROOT/DATASET
+        feeder: input over the inference steps: stationary (the same input), jitter or rotate
+        num_workers: data-loader worker processes (0: load in the training process)
+        in_memory: hold the decoded shards in memory instead of streaming them
+        seed: seeds the data order (the --seed flag sets every section's)
+    """
 
     dataset: str = "natural16"
     path: str | None = None
@@ -124,7 +165,50 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and run bookkeeping (SPEC 6)."""
+    """Optimisation and run bookkeeping (SPEC 6).
+
+    Attributes:
+        batch_size: inputs per gradient step and process
+        epochs: passes over the training split; sets the length of every schedule
+        lr: peak learning rate (Adamax) after warm-up
+        lr_min: learning rate at the end of the cosine decay
+        weight_decay: Adamax weight decay
+        betas: Adamax beta1,beta2
+        grad_clip: gradient-norm clip
+        warmup_portion: fraction of the run spent warming the learning rate up
+        kl_const_portion: fraction of the run with the KL weight held at beta_min
+        kl_anneal_portion: fraction of the run over which the KL weight rises to beta_outer
+        beta_min: KL weight at the start of the run
+        temp_start: Poisson sampling temperature at the start
+        temp_stop: Poisson sampling temperature at the end of its anneal
+        temp_anneal_portion: fraction of the run over which the temperature anneals
+        n_exp_refresh_every: steps between refreshes of the Poisson sampler length n_exp
+        grad_accum: batches accumulated per optimiser step
+        mixed_precision: autocast precision: no, bf16 or fp16 (only matmul-class ops run low)
+        backend: accelerate (DDP through Accelerate) or deepspeed (a ZeRO engine, see --deepspeed_config)
+        deepspeed_config: DeepSpeed JSON config for --backend deepspeed (e.g. launch/deepspeed/zero1.json)
+        compile: each TBPTT window (forward, backward, clip, Adamax) as one torch.compile graph; one
+            process, accelerate back end, float32 (else, or if compiling fails, eager with a warning);
+            a population (--sweep) compiles its state update and step outputs instead
+        seed: seeds the optimisation's random streams (the --seed flag sets every section's)
+        log_every: steps between logged training scalars
+        eval_every: steps between validations (0: never)
+        ckpt_every: steps between checkpoints (0: at the end and on a signal only)
+        keep_last: complete checkpoints kept (older ones are deleted)
+        max_steps: stop after this many steps (0: the whole schedule)
+        runs_root: folder of the run folders
+        name: run name (default: made from the data set, preset, K, t_train, beta and seed); a run
+            with the same name resumes
+        ckpt_minutes: minutes of training between checkpoints, on top of ckpt_every (0: off)
+        resume: auto: resume runs/NAME only if its settings match; force: resume despite changed
+            settings (recorded in resume_log.txt); never: stop if runs/NAME has a checkpoint
+        sweep: train a population in one run: a grid such as 'beta_outer=8,16 seed=0,1' or a YAML list
+            of members
+        member_data_order: a population's batches: shared (every member the same) or own (each member
+            its own order)
+        population_parallel: a population on N processes: split (each process trains its own block of
+            members, the default) or data (every member data-parallel over all processes)
+    """
 
     batch_size: int = 200
     epochs: int = 300
@@ -142,7 +226,6 @@ class TrainConfig:
     temp_anneal_portion: float = 0.5
     n_exp_refresh_every: int = 200
     grad_accum: int = 1
-    # "no", "bf16" or "fp16" (Accelerate autocast: only matmul-class ops run in low precision).
     mixed_precision: str = "no"
     # "accelerate" (DDP through Accelerate) or "deepspeed" (a DeepSpeed ZeRO engine driven
     # directly, launched with torchrun or the deepspeed launcher; config JSON below).
@@ -163,8 +246,6 @@ class TrainConfig:
     # Also checkpoint when this many minutes have passed since the last checkpoint (0: off),
     # so that a long run with ckpt_every 0 still keeps its work.
     ckpt_minutes: float = 15.0
-    # auto: resume runs/<name> only if its settings match; force: resume anyway (recorded in
-    # runs/<name>/resume_log.txt); never: stop if runs/<name> already has a checkpoint.
     resume: str = "auto"
     # A population run (SPEC 9): the members' settings as a grid "beta_outer=8,16 seed=0,1"
     # or YAML / JSON text (a YAML file's `sweep:` section lands here); "" trains one model.

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from safetensors.torch import save_file  # noqa: E402
 
-from fondtrain.flags import parse_args  # noqa: E402
+from fondtrain.cli.flags import parse_args  # noqa: E402
 from fondtrain.runtime import close_process_group  # noqa: E402
 from fondtrain.train.trainer import train  # noqa: E402
 

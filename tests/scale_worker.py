@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main(plan_path: str) -> int:
     import torch
 
-    from fondtrain.flags import parse_args
+    from fondtrain.cli.flags import parse_args
     from fondtrain.train.trainer import train
 
     plan = json.loads(Path(plan_path).read_text())

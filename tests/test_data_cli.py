@@ -44,6 +44,7 @@ def test_shard_then_verify(tmp_path):
     assert res.returncode == 0, res.stderr
     folder = shard_folder("sh", "npy", tmp_path / "arr.npy")
     assert res.stdout.strip() == str(folder) and folder.name.startswith("npy-arr-")
+    assert res.stderr.strip() == f"read arr.npy: 450 train / 50 validation samples -> {folder}"
     assert (tmp_path / folder / "manifest.json").is_file()
     res = fondtrain("verify", str(folder), cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.startswith(f"ok: {folder}")

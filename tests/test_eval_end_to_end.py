@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,18 @@ def test_checkpoint_flag_and_errors(tiny_run: Path, tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(tiny_run), "--no_such_option", "3"])
     assert "no_such_option" in capsys.readouterr().err
+
+
+def test_eval_command_shows_progress_when_piped(tiny_run: Path, tmp_path: Path, capsys):
+    """`fondtrain eval` with stdout piped: a plain progress line per inference stage."""
+    from fondtrain.cli import main
+
+    main(["eval", str(tiny_run), "--out", str(tmp_path / "e"), "--n_steps", "10", "--window", "5", "--n_val", "50",
+          "--notuning", "--nofigures", "--notensorboard", "--probe_max_samples", "100",
+          "--shards_root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert re.search(r"^convergence: 10/10 steps \(100%\), \d+ s elapsed$", out, re.M), out
+    assert re.search(r"^latent responses: (\d+)/\1 steps \(100%\), \d+ s elapsed$", out, re.M), out  # the probe
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

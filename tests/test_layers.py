@@ -4,7 +4,7 @@
     data/          model/            (unaware of each other)
     run_files      (reading runs and checkpoints, below train/ and eval/)
     train/         eval/             (unaware of each other)
-    cli, commandline, flags, export, bench   (on top)
+    cli, export, bench   (on top)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.train_helpers import REPO
 PACKAGE = REPO / "fondtrain"
 BASE = {"config", "errors", "seeding", "stats", "images", "runtime", "schedules", "sweep", "members_table",
         "permissions"}
-TOP = ("cli", "commandline", "flags", "export", "bench")  # fondtrain.bench* too
+TOP = ("cli", "export", "bench")  # fondtrain.cli.* and fondtrain.bench.* too
 
 
 def layer(module: str) -> str:

@@ -66,7 +66,7 @@ def test_preset_defaults(preset, beta, clamp_u, clamp_du):
     assert cfg.posterior == ("poisson" if preset == "ipvae" else "gaussian")
     assert cfg.n_components == len(clamp_u)
     assert cfg.poisson_kl == "reference"
-    assert (cfg.input_dim, cfg.n_latents) == (256, 512)
+    assert (cfg.input_dim, cfg.n_latents) == (None, 512)  # input_dim: the data set's
     assert ModelConfig(preset=preset, beta_outer=3.0).beta_outer == 3.0
     assert ModelConfig(preset=preset, t_train=4, n_iters_outer=3).t_total == 12
     # a scalar clamp applies to every component

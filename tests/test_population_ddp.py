@@ -53,7 +53,7 @@ def test_population_saved_on_two_ranks_resumes_on_one_and_on_three(digits_shards
     """The members' weights, PopulationAdamax state and per-member n_exp sums load on any
     number of processes; the position maps to the new epoch length as for one model."""
     from fondtrain import run_files
-    from fondtrain.flags import parse_args
+    from fondtrain.cli.flags import parse_args
     from fondtrain.train.trainer import train
 
     runs = tmp_path / "runs"

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from fondtrain import run_files
 from fondtrain.config import ModelConfig
-from fondtrain.sweep import read_members_tsv
 from fondtrain.model.vae import IterativeVAE
+from fondtrain.sweep import read_members_tsv
 from fondtrain.train.optim import MemberAdamax
 from fondtrain.train.placement import join_members, member_blocks, take_members
 from fondtrain.train.trainer import train

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from fondtrain import run_files
 from fondtrain.cli import FondtrainCLI, train_command
+from fondtrain.cli.flags import parse_args
 from fondtrain.errors import UserError
 from fondtrain.export import export_model
-from fondtrain.flags import parse_args
-from fondtrain.sweep import read_members_tsv
 from fondtrain.run_files import load_model
+from fondtrain.sweep import read_members_tsv
 from fondtrain.train.trainer import train
 from tests.train_helpers import scalars, tiny_config, tiny_flags
 

@@ -141,7 +141,7 @@ def test_two_process_deepspeed_trains_checkpoints_resumes_and_matches_ddp(digits
     error = [line for line in single.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "ZeRO optimiser shards of 2 processes" in error[0], single.stderr[-2000:]
     # and a DeepSpeed checkpoint is not mistaken for an Accelerate one (in-process: cheap)
-    from fondtrain.flags import parse_args
+    from fondtrain.cli.flags import parse_args
     from fondtrain.train.trainer import train
 
     with pytest.raises(UserError, match="--backend deepspeed"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from fondtrain.flags import train_options
+from fondtrain.cli.flags import train_options
 from tests.train_helpers import REPO
 
 DOC = REPO / "docs" / "cluster.md"

@@ -80,8 +80,8 @@ def test_checkpoint_of_the_other_backend_is_refused(tmp_path):
 def test_resume_on_one_then_two_then_one_process(digits_shards, tmp_path, capsys):
     """1 process (6 steps) -> 2 processes resume (to 12) -> 1 process resumes (to 30). The
     Adamax state survives both changes: its step count is the sum of all steps taken."""
+    from fondtrain.cli.flags import parse_args
     from fondtrain.data.loader import ShardLoader
-    from fondtrain.flags import parse_args
     from fondtrain.train.trainer import train
 
     runs = tmp_path / "runs"

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from fondtrain.cli.flags import resolve_config
 from fondtrain.config import TrainConfig
 from fondtrain.errors import UserError
-from fondtrain.flags import resolve_config
 from tests.train_helpers import REPO, subprocess_env
 
 BAD_FLAGS = [
@@ -33,6 +33,34 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, flags, message):
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists() and not list((tmp_path / "shards").glob("*/*.tar"))
+
+
+def test_a_size_the_data_set_decides_is_refused_after_the_shards_are_built(tmp_path):
+    """--input_dim 256 on 8x8 samples: train says it built the shards, then refuses in one
+    sentence before a run folder exists."""
+    import numpy as np
+
+    np.save(tmp_path / "arr.npy", np.random.default_rng(0).standard_normal((300, 8, 8)).astype(np.float32))
+    cmd = [sys.executable, "-m", "fondtrain.cli", "train", "--dataset", "npy", "--path", "arr.npy",
+           "--input_dim", "256", "--runs_root", "runs", "--shards_root", "shards"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["error: --input_dim 256 does not fit data set npy, whose samples have 64 "
+                                        "values: leave --input_dim out (the data set decides it)."]
+    built = [line for line in proc.stdout.splitlines() if line.startswith("built the missing shards: ")]
+    assert len(built) == 1 and built[0].startswith("built the missing shards: read arr.npy: 270 train / "
+                                                   "30 validation samples -> shards/npy-arr-"), proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_data_set_fills_in_the_input_size():
+    from fondtrain.config import ModelConfig, with_input_dim
+
+    assert ModelConfig().input_dim is None
+    assert with_input_dim(ModelConfig(), 64, "digits").input_dim == 64
+    assert with_input_dim(ModelConfig(input_dim=64), 64, "digits").input_dim == 64
+    with pytest.raises(UserError, match="--input_dim 256 does not fit data set natural16"):
+        with_input_dim(ModelConfig(input_dim=256), 64, "natural16")
 
 
 def test_yaml_then_flags(tmp_path):

@@ -159,7 +159,7 @@ def memory(s: BenchSettings, log=print) -> dict:
     for preset in s.presets:
         for impl in impls:
             out.setdefault(preset, {})[impl] = harness.run_job(
-                ["--memory_job", impl, preset, "--settings", s.to_json()])
+                ["memory", s.to_json(), impl, preset])
         line = "; ".join(f"{k} peak {v['peak_mb']:.0f} MB, saved for backward {v['saved_mb']:.0f} MB"
                          for k, v in out[preset].items())
         log(f"  {preset} memory of a cycle: {line}")
@@ -175,7 +175,7 @@ def processes(s: BenchSettings, log=print) -> dict:
         threads = max(1, cores // n)
         env = {"OMP_NUM_THREADS": str(threads),
                "ACCELERATE_USE_CPU": "0" if torch.cuda.is_available() else "1"}
-        r = harness.run_job(["--ddp_job", "--settings", s.to_json()], env, processes=n)
+        r = harness.run_job(["ddp", s.to_json()], env, processes=n)
         out[str(n)] = r
         log(f"  {n} process(es) x {threads} thread(s): cycle {1e3 * r['cycle_s']:.0f} ms, "
             f"{r['samples_per_s']:.0f} samples/s (global batch {s.batch_size})")

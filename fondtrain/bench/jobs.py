@@ -1,16 +1,18 @@
 """The benchmark's worker processes (`python -m fondtrain.bench.jobs`), started by
 `harness.run_job`: each prints one JSON line.
 
-- `--memory_job IMPL PRESET`: the peak memory of one training cycle in a fresh process
+- `memory SETTINGS IMPL PRESET`: the peak memory of one training cycle in a fresh process
   and the bytes autograd saves for its backward (exact: the storages it keeps);
-- `--ddp_job`: the ipvae cycle with the global batch split over the `accelerate launch`
+- `ddp SETTINGS`: the ipvae cycle with the global batch split over the `accelerate launch`
   ranks (the slowest rank's median).
+
+SETTINGS is the BenchSettings as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 
 import torch
 
@@ -73,20 +75,18 @@ def ddp_job(s: BenchSettings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="a worker of `fondtrain bench`", allow_abbrev=False)
-    p.add_argument("--memory_job", nargs=2, metavar=("IMPL", "PRESET"))
-    p.add_argument("--ddp_job", action="store_true")
-    p.add_argument("--settings", required=True, help="BenchSettings as JSON")
-    a = p.parse_args(argv)
-    s = BenchSettings.from_json(a.settings)
-    if not a.ddp_job:  # ranks get OMP_NUM_THREADS from the launcher
-        harness.set_threads(s.threads)
-    if a.memory_job:
-        print(json.dumps(memory_job(*a.memory_job, s)))
-    elif a.ddp_job:
+    """Run the job `argv` names, in the fixed form harness.run_job writes (no user flags)."""
+    job, settings, *args = sys.argv[1:] if argv is None else argv
+    s = BenchSettings.from_json(settings)
+    if job == "memory":
+        harness.set_threads(s.threads)  # ddp ranks get OMP_NUM_THREADS from the launcher
+        print(json.dumps(memory_job(*args, s)))
+    elif job == "ddp":
         r = ddp_job(s)
         if r["rank"] == 0:
             print(json.dumps(r), flush=True)
+    else:
+        raise ValueError(f"unknown benchmark job {job!r}")
 
 
 if __name__ == "__main__":

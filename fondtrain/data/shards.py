@@ -41,6 +41,7 @@ import shutil
 import tarfile
 import uuid
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -257,9 +258,11 @@ def build_shards(
     overwrite: bool = False,
     samples_per_shard: int | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    say: Callable[[str], None] | None = None,
     **source_kwargs: Any,
 ) -> Path:
-    """Load data set `dataset` and write it to `out/<dataset>` (always builds).
+    """Load data set `dataset` and write it to `out/<dataset>` (always builds); `say` gets
+    one line naming what was read, the split sizes and the folder.
 
     Returns:
         the shard folder.
@@ -271,9 +274,13 @@ def build_shards(
         raise UserError(f"{target} already exists; pass --overwrite to rebuild it.")
     data = load_source(dataset, path=path, seed=seed, **source_kwargs)
     splits = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val)}
-    return write_shards(
+    folder = write_shards(
         target, dataset, splits, data.meta, samples_per_shard, block_size, overwrite=overwrite
     )
+    if say is not None:
+        source = f"read {path}" if path is not None else f"made {dataset}"
+        say(f"{source}: {len(data.x_train):,} train / {len(data.x_val):,} validation samples -> {folder}")
+    return folder
 
 
 def ensure_shards(
@@ -282,9 +289,11 @@ def ensure_shards(
     path: str | os.PathLike | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    say: Callable[[str], None] | None = None,
     **source_kwargs: Any,
 ) -> Path:
-    """Return `shard_folder(shards_root, dataset, path)`, building it first if it does not exist.
+    """Return `shard_folder(shards_root, dataset, path)`, building it first if it does not exist
+    (and then telling `say` in one line).
 
     A folder that exists and verifies is used as it is (no-op) unless it contradicts what
     the caller asked for explicitly: another data set, another `path`, or another value of
@@ -314,6 +323,7 @@ def ensure_shards(
                 "using it as it is", stacklevel=2,
             )
         return target
+    built = None if say is None else lambda line: say(f"built the missing shards: {line}")
     return build_shards(
-        dataset, shards_root, path=path, seed=seed, overwrite=overwrite, **source_kwargs
+        dataset, shards_root, path=path, seed=seed, overwrite=overwrite, say=built, **source_kwargs
     )

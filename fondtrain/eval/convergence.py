@@ -26,6 +26,7 @@ from torch import Tensor
 
 from fondtrain import stats as Mx
 from fondtrain.eval.dist import Ranks
+from fondtrain.eval.progress import Progress
 from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.seeding import stream_seed
@@ -181,12 +182,14 @@ def accumulate_convergence(model: IterativeVAE, x: Tensor, n_steps: int, temp: f
     extras = {"x": torch.zeros(0, m), "x_hat": torch.zeros(p, 0, m)}
     activity = []
     n_act = 0
+    progress = Progress("convergence", -(-x.shape[0] // batch_size) * n_steps)
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size].to(device, torch.float32)
         block = torch.empty(p, len(steps), xb.shape[0], dtype=torch.float64, device=device)
         for step, out in inference.steps(model, xb, n_steps, temp, eps, beta, record=steps,
                                          generators=generators, same_stream=False):
             block[:, report[step]] = sums.add(report[step], model, xb, out, beta)
+            progress.at(start // batch_size * n_steps + step)
         sums.r2_blocks.append(block)
         if start == 0:
             extras["x"], extras["x_hat"] = xb[:n_keep].cpu(), out.x_hat[:, :n_keep].cpu()
@@ -248,13 +251,15 @@ def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
     generators = sampling_generators(model, seed, device)
     p, k = model.n_members, model.config.n_latents
     out = []
+    progress = Progress("latent responses", -(-x.shape[0] // batch_size) * n_steps)
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size].to(device, torch.float32)
         total = torch.zeros(p, xb.shape[0], k, device=device)
-        for _, step_out in inference.steps(model, xb, n_steps, temp, eps,
-                                           record=range(n_steps - window + 1, n_steps + 1),
-                                           generators=generators, same_stream=False,
-                                           outputs=False):
+        for step, step_out in inference.steps(model, xb, n_steps, temp, eps,
+                                              record=range(n_steps - window + 1, n_steps + 1),
+                                              generators=generators, same_stream=False,
+                                              outputs=False):
             total += model.activation(step_out.z)
+            progress.at(start // batch_size * n_steps + step)
         out.append((total / window).cpu())
     return torch.cat(out, dim=-2) if out else torch.zeros(p, 0, k)

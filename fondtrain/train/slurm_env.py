@@ -25,7 +25,6 @@ and the given script and flags, which avoids word-splitting the arguments in a s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -35,6 +34,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from fondtrain.errors import UserError
 
@@ -197,45 +197,63 @@ def from_environment(env: Mapping[str, str] | None = None, procs_per_node: int |
     return Rendezvous(tuple(hosts), hosts[0], port, num_machines, machine_rank, procs_per_node, job_id)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fondtrain.train.slurm_env",
-        description="Print (or exec) the launcher arguments of this node of a SLURM job.")
-    parser.add_argument("launcher", choices=("show", "accelerate", "torchrun"))
-    parser.add_argument("--procs_per_node", type=int, default=None,
-                        help="processes (GPUs) per node; default from SLURM_GPUS_ON_NODE etc.")
-    parser.add_argument("--scontrol", action="store_true",
-                        help="expand the node list with `scontrol show hostnames` when available")
-    parser.add_argument("--exec", dest="exec_", action="store_true",
-                        help="replace this process with the launcher running the script after --")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # everything after the first `--` is the training script and its flags
-    script = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    try:
-        rdzv = from_environment(procs_per_node=args.procs_per_node, use_scontrol=args.scontrol)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.launcher == "show":
+LAUNCHERS = ("show", "accelerate", "torchrun")
+
+
+def launch(launcher: str, procs_per_node: int | None, scontrol: bool, exec: bool, script: list[str]) -> None:
+    """Print this node's settings (show) or launcher arguments, or with `exec` become the
+    launcher running `script` (what follows `--`)."""
+    # fire reads values as Python literals: check that each is of its type
+    if launcher not in LAUNCHERS:
+        raise UserError(f"the launcher is one of {', '.join(LAUNCHERS)}, not {launcher!r}.")
+    if procs_per_node is not None and type(procs_per_node) is not int:
+        raise UserError(f"--procs_per_node takes a whole number, not {procs_per_node!r}.")
+    for name, switch in (("scontrol", scontrol), ("exec", exec)):
+        if not isinstance(switch, bool):
+            raise UserError(f"--{name} is a switch and takes no value, got {switch!r}.")
+    rdzv = from_environment(procs_per_node=procs_per_node, use_scontrol=scontrol)
+    if launcher == "show":
         print(json.dumps(asdict(rdzv) | {"num_processes": rdzv.num_processes}, indent=1))
-        return 0
-    launcher_args = rdzv.accelerate_args() if args.launcher == "accelerate" else rdzv.torchrun_args()
-    if not args.exec_:
+        return
+    launcher_args = rdzv.accelerate_args() if launcher == "accelerate" else rdzv.torchrun_args()
+    if not exec:
         print(shlex.join(launcher_args + script))
-        return 0
+        return
     if not script:
-        print("error: --exec needs the script and its flags after --.", file=sys.stderr)
-        return 2
+        raise UserError("--exec needs the script and its flags after --.")
     # `python -m` with this interpreter: the launcher of this environment, whatever PATH says
-    module = "accelerate.commands.launch" if args.launcher == "accelerate" else "torch.distributed.run"
-    command = [sys.executable, "-m", module]
-    full = command + launcher_args + script
+    module = "accelerate.commands.launch" if launcher == "accelerate" else "torch.distributed.run"
+    full = [sys.executable, "-m", module, *launcher_args, *script]
     print(f"fondtrain.slurm_env: node {rdzv.machine_rank}/{rdzv.num_machines}: {shlex.join(full)}",
           file=sys.stderr, flush=True)
     os.execvp(full[0], full)
-    return 0  # not reached
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fondtrain.train.slurm_env LAUNCHER [--procs_per_node N] [--scontrol] [--exec
+    -- SCRIPT FLAGS...]` through fire; 0, or 2 after one `error: ...` line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # everything after the first `--` is the training script and its flags (fire must not see it)
+    head, script = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    if any(a in ("-h", "--help") for a in head):  # the module's own text, not fire's pager
+        print(__doc__)
+        return 0
+    import fire
+
+    def command(launcher: str, *extra: Any, procs_per_node: int | None = None, scontrol: bool = False,
+                exec: bool = False, **unknown: Any) -> None:
+        if extra or unknown:  # refused here: fire itself would complain only after running the command
+            word = repr(extra[0]) if extra else f"--{next(iter(unknown))}"
+            raise UserError(f"unknown argument {word}: give LAUNCHER [--procs_per_node N] [--scontrol] "
+                            "[--exec -- SCRIPT FLAGS...].")
+        launch(launcher, procs_per_node, scontrol, exec, script)
+
+    try:
+        fire.Fire(command, command=head, name="python -m fondtrain.train.slurm_env")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from fondtrain import run_files
-from fondtrain.config import RunConfig, save_yaml
+from fondtrain.config import RunConfig, save_yaml, with_input_dim
 from fondtrain.errors import UserError
 from fondtrain.model.n_exp import NExpTracker
 from fondtrain.model.vae import IterativeVAE
@@ -142,9 +142,10 @@ def train(config: RunConfig) -> TrainResult:
 
 
 def resolved(config: RunConfig, name: str, input_dim: int) -> RunConfig:
-    """The config the run saves: its name, and the input size its data set decides."""
+    """The config the run saves: its name, and the input size its data set decides (one
+    sentence if the config names another)."""
     return dataclasses.replace(config, train=dataclasses.replace(config.train, name=name),
-                               model=dataclasses.replace(config.model, input_dim=input_dim))
+                               model=with_input_dim(config.model, input_dim, config.data.dataset))
 
 
 def member_generators(members: list[Member], rank: int, step: int, device) -> list[torch.Generator]:
@@ -185,7 +186,7 @@ def prepare_data(config: RunConfig, accelerator, placement: Placement, members: 
 
     d, t = config.data, config.train
     if accelerator.is_main_process:
-        ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed)
+        ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed, say=print)
     accelerator.wait_for_everyone()
     shard_dir = shard_folder(d.shards_root, d.dataset, d.path)
     common = dict(rank=placement.data_rank, world_size=placement.data_world,

@@ -1,53 +1,19 @@
-"""`fondtrain` command line: each public method of FondtrainCLI is a command.
+"""The `fondtrain` commands: each public method of FondtrainCLI is one, run by fire.
 
 Adding a command is adding a method: annotate its parameters (the annotations are the
 flags' types) and give it a docstring whose first paragraph is the summary and whose
 `Args:` section describes every parameter; `fondtrain --help` and `fondtrain COMMAND
---help` are made from them and fondtrain/commandline.py checks every flag before the
-command runs. Keep this file a thin dispatcher: a command calls the module that does the
-work.
-
-A `UserError` from any command prints `error: <sentence>` on stderr and exits with status
-2, without a traceback; anything else is a bug and keeps its traceback.
+--help` are made from them, and fondtrain/cli/flags.py checks every flag before fire runs
+the command. A command only calls the module that does the work and returns what to print.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from fondtrain.commandline import dispatch, own_flags
-from fondtrain.errors import UserError
-from fondtrain.flags import parse_args
-
-
-def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call fn(*args, **kwargs); on UserError print `error: ...` to stderr and exit 2."""
-    try:
-        return fn(*args, **kwargs)
-    except UserError as exc:
-        message = " ".join(str(exc).split())  # always one line
-        # one write per line, so that the lines of several ranks do not interleave
-        sys.stderr.write(f"error: {message}\n")
-        sys.stderr.flush()
-        raise SystemExit(2) from None
-
-
-def train_command(argv: list[str], prog: str = "fondtrain train") -> Path:
-    """Parse training flags (the one flag table of fondtrain/flags.py) and train; the run folder.
-
-    The single entry of `fondtrain train` and launch/train.py (one process or many).
-    """
-    config = parse_args(argv, prog)
-    from fondtrain.runtime import close_process_group
-    from fondtrain.train.trainer import train
-
-    run_dir = train(config).run_dir
-    close_process_group()  # under a launcher: every rank has finished its collectives
-    return run_dir
+from fondtrain.cli.flags import resolve_config
 
 
 class FondtrainCLI:
@@ -77,8 +43,9 @@ class FondtrainCLI:
         from fondtrain.data.shards import build_shards
 
         sizes = {k: v for k, v in (("n_train", n_train), ("n_val", n_val)) if v is not None}
-        folder = build_shards(dataset, out, path=path, seed=seed, overwrite=overwrite, **sizes)
-        return str(folder)
+        folder = build_shards(dataset, out, path=path, seed=seed, overwrite=overwrite,
+                              say=lambda line: print(line, file=sys.stderr), **sizes)
+        return str(folder)  # stdout: the folder alone, for scripts
 
     def verify(self, path: str) -> str:
         """Check a shard folder: manifest, files, sizes, sha256 checksums and sample counts.
@@ -94,13 +61,13 @@ class FondtrainCLI:
         return f"ok: {path} ({manifest['dataset']}, M={manifest['input_dim']}, {counts}, " \
                f"{n_files} shards)"
 
-    def bench(self, reference_dir: str | None = None, presets: str = "ipvae,igvae,igrelu",
+    def bench(self, reference_dir: str | None = None, presets: tuple[str, ...] = ("ipvae", "igvae", "igrelu"),
               batch_size: int = 200, n_latents: int = 512, t_train: int = 16,
               eval_steps: int = 1000, repeats: int = 3, n_exp: int = 10, threads: int = 0,
-              quick: bool = False, scaling: bool = True, processes: str = "1,2",
+              quick: bool = False, scaling: bool = True, processes: tuple[int, ...] = (1, 2),
               memory: bool = True, n_train: int = 0, epochs: int = 300,
               compile: bool = False, train_temp: float = 0.5, checkpoint: str | None = None,
-              population: str = "", out: str | None = None) -> None:
+              population: tuple[int, ...] = (), out: str | None = None) -> None:
         """Time training cycles and T-step evaluation (vH16 sizes) against the machine's
         matrix-product limit and, with --reference_dir, the reference implementation.
 
@@ -132,34 +99,32 @@ class FondtrainCLI:
         """
         from fondtrain import bench
 
-        def as_tuple(value) -> tuple:  # "a,b" -> ("a", "b")
-            items = value if isinstance(value, list | tuple) else str(value).split(",")
-            return tuple(str(v).strip() for v in items if str(v).strip())
-
         s = bench.BenchSettings(
-            presets=as_tuple(presets), batch_size=batch_size,
-            n_latents=n_latents, t_train=t_train, eval_steps=eval_steps, repeats=repeats,
-            n_exp=n_exp, reference_dir=reference_dir, threads=threads, scaling=scaling,
-            processes=tuple(int(p) for p in as_tuple(processes)), memory=memory,
+            presets=presets, batch_size=batch_size, n_latents=n_latents, t_train=t_train,
+            eval_steps=eval_steps, repeats=repeats, n_exp=n_exp, reference_dir=reference_dir,
+            threads=threads, scaling=scaling, processes=processes, memory=memory,
             n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs, compile=compile,
-            train_temp=train_temp, checkpoint=checkpoint,
-            population=tuple(int(p) for p in as_tuple(population)))
+            train_temp=train_temp, checkpoint=checkpoint, population=population)
         if quick:
             s.repeats, s.eval_steps = min(repeats, 2), min(eval_steps, 200)
             s.scaling, s.processes = False, ()
         bench.run(s, out)
 
-
-    @own_flags
-    def train(self, *argv: str) -> str:
+    def train(self, **settings: Any) -> str:
         """Train (or resume) a run in one process; `accelerate launch launch/train.py` for many.
 
         Every config field is a flag with the reference's names, e.g. `fondtrain train
         --dataset natural16 --model ipvae --t_train 16 --n_latents 512 --beta_outer 24
         --epochs 10`; --config reads a YAML file with model/data/train sections first.
-        Re-running the same command resumes its run (runs/<name>).
+        Re-running the same command resumes its run (RUNS_ROOT/NAME) from its newest
+        complete checkpoint.
         """
-        return str(train_command(list(argv)))
+        from fondtrain.runtime import close_process_group
+        from fondtrain.train.trainer import train
+
+        run_dir = train(resolve_config(settings.pop("config", None), settings)).run_dir
+        close_process_group()  # under a launcher: every rank has finished its collectives
+        return str(run_dir)
 
     def export(self, run: str, out: str, format: str = "safetensors", *, member: str | None = None) -> str:
         """Export a run's (or checkpoint's) model: safetensors + config.yaml, or upstream .pt.
@@ -230,6 +195,7 @@ class FondtrainCLI:
             member: evaluate only this member of a population run, on its own.
         """
         from fondtrain.eval.evaluate import EvalOptions, evaluate
+        from fondtrain.eval.progress import shown
 
         opts = EvalOptions(
             n_steps=n_steps, temp=temp, dataset=dataset, path=path, shards_root=shards_root,
@@ -237,7 +203,8 @@ class FondtrainCLI:
             probe_steps=probe_steps, probe_max_samples=probe_max_samples, mnist=mnist,
             tuning=tuning, tuning_steps=tuning_steps, n_orientations=n_orientations, gabor=gabor,
             out=out, figures=figures, tensorboard=tensorboard, device=device, seed=seed)
-        evaluate(run, checkpoint, opts, member=member)  # prints a summary and where it wrote the results
+        with shown():  # the inference stages' progress
+            evaluate(run, checkpoint, opts, member=member)  # prints a summary and where it wrote the results
         from fondtrain.runtime import close_process_group
 
         close_process_group()  # under accelerate launch: every rank has finished its collectives
@@ -296,16 +263,7 @@ class FondtrainCLI:
         compare(list(runs), out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point (`fondtrain = "fondtrain.cli:main"`): prints what the command returns."""
-    try:
-        result = run_or_exit(dispatch, FondtrainCLI, sys.argv[1:] if argv is None else list(argv))
-        if result is not None:
-            print(result)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `fondtrain train --help | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-if __name__ == "__main__":
-    main()
+def commands() -> dict[str, Callable[..., Any]]:
+    """Command name (with `_`) -> its method, in the order of the class."""
+    cli = FondtrainCLI()
+    return {name: getattr(cli, name) for name in vars(FondtrainCLI) if not name.startswith("_")}
