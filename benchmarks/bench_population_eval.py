@@ -4,9 +4,9 @@ one member after another, wall time in the same process (same machine load).
     python benchmarks/bench_population_eval.py RUN --n_val 200            # every stage
     python benchmarks/bench_population_eval.py RUN --n_val 200 --nogabor  # model stages only
 
-"one by one" is what `fondtrain eval RUN` did before it batched the members:
-`evaluate(RUN, member=NAME)` for each member (each loads its member, the data, and runs
-every stage alone), then the sweep summary. "batched" is `evaluate_population(RUN)`.
+"one by one" is `evaluate(RUN, member=NAME)` for each member (each loads its member, the
+data, and runs every stage alone), then the sweep summary. "batched" is `evaluate(RUN)`,
+what `fondtrain eval RUN` runs: every member in one inference per stage.
 Both write every member's files (TensorBoard off, figures as --figures). Rounds
 alternate the two, after one batched warm-up (imports, data caches); the medians are
 reported, with the per-stage times of the last batched round.
@@ -24,23 +24,19 @@ import time
 from pathlib import Path
 
 import torch
-from fondtrain.eval.population import evaluate_population
-from fondtrain.members_table import MemberRow
 
 from fondtrain.eval.evaluate import EvalOptions, evaluate
-from fondtrain.eval.sweep_summary import write_sweep_summary
-from fondtrain.run_files import run_members
+from fondtrain.eval.sweep_summary import write_eval_summary
+from fondtrain.run_files import load_run
 
 
 def one_by_one(run: Path, opts: EvalOptions, out: Path) -> None:
-    members = run_members(run)
-    finals = {}
+    members = load_run(run)[2]
+    metrics = {}
     for member in members:
         single = dataclasses.replace(opts, out=str(out / "members" / member.name))
-        finals[member.name] = evaluate(run, None, single, verbose=False, member=member.name)["final"]
-    rows = [MemberRow(m.name, m.settings, finals[m.name]["r2_pooled"],
-                      100.0 * finals[m.name]["frac_zeros"]) for m in members]
-    write_sweep_summary(rows, out, title=run.name)
+        metrics[member.name] = evaluate(run, None, single, verbose=False, member=member.name)
+    write_eval_summary(members, metrics, out, title=run.name)
 
 
 def main() -> None:
@@ -54,21 +50,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    members = run_members(args.run)
-    if members is None:
+    members = load_run(args.run)[2]
+    if len(members) < 2:
         raise SystemExit(f"{args.run} is not a population run")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         opts = EvalOptions(n_steps=args.n_steps, n_val=args.n_val, gabor=not args.nogabor,
                            figures=args.figures, tensorboard=False, out=str(out / "batched"))
-        evaluate_population(args.run, None, opts, verbose=False)  # warm-up
+        evaluate(args.run, None, opts, verbose=False)  # warm-up
         times: dict[str, list[float]] = {"one by one": [], "batched": []}
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             one_by_one(args.run, opts, out / "alone")
             times["one by one"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            evaluate_population(args.run, None, opts, verbose=False)
+            evaluate(args.run, None, opts, verbose=False)
             times["batched"].append(time.perf_counter() - t0)
         stages = json.loads((out / "batched" / "members" / members[0].name / "metrics.json").read_text())["timing"]
     median = {k: statistics.median(v) for k, v in times.items()}

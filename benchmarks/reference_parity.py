@@ -4,7 +4,8 @@
         --steps 120 --n_latents 32 --t_train 4 --batch_size 50
 
 Both start from the same parameters, see the same batches (fondtrain's loader) and draw
-their sampler noise from the same torch RNG stream in the same order. fondtrain runs its
+their sampler noise from the same torch RNG stream in the same order (with the reference's
+sampler; fondtrain's own draws from each member's generator instead). fondtrain runs its
 real trainer (`fondtrain.train.trainer.train`); the reference runs its own model and Adamax
 under a replica of its Trainer.iteration (warm-up, clip, step, detach, n_exp refresh)
 fed with fondtrain's schedule values (tests/test_schedules.py shows they equal the
@@ -35,12 +36,15 @@ from fondtrain.bench.reference import load_reference, reference_model  # noqa: E
 from fondtrain.errors import UserError  # noqa: E402
 
 
-def _reference_sampler(u, temp, noise=None, n_exp=None, generator=None):
-    from fondtrain.model import poisson as D
+def _reference_sampler(u, temp, n_exp, noise=None, generators=None, **_):
+    """The reference's relaxed Poisson expression for fondtrain's one member u [1, B, K],
+    its Exp(1) noise drawn as one [n_exp, B, K] tensor from torch's global RNG."""
+    from fondtrain.model.poisson import poisson_rate
 
     if noise is None:
-        noise = torch.empty((n_exp, *u.shape), device=u.device).exponential_(generator=generator)
-    return D.relaxed_poisson_reference(u, temp, noise)
+        noise = torch.empty((int(n_exp[0]), *u.shape[1:]), device=u.device).exponential_()
+    times = torch.cumsum(noise / poisson_rate(u[0]), dim=0)
+    return torch.sigmoid((1.0 - times) / float(temp[0] if torch.is_tensor(temp) else temp)).sum(0)[None]
 
 
 def main() -> None:
@@ -58,15 +62,15 @@ def main() -> None:
     from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from fondtrain.data.loader import ShardLoader
     from fondtrain.data.shards import ensure_shards
-    from fondtrain.model import poisson as D
+    from fondtrain.model import vae
     from fondtrain.model.upstream import state_dict_from_upstream, state_dict_to_upstream
     from fondtrain.model.vae import IterativeVAE
-    from fondtrain.schedules import schedule_for
+    from fondtrain.schedules import schedules_for
     from fondtrain.seeding import stream_seed
     from fondtrain.train.trainer import train
 
     if args.sampler == "reference":
-        D.relaxed_poisson = _reference_sampler
+        vae.relaxed_poisson = _reference_sampler
     work = Path(tempfile.mkdtemp(prefix="parity-"))
     shards = ensure_shards(args.dataset, work / "shards")
     loader = ShardLoader(shards, "train", batch_size=args.batch_size, seed=0, in_memory=True)
@@ -86,14 +90,15 @@ def main() -> None:
     reference.load_state_dict(weights)
     optimizer = ref.Adamax(reference.parameters(), lr=config.train.lr, betas=(0.9, 0.999),
                           weight_decay=config.train.weight_decay)
-    schedule = schedule_for(config, loader.batches_per_epoch)
+    schedule = schedules_for([config], loader.batches_per_epoch)
 
-    torch.manual_seed(stream_seed(config.train.seed, "sampler", 0))  # the trainer's rank-0 noise seed
+    torch.manual_seed(stream_seed(config.train.seed, "sampler", 0))
     rate_sum, reference_losses = np.zeros(args.t_train), []
     for step, batch in enumerate(loader.epoch(0)):
         if step >= steps:
             break
-        values = schedule.at(step)
+        values = schedule.at(step).member(0)
+        values = type(values)(*(v.item() for v in values.__dict__.values()))  # one member's floats
         for group in optimizer.param_groups:
             group["lr"] = values.lr
         reference.update_temp(values.temp)
@@ -114,7 +119,8 @@ def main() -> None:
             reference.layer.update_n_exp(list(rate_sum / (step + 1)))
         reference_losses.append(float(torch.stack(losses).mean()))
 
-    ours = train(config).model.state_dict()
+    torch.manual_seed(stream_seed(config.train.seed, "sampler", 0))  # the reference sampler's draws
+    ours = {k: v[0] for k, v in train(config).model.state_dict().items()}
     theirs = state_dict_from_upstream(reference.state_dict())
     print(f"\n{steps} optimiser steps, ipvae K={args.n_latents}, t_train={args.t_train}, "
           f"batch {args.batch_size}, {args.dataset}, sampler={args.sampler}")
