@@ -116,3 +116,28 @@ def test_legacy_runs_export_one_member_alone(legacy_run, tmp_path):
     assert config == run_files.single_run_config(member) and config.train.sweep == ""
     with pytest.raises(UserError, match="no member 'b99'"):
         export_model(str(legacy_run), str(tmp_path / "none"), member="b99")
+
+
+@pytest.mark.slow
+def test_legacy_runs_resume_and_train_on(legacy_run, digits_shards, capsys):
+    """`fondtrain train --config RUN/config.yaml` resumes the old checkpoint (step 12: the
+    weights, Adamax state and n_exp sums it holds, in the old single-model layouts) and
+    trains on to step 16; the new checkpoint has the member axis and the same members."""
+    from fondtrain.cli import train_command
+
+    before = _checkpoint_weights(legacy_run)
+    run_dir = train_command(["--config", str(legacy_run / "config.yaml"), "--runs_root", str(legacy_run.parent),
+                             "--shards_root", str(digits_shards), "--max_steps", "16"])
+    assert run_dir == legacy_run
+    assert f"resuming {legacy_run} from step-00000012 (step 12)" in capsys.readouterr().out
+    newest = run_files.latest_checkpoint(legacy_run / "ckpt")
+    assert newest.name == "step-00000016"
+    state = run_files.read_trainer_state(newest)
+    assert state["global_step"] == 16 and len(state["eps"]) == len(RUNS[legacy_run.name])
+    optimizer = torch.load(newest / "optimizer.bin", weights_only=True)
+    assert {float(s["step"]) for s in optimizer["state"].values()} == {16.0}  # 12 old steps + 4
+    after = load_file(str(newest / run_files.MODEL_FILE))
+    for i, name in enumerate(RUNS[legacy_run.name]):
+        old = _member_weights(before, i, len(RUNS[legacy_run.name]))
+        assert after["W"][i].shape == old["W"].shape
+        assert not torch.equal(after["W"][i], old["W"]), f"member {name!r} trained on"
