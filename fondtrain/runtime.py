@@ -26,11 +26,34 @@ def configure_cpu_process() -> None:
       faults (0.9 GB) and cost 1.34x per member a single model's; kept, 22 faults and
       0.92x (benchmarks/RESULTS.md). MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_
       set by the user win.
+    - torch computes with the CPUs this process may use (`default_threads`), not the
+      machine's count: OpenMP threads spin while they wait, and with more threads than
+      free cores a cycle runs 10-30x slower. OMP_NUM_THREADS set by the user wins.
     """
     if torch.cuda.is_available():
         return
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     keep_freed_heap()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(default_threads())
+
+
+def usable_cpus(environ=os.environ) -> int:
+    """The CPUs this process may use: SLURM's allocation (SLURM_CPUS_PER_TASK), else the
+    process's CPU affinity (a container's or taskset's limit), else the machine's count."""
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_threads(environ=os.environ) -> int:
+    """Threads of one process: its usable CPUs shared among the processes a launcher
+    started on this node (LOCAL_WORLD_SIZE), at least one."""
+    local = environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, usable_cpus(environ) // max(1, int(local) if local.isdigit() else 1))
 
 
 def keep_freed_heap() -> bool:

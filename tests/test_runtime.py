@@ -59,3 +59,24 @@ def test_configure_cpu_process_keeps_a_user_accelerator(monkeypatch):
     configure_cpu_process()
     expected = None if torch.cuda.is_available() else "cpu"
     assert os.environ.get("DS_ACCELERATOR") == expected
+
+
+def test_threads_follow_the_cpus_the_process_may_use():
+    """Threads default to SLURM's allocation or the process's CPU affinity, shared among
+    the launcher's processes on the node; never the machine's count regardless."""
+    import os
+
+    from fondtrain.runtime import default_threads, usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus({}) == affinity
+    assert usable_cpus({"SLURM_CPUS_PER_TASK": "3"}) == 3
+    assert default_threads({"SLURM_CPUS_PER_TASK": "8", "LOCAL_WORLD_SIZE": "2"}) == 4
+    assert default_threads({"SLURM_CPUS_PER_TASK": "1", "LOCAL_WORLD_SIZE": "4"}) == 1
+    one_cpu = subprocess.run(["taskset", "-c", "0", sys.executable, "-c",
+                              "import torch; from fondtrain.runtime import configure_cpu_process; "
+                              "configure_cpu_process(); print(torch.get_num_threads())"],
+                             capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                  if k != "OMP_NUM_THREADS"})
+    assert one_cpu.returncode == 0, one_cpu.stderr
+    assert one_cpu.stdout.strip() == "1"

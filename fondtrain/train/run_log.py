@@ -134,7 +134,7 @@ class RunLog:
         self.dictionaries(weight, step)
 
     def banner(self, checkpoint: Path | None, step: int, world: int, config, steps_per_epoch: int,
-               total_steps: int, data_source: str) -> None:
+               total_steps: int, data_source: str, device: torch.device) -> None:
         """Say what starts: a new run or a resumed one, where, on what data, which model,
         and how long it is."""
         tc, mc = config.train, config.model
@@ -144,7 +144,9 @@ class RunLog:
         cut = f"; stopping at step {self.last_step:,} (max_steps)" if self.last_step < total_steps else ""
         members = f"; {len(self.members)} members ({', '.join(m.name for m in self.members)})" if self.sweep else ""
         model = f"{mc.preset}, K {mc.n_latents}, t_train {mc.t_train}, beta_outer {mc.beta_outer:g}"
+        threads = f"; {torch.get_num_threads()} thread(s) per process" if device.type == "cpu" else ""
         self.say(f"{start}\n  data: {config.data.dataset} from {data_source}\n  model: {model}{members}\n"
+                 f"  device: {device}{threads}\n"
                  f"  {world} process(es) x batch {tc.batch_size}{accum}; {steps_per_epoch:,} steps "
                  f"per epoch; {total_steps:,} steps in {tc.epochs} epoch(s){cut}")
 

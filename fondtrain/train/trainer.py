@@ -95,7 +95,8 @@ def train(config: RunConfig) -> TrainResult:
             save_yaml(config, run_dir / "config.yaml")
         log = RunLog(run_dir, accelerator.is_main_process, run_dir.name, state.global_step, last_step,
                      tc.log_every, tc.batch_size * tc.grad_accum * placement.data_world, members, placement)
-        log.banner(resumed_from, state.global_step, world, config, steps_per_epoch, total_steps, data_source)
+        log.banner(resumed_from, state.global_step, world, config, steps_per_epoch, total_steps, data_source,
+                   accelerator.device)
         for note in notes:
             log.say(f"note: {note}")
         saved_at, stopped, validation, validated_at = time.monotonic(), False, [], -1
