@@ -18,7 +18,6 @@ from fondtrain.errors import UserError
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.sweep import members_from_sweep
 from fondtrain.train.checkpoint import save_checkpoint
-from fondtrain.train.divergence import DivergenceWatch
 from tests.train_helpers import REPO, RUN_2PROC, subprocess_env, tiny_config, tiny_flags
 
 
@@ -33,6 +32,8 @@ def _result(loss, grad_norm):
 
 
 def test_the_first_non_finite_step_and_member_are_named_at_the_next_check(tmp_path):
+    from fondtrain.train.divergence import DivergenceWatch
+
     config = tiny_config(tmp_path, tmp_path, "w", log_every=10, n_exp_refresh_every=1000)
     members = members_from_sweep(config, "seed=0,1,2")
     core = IterativeVAE(config.model, [m.config.model for m in members])
@@ -48,6 +49,8 @@ def test_the_first_non_finite_step_and_member_are_named_at_the_next_check(tmp_pa
 
 
 def test_non_finite_weights_or_gradient_norm_of_one_model_are_found(tmp_path):
+    from fondtrain.train.divergence import DivergenceWatch
+
     config = tiny_config(tmp_path, tmp_path, "w", log_every=5)
     core = IterativeVAE(config.model)
     watch = DivergenceWatch(_Single(), core, config, last_step=100, ckpt_root=tmp_path / "ckpt")
