@@ -3,6 +3,7 @@ and exit 0 without a traceback; a user error -> exit 2; bare accelerate launch g
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,3 +103,29 @@ def test_kill_9_of_run_py_ends_the_launcher_and_the_training(digits_shards, tmp_
     assert not survivors, f"{survivors} outlived run.py"
     with RunLock(runs / "k") as lock:  # free: taken over from the dead holder, with a note
         assert lock.note is not None
+
+
+@pytest.mark.parametrize("fault", ["lock held", "changed settings"])
+def test_a_two_process_user_error_is_one_sentence_printed_last(digits_shards, tmp_path, fault):
+    """The main process finds it alone (the lock, the checkpoint's settings) while the other
+    rank waits: that rank must stop quietly (no gloo RuntimeError), the launcher's
+    ChildFailedError traceback is dropped and the sentence comes once, last."""
+    from fondtrain.train.run_lock import RunLock
+    from fondtrain.train.trainer import train
+    from tests.train_helpers import tiny_config
+
+    runs = tmp_path / "runs"
+    extra = {}
+    if fault == "changed settings":
+        train(tiny_config(digits_shards, runs, "u", max_steps=5, ckpt_every=5))
+        extra = {"lr": 0.05}
+    with RunLock(runs / "u") if fault == "lock held" else contextlib.nullcontext():
+        proc = _start([sys.executable, str(REPO / "launch" / "run.py"), *LAUNCH, str(REPO / "launch" / "train.py"),
+                       *tiny_flags(digits_shards, runs, "u", **extra)], tmp_path)
+        _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err[-3000:]
+    assert ("is in use by" if fault == "lock held" else "train.lr") in errors[0], errors[0]
+    assert "Traceback" not in err and "RuntimeError" not in err, err[-3000:]
