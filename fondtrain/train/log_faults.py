@@ -2,7 +2,8 @@
 
 TensorBoard writes its events from a thread of its own; a failed write kills that thread
 (its traceback printed by Python) and comes back as an OSError from the next call in the
-training loop, whatever it was doing. `guard_writers` wraps the run log's writers so that
+training loop, whatever it was doing. `open_log` creates the run log (a full disk at that
+moment: one sentence, nothing trained yet) and `guard_writers` wraps the run log's writers so that
 the first failure is handed to the StopRequest instead, as a fault: the loop then stops
 like on SIGTERM, at the same step on every rank, and tries a checkpoint (which may fail
 in turn on the same full disk, with the save's own sentence); after it the run stops with
@@ -17,7 +18,12 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from fondtrain.errors import UserError
+from fondtrain.train.agreement import stop_everywhere
 
 _WRITER_THREAD = "_AsyncWriterThread"  # tensorboard's event writer thread
 
@@ -45,6 +51,24 @@ class GuardedWriter:
                 return None
 
         return call
+
+
+def open_log(make_log: Callable[[], Any], stop, accelerator, tb_dir: Path):
+    """`make_log()` (a RunLog writing to `tb_dir`, on every rank) with its writers guarded
+    (`guard_writers`). A writer that cannot even be created (the disk is full when the run
+    starts) stops every rank with one sentence: nothing has been trained yet, the newest
+    checkpoint stands."""
+    _quiet_writer_threads()
+    log, error = None, None
+    try:
+        log = make_log()
+    except OSError as err:
+        folder = Path(err.filename).parent if err.filename else tb_dir
+        error = UserError(f"{tensorboard_fault(err, folder)}: free space there and run the same command "
+                          "(nothing was trained in this start).")
+    stop_everywhere(accelerator, error)
+    guard_writers(log, stop)
+    return log
 
 
 def guard_writers(log, stop) -> None:

@@ -33,7 +33,7 @@ from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.agreement import stop_everywhere
 from fondtrain.train.backends import make_backend
 from fondtrain.train.divergence import DivergenceWatch
-from fondtrain.train.log_faults import guard_writers
+from fondtrain.train.log_faults import open_log
 from fondtrain.train.metrics import validate
 from fondtrain.train.n_exp import NExpTracker
 from fondtrain.train.population import (
@@ -106,8 +106,9 @@ def train(config: RunConfig) -> TrainResult:
             save_yaml(config, run_dir / "config.yaml")
         log_args = (run_dir, accelerator.is_main_process, tc.name, state.global_step, last_step,
                     tc.log_every, tc.batch_size * tc.grad_accum * data_world)
-        log = RunLog(*log_args) if members is None else PopulationLog(*log_args, members, share)
-        guard_writers(log, stop)  # a full disk met by TensorBoard: stop after a checkpoint
+        # a full disk met by TensorBoard: a sentence, or a stop after a checkpoint (log_faults)
+        log = open_log(lambda: RunLog(*log_args) if members is None else PopulationLog(*log_args, members, share),
+                       stop, accelerator, run_dir / "tb")
         log.banner(resumed_from, state.global_step, world, config, steps_per_epoch, total_steps)
         for note in notes:
             log.say(f"note: {note}")
