@@ -66,13 +66,17 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None or self.fault is not None
 
-    def stopped(self, is_main: bool, step: int, ckpt_root: Path) -> None:
-        """After the checkpoint of a requested stop at `step`: say so on stderr (main
-        process; launch/run.py reads it), or raise the fault's UserError naming it."""
-        if self.fault is not None:
-            raise UserError(f"{self.fault}; the run stopped after saving checkpoint step-{step:08d} in "
-                            f"{ckpt_root}: free space there and run the same command to resume.")
-        if is_main and self.signum is not None:
+    def stopped(self, accelerator, step: int, ckpt_root: Path) -> None:
+        """After the checkpoint of a requested stop at `step` (every rank calls this): say
+        so on stderr (main process; launch/run.py reads it), or, when a rank's fault asked
+        for the stop, raise its UserError on every rank (the others quietly)."""
+        from fondtrain.train.agreement import stop_everywhere
+
+        fault = None if self.fault is None else UserError(
+            f"{self.fault}; the run stopped after saving checkpoint step-{step:08d} in {ckpt_root}: free "
+            "space there and run the same command to resume.")
+        stop_everywhere(accelerator, fault)
+        if accelerator.is_main_process and self.signum is not None:
             _say(f"stopped by {signal.Signals(self.signum).name} at step {step}; checkpoint saved in {ckpt_root}")
 
     def restore(self) -> None:

@@ -143,7 +143,7 @@ def train(config: RunConfig) -> TrainResult:
                 if stopped or step >= last_step:
                     break
         if stopped:
-            stop.stopped(accelerator.is_main_process, state.global_step, ckpt_root)  # a fault: its sentence
+            stop.stopped(accelerator, state.global_step, ckpt_root)  # a fault that asked for it: its sentence
             log.say(f"stopped by signal at step {state.global_step}; checkpoint saved in {ckpt_root}")
             if accelerator.is_main_process and stop.signum == signal.SIGUSR1:
                 requeue_slurm_job()
