@@ -138,3 +138,17 @@ def test_a_diverging_member_stops_a_population_and_is_named(digits_shards, tmp_p
     line = _one_sentence(proc)
     assert "training diverged at step 1: the loss of member is1e+30 is not finite" in line, line
     assert run_files.list_checkpoints(tmp_path / "runs" / "p" / "ckpt") == []
+
+
+def test_an_overflowing_gradient_norm_under_fp16_is_the_loss_scalers(tmp_path):
+    """fp16's loss scaler skips a step whose gradients overflow (and lowers the scale): not a
+    divergence. Nor is the NaN that stands for a norm DeepSpeed did not compute."""
+    from fondtrain.train.divergence import DivergenceWatch
+
+    for precision, grad_norm in (("fp16", torch.tensor([float("inf")] * 3)), ("no", float("nan"))):
+        config = tiny_config(tmp_path, tmp_path, "w", log_every=1, mixed_precision=precision)
+        members = members_from_sweep(config, "seed=0,1,2")
+        core = IterativeVAE(config.model, [m.config.model for m in members])
+        watch = DivergenceWatch(_Single(), core, config, last_step=100, ckpt_root=tmp_path, members=members)
+        result = SimpleNamespace(out=SimpleNamespace(loss=torch.tensor([0.5, 0.5, 0.5])), grad_norm=grad_norm)
+        watch.observe(1, result)  # checks at once (log_every 1): no error

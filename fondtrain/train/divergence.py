@@ -11,6 +11,11 @@ their flags, so every rank stops at the same step with the same sentence: the st
 quantity (and member), the last finite checkpoint and what to try. Nothing after that step
 is saved, and `checkpoint.save_checkpoint` refuses non-finite weights whoever calls it.
 
+Under fp16 mixed precision a non-finite gradient norm is the loss scaler's business (it
+skips that step and lowers the scale), so only the loss and the weights are watched there;
+the DeepSpeed back end reports a gradient norm it did not compute as NaN (ZeRO with
+compute_grad_norm false): not watched either.
+
 Non-finite steps are never skipped: skipping needs the verdict before the optimiser step
 (a host sync per step, or a masked update inside every optimiser and back end), and a run
 that produced NaN once has a learning rate or clip norm that will produce it again.
@@ -18,6 +23,7 @@ that produced NaN once has a learning rate or clip norm that will produce it aga
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -36,6 +42,8 @@ def finite_per_member(value, n_members: int | None) -> torch.Tensor:
     value = torch.as_tensor(value).detach()
     if n_members is None:
         return torch.isfinite(value).all().reshape(1)
+    if value.dim() == 0:  # one number for every member
+        return torch.isfinite(value).reshape(1).expand(n_members)
     return torch.isfinite(value).reshape(n_members, -1).all(1)
 
 
@@ -52,6 +60,7 @@ class DivergenceWatch:
         self.n_members = core.n_members
         self.names = None if members is None else [m.name for m in members]
         self.offset = offset
+        self.watch_gradient = tc.mixed_precision != "fp16"
         self.cadence = [every for every in (tc.log_every, tc.eval_every, tc.ckpt_every) if every]
         self.refresh_every = tc.n_exp_refresh_every if core.is_poisson else 0
         device = next(core.parameters()).device
@@ -63,8 +72,11 @@ class DivergenceWatch:
         and gradient norm into the flags on the device; on the steps where the loop syncs
         anyway, `check`."""
         device = self.first.device
+        grad_norm = result.grad_norm
+        if not self.watch_gradient or (isinstance(grad_norm, float) and math.isnan(grad_norm)):
+            grad_norm = 0.0  # see the module docstring
         finite = torch.stack([finite_per_member(result.out.loss, self.n_members).to(device),
-                              finite_per_member(result.grad_norm, self.n_members).to(device)])
+                              finite_per_member(grad_norm, self.n_members).to(device)])
         self.first = torch.minimum(self.first, torch.where(finite, NEVER, step))
         if self.due(step):
             self.check(step)
