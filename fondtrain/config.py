@@ -288,6 +288,9 @@ class TrainConfig:
                             f"got {self.ckpt_minutes!r}.")
         if not self.lr > 0 or self.lr_min < 0 or self.grad_clip <= 0 or self.weight_decay < 0:
             raise UserError("lr and grad_clip must be positive and lr_min, weight_decay not negative.")
+        if not all(isinstance(b, int | float) and 0.0 <= b < 1.0 for b in self.betas):
+            raise UserError(f"betas are Adamax's decay rates: give two numbers from 0 to below 1, e.g. "
+                            f"--betas 0.9,0.999 (got {','.join(str(b) for b in self.betas)}).")
         for name in ("warmup_portion", "kl_const_portion", "kl_anneal_portion", "temp_anneal_portion"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"{name} is a fraction of the run: give a value between 0 and 1, "

@@ -7,12 +7,21 @@
 
 A checkpoint counts only once its COMPLETE marker exists (it is written last, see
 `fondtrain.train.checkpoint`). Reading never imports the trainer.
+
+Every reader (a resume, eval, export, hubel-wiesel, bench) checks a checkpoint against its
+`checksums.json` before using it (`checkpoint_problem`): given a run folder, a corrupt
+newest checkpoint is skipped with one line and the one before it is used; a checkpoint
+named by the user that does not verify stops with one sentence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,7 @@ from fondtrain.sweep import Member, run_members
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
+CHECKSUMS = "checksums.json"
 PREFIX = "step-"
 
 
@@ -40,8 +50,9 @@ def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
     root = Path(ckpt_root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir()
-             if p.is_dir() and p.name.startswith(PREFIX) and (p / COMPLETE).is_file()]
+    found = [p for p in root.iterdir()  # not step-N.corrupt: set aside after a failed check
+             if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
+             and (p / COMPLETE).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
@@ -55,22 +66,112 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / TRAINER_STATE).read_text())
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (newest complete checkpoint), a checkpoint directory, or a file."""
+def checksums(folder: Path) -> dict[str, str]:
+    """{relative path: SHA-256} of every file in a checkpoint folder but the marker files."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name in (CHECKSUMS, COMPLETE):
+            continue
+        out[name] = _sha256(path)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksums(checkpoint: Path, names: list[str] | None = None) -> str | None:
+    """None when every file (or only `names`) matches checksums.json (or there is none),
+    else which do not."""
+    listed = checkpoint / CHECKSUMS
+    if not listed.is_file():
+        return None
+    try:
+        expected = json.loads(listed.read_text())
+        if not isinstance(expected, dict):
+            raise ValueError
+    except ValueError:
+        return f"{CHECKSUMS} is corrupt"
+    bad = []
+    for name, digest in expected.items():
+        path = checkpoint / name
+        if names is not None and name not in names:
+            continue
+        if not path.is_file() or _sha256(path) != digest:
+            bad.append(name)
+    return f"{', '.join(bad)} differ(s) from {CHECKSUMS}" if bad else None
+
+
+# What was found about each checkpoint, keyed by its files' sizes and times: one process
+# resolves the same checkpoint several times (eval: members, then the model), and hashes
+# and reports it once.
+_VERDICTS: dict[tuple, str | None] = {}
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a complete checkpoint must not be used (a file differs from checksums.json, or
+    its config.yaml cannot be read), or None."""
+    files = sorted(p for p in checkpoint.rglob("*") if p.is_file())
+    key = (str(checkpoint.resolve()), *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _VERDICTS:
+        problem = verify_checksums(checkpoint)
+        if problem is None and (checkpoint / "config.yaml").is_file():
+            try:
+                RunConfig.from_dict(load_yaml(checkpoint / "config.yaml"))
+            except UserError:
+                problem = "its config.yaml cannot be read"
+        _VERDICTS[key] = problem
+    return _VERDICTS[key]
+
+
+def _warn(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # several ranks resolve the same checkpoint
+        print(f"fondtrain: {message}", file=sys.stderr, flush=True)
+
+
+_REPORTED: set[str] = set()
+
+
+def resolve_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> Path:
+    """A run directory (its newest complete checkpoint that verifies: the ones after it are
+    reported, one line each, through `warn`), a checkpoint directory, or a file; the last
+    two are verified against their checksums.json and stop with one sentence if they
+    differ."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist: give a run directory, a checkpoint or a model file.")
     if path.is_file():
+        problem = verify_checksums(path.parent, [path.name, "config.yaml"])
+        if problem:
+            raise UserError(f"{path} is corrupt ({problem} in {path.parent}): give another checkpoint, "
+                            "or the run folder to use its newest sound one.")
         return path
     if (path / COMPLETE).is_file():
+        problem = checkpoint_problem(path)
+        if problem:
+            raise UserError(f"checkpoint {path} is corrupt ({problem}): give another checkpoint, or "
+                            "the run folder to use its newest sound one.")
         return path
-    newest = latest_checkpoint(path / "ckpt")
-    if newest is None:
-        raise UserError(
-            f"{path} has no complete checkpoint (looked in {path / 'ckpt'}): train first or "
-            "give a checkpoint directory."
-        )
-    return newest
+    candidates = list_checkpoints(path / "ckpt")[::-1]
+    for checkpoint in candidates:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        if str(checkpoint) not in _REPORTED:
+            _REPORTED.add(str(checkpoint))
+            warn(f"skipping corrupt checkpoint {checkpoint} ({problem}); using the one before it")
+    if candidates:
+        raise UserError(f"none of the {len(candidates)} checkpoints in {path / 'ckpt'} verifies against its "
+                        f"{CHECKSUMS} (see above): retrain, or give a checkpoint from elsewhere.")
+    raise UserError(
+        f"{path} has no complete checkpoint (looked in {path / 'ckpt'}): train first or "
+        "give a checkpoint directory."
+    )
 
 
 def load_run(path: str | Path) -> tuple[IterativeVAE, RunConfig | None, list[Member]]:
@@ -94,8 +195,14 @@ def load_run(path: str | Path) -> tuple[IterativeVAE, RunConfig | None, list[Mem
     members = run_members(config)
     model = IterativeVAE(config.model, [m.config.model for m in members])
     try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors' own error type for a truncated or overwritten file
+        first_line = (str(err).strip().splitlines() or [""])[0][:120]
+        raise UserError(f"{weights} cannot be read ({err.__class__.__name__}: {first_line}): the file "
+                        "is truncated or corrupt; give another checkpoint.") from None
+    try:
         # checkpoints written before every model had a member axis load into P = 1 (`IterativeVAE`)
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
     except (RuntimeError, KeyError) as err:
         raise UserError(f"{weights} does not match its config.yaml ({err.__class__.__name__}).") from err
     return model.eval(), config, members

@@ -73,11 +73,15 @@ def keep_freed_heap() -> bool:
     return applied
 
 
-def close_process_group() -> None:
+def close_process_group(barrier: bool = False) -> None:
     """End the default process group of a multi-process run that finished normally, while
     the interpreter is still whole. Left to interpreter shutdown, gloo's worker threads
     may still hold finished work and the process aborts ("terminate called without an
-    active exception", SIGABRT) after a successful run. Not after an error: a rank still
-    inside a collective would wait for it. Nothing happens in one process."""
+    active exception", SIGABRT) after a successful run. Not after an error, unless every
+    rank stopped on it together: a rank still inside a collective would wait for it.
+    `barrier`: first wait for every rank (an error that all ranks raised: the one that
+    prints it has printed before the others leave). Nothing happens in one process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if barrier:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -121,6 +121,7 @@ def test_large_whole_numbers_stay_exact():
     (["--n_lat", "32"], "unknown option --n_lat"),
     (["--betas", "0.9"], "--betas needs 2 numbers separated by a comma"),
     (["--betas", "0.9,a"], "--betas got '0.9,a'"),
+    (["--betas", "1.5,0.999"], "betas are Adamax's decay rates: give two numbers from 0 to below 1"),
     (["--feeder", "jiter"], "--feeder 'jiter' is not one of stationary, jitter, rotate (did you mean jitter?)"),
     (["--backend", "horovod"], "--backend 'horovod' is not one of accelerate, deepspeed"),
     (["--mixed_precision", "fp8"], "is not one of no, bf16, fp16"),
@@ -268,7 +269,8 @@ def test_shard_boolean_reaches_the_command(tmp_path):
 
 # ------------------------------------------------------------------ one command line
 
-@pytest.mark.parametrize("flags", [["--n_latent", "32"], ["--feeder", "jiter"], ["--betas", "0.9"]])
+@pytest.mark.parametrize("flags", [["--n_latent", "32"], ["--feeder", "jiter"], ["--betas", "0.9"],
+                                   ["--betas", "1.5,0.999"]])
 def test_launch_script_and_fondtrain_train_share_one_entry(tmp_path, flags):
     common = ["--runs_root", str(tmp_path / "runs"), "--shards_root", str(tmp_path / "shards")]
     by_launch = one_error_line(run(LAUNCH + ["--local_rank=0", *flags, *common], tmp_path))

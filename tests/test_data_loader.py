@@ -170,6 +170,62 @@ def test_truncated_shard_is_a_one_line_user_error_when_streaming(shard_dir, tmp_
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_block_that_does_not_decode_is_a_one_line_user_error_when_streaming(shard_dir, tmp_path, workers):
+    """A same-size corruption of a block's .npy header (webdataset: DecodingError)."""
+    import shutil
+    import tarfile
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    path = copy / "train-000000.tar"
+    with tarfile.open(path) as tar:
+        offset = next(m for m in tar.getmembers() if m.name.endswith(".npy")).offset_data
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+    loader = ShardLoader(copy, batch_size=100, shuffle=False, num_workers=workers)
+    with pytest.raises(UserError, match=r"^\S*train-000000\.tar cannot be read \(DecodingError\)") as info:
+        list(loader.epoch(0))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_training_that_meets_a_corrupt_block_mid_stream_stops_with_one_sentence(digits_shards, tmp_path):
+    """`--in_memory false` reads the shards during training: a block of the second shard
+    whose bytes changed after the start-up check (size and mtime kept, as verified.json
+    sees them) is met mid-epoch."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+
+    from tests.train_helpers import REPO, subprocess_env, tiny_flags
+
+    shards = tmp_path / "shards"
+    shutil.copytree(digits_shards, shards)
+    flags = tiny_flags(shards, tmp_path / "runs", "tar", in_memory="false")
+
+    def train(*extra):
+        return subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *flags, *extra], cwd=tmp_path,
+                              env=subprocess_env(), capture_output=True, text=True, timeout=600)
+
+    assert train("--max_steps=1", "--name=first").returncode == 0  # verifies the shards once
+    path = shards / "digits" / "train-000001.tar"
+    stat = path.stat()
+    with tarfile.open(path) as tar:
+        offset = next(m for m in tar.getmembers() if m.name.endswith(".npy") and "labels" not in m.name).offset_data
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    proc = train()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path} cannot be read (DecodingError)"), proc.stderr
+
+
 def test_rebatch_cuts_any_chunk_sizes_into_full_batches():
     sizes = [3, 7, 5, 1, 4]  # 20 samples, B = 4
     start, chunks = 0, []

@@ -112,8 +112,32 @@ def test_save_on_a_full_or_read_only_disk_keeps_the_previous_checkpoint(small_di
                         RunConfig(), keep_last=3)
     message = str(err.value)
     assert "cannot write checkpoint step-00000020" in message and "\n" not in message
-    assert "--keep_last 3 needs room for 4 checkpoints" in message and "free there" in message
+    assert "--keep_last 3 needs room for 3 checkpoints" in message and "free there" in message
     assert ("No space left" if fault == "full" else "Read-only") in message
     assert [p.name for p in root.iterdir()] == ["step-00000010"]  # no .tmp-step-* left
     checkpoint, _ = load_latest(accelerator, root, "accelerate")
     assert checkpoint.name == "step-00000010" and torch.equal(model.weight.detach(), first)
+
+
+def test_lowering_keep_last_makes_room_for_the_next_save(small_disk):
+    """The full-disk sentence's advice works: the older checkpoints are deleted before a
+    save, so a lower --keep_last frees room at the next save (a real 1 MiB tmpfs that holds
+    two ~0.4 MB checkpoints, not three)."""
+    accelerator, model, optimizer = _setup(width=180)
+    root = small_disk / "run" / "ckpt"
+
+    def save(step, keep_last):
+        _train_step(model, optimizer)
+        save_checkpoint(accelerator, root, step, {"global_step": step, "epoch": 0, "batch_in_epoch": step},
+                        RunConfig(), keep_last=keep_last)
+
+    save(10, keep_last=3)
+    save(20, keep_last=3)
+    with pytest.raises(UserError) as err:
+        save(30, keep_last=3)
+    assert "or lower --keep_last (with --keep_last 2 a save needs room for 2" in str(err.value)
+    assert [p.name for p in run_files.list_checkpoints(root)] == ["step-00000010", "step-00000020"]
+    save(30, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000020", "step-00000030"]
+    checkpoint, _ = load_latest(accelerator, root, "accelerate")
+    assert checkpoint.name == "step-00000030"

@@ -1,4 +1,5 @@
-"""SIGTERM / SIGUSR1 checkpoint a real run and stop it cleanly; a restart resumes."""
+"""SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) checkpoint a real run and stop it cleanly; a restart
+resumes; a second Ctrl-C stops at once."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _wait_for(path, proc, timeout=120.0):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_signal_saves_checkpoint_and_restart_resumes(digits_shards, tmp_path, signum):
     runs = tmp_path / "runs"
     flags = tiny_flags(digits_shards, runs, "sig", epochs=200)
@@ -38,7 +39,7 @@ def test_signal_saves_checkpoint_and_restart_resumes(digits_shards, tmp_path, si
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    assert "stopped by signal" in out
+    assert "stopped by signal" in out and "Traceback" not in err
     assert signal.Signals(signum).name in err
     saved = run_files.latest_checkpoint(runs / "sig" / "ckpt")
     assert saved is not None
@@ -50,3 +51,20 @@ def test_signal_saves_checkpoint_and_restart_resumes(digits_shards, tmp_path, si
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming {runs / 'sig'} from {saved.name} (step {stopped_at})" in resumed.stdout
     assert f"done: {stopped_at + 3} steps" in resumed.stdout
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(digits_shards, tmp_path):
+    """Batches of about a second (K 512, t_train 16, batch 512) so that both signals land in
+    one batch."""
+    runs = tmp_path / "runs"
+    flags = tiny_flags(digits_shards, runs, "twice", epochs=200, n_latents=512, t_train=16, batch_size=512)
+    proc = _start(flags, tmp_path)
+    _wait_for(runs / "twice" / "config.yaml", proc)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # time for the first one's handler to run, not for the batch to end
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert "stopping now, without a checkpoint" in err and "Traceback" not in err, err[-2000:]
+    assert run_files.latest_checkpoint(runs / "twice" / "ckpt") is None

@@ -63,6 +63,9 @@ ACCELERATE_2PROC = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu",
                     "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                     "--dynamo_backend", "no", "--main_process_port", "29517"]
 
+# The same through launch/run.py: signals forwarded, exit status 0 / 2 / the launcher's.
+RUN_2PROC = [PYTHON, str(REPO / "launch" / "run.py"), *ACCELERATE_2PROC[3:]]
+
 
 def accelerate_launch(processes: int) -> list[str]:
     """ACCELERATE_2PROC with another number of processes."""

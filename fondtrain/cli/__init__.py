@@ -30,10 +30,19 @@ def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except UserError as exc:
-        message = " ".join(str(exc).split())  # always one line
-        # one write per line, so that the lines of several ranks do not interleave
-        sys.stderr.write(f"error: {message}\n")
-        sys.stderr.flush()
+        if not exc.quiet:  # quiet: the main process prints the same sentence
+            message = " ".join(str(exc).split())  # always one line
+            # one write per line, so that the lines of several ranks do not interleave
+            sys.stderr.write(f"error: {message}\n")
+            sys.stderr.flush()
+        if exc.agreed:  # every rank is here: leave together, the sentence written first
+            import signal
+
+            from fondtrain.runtime import close_process_group
+
+            # the launcher stops the ranks still running when one has exited: let them exit 2
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            close_process_group(barrier=True)
         raise SystemExit(2) from None
 
 

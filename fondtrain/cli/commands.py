@@ -9,11 +9,15 @@ the command. A command only calls the module that does the work and returns what
 
 from __future__ import annotations
 
+import errno
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fondtrain.cli.flags import resolve_config
+from fondtrain.errors import UserError
 
 
 class FondtrainCLI:
@@ -122,7 +126,17 @@ class FondtrainCLI:
         from fondtrain.runtime import close_process_group
         from fondtrain.train.trainer import train
 
-        run_dir = train(resolve_config(settings.pop("config", None), settings)).run_dir
+        config = resolve_config(settings.pop("config", None), settings)
+        try:
+            run_dir = train(config).run_dir
+        except OSError as err:  # a write outside the checkpoints and TensorBoard (which say it themselves)
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            where = Path(err.filename) if err.filename else Path(config.train.runs_root)
+            place = next((p for p in [where, *where.parents] if p.is_dir()), Path("/"))
+            raise UserError(f"cannot write {where}: {err.strerror} ({shutil.disk_usage(place).free / 2**20:.1f} MB "
+                            "free there): free space or make the folder writable, and run the same command to "
+                            "continue from the newest checkpoint.") from None
         close_process_group()  # under a launcher: every rank has finished its collectives
         return str(run_dir)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
+from webdataset.autodecode import DecodingError
 
 from fondtrain.errors import UserError
 from fondtrain.seeding import stream_seed
@@ -88,7 +89,8 @@ def read_pieces(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]
     for piece in src:
         try:
             yield from read_piece(piece)
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        # DecodingError: webdataset's wrapper of a member whose bytes do not decode (.npy)
+        except (tarfile.TarError, OSError, EOFError, ValueError, DecodingError) as exc:
             raise UserError(
                 f"{piece['url']} cannot be read ({type(exc).__name__}); it is truncated or "
                 "corrupt: run `fondtrain verify` and rebuild the shards."

@@ -9,16 +9,23 @@ SHA-256 of every other file, so that a corrupt file is found before it is loaded
 crash leaves either the previous complete checkpoint or a new complete one; a directory
 without the marker (or a leftover temporary) is ignored and cleaned up.
 
-A save that fails on the disk (full, read-only, a file where a folder must be) removes its
-temporary folder, keeps the previous checkpoints and stops the run with one sentence: the
-folder, the error, the free space and the room keep_last needs (keep_last + 1 checkpoints
-exist for a moment during a save, before the oldest is pruned).
+Before a save the oldest checkpoints beyond keep_last - 1 are deleted (never the newest
+one), so that a save needs room for max(keep_last, 2) checkpoints and a lower --keep_last
+frees room at the next save. A save that fails on the disk (full, read-only, a file where
+a folder must be) removes its temporary folder, keeps the checkpoints left and stops the
+run with one sentence: the folder, the error, the free space and the room keep_last needs.
+
+A checkpoint whose weights are not all finite (a diverged run) is never written: every
+rank checks the models its back end holds before anything is pruned or written, and every
+rank stops with one sentence naming the last finite checkpoint, which is kept.
+
+A checkpoint that fails its checks when a run resumes is set aside (`set_aside`:
+renamed step-N.corrupt) so that it is neither used nor mistaken for a finished save.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -31,9 +38,16 @@ import torch
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
 from fondtrain.permissions import apply_umask
-from fondtrain.run_files import COMPLETE, PREFIX, TRAINER_STATE, list_checkpoints, step_dir
-
-CHECKSUMS = "checksums.json"
+from fondtrain.run_files import (  # noqa: F401  (checksums, verify_checksums: this module's API too)
+    CHECKSUMS,
+    COMPLETE,
+    PREFIX,
+    TRAINER_STATE,
+    checksums,
+    list_checkpoints,
+    step_dir,
+    verify_checksums,
+)
 
 
 def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict[str, Any],
@@ -44,7 +58,8 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict
     files (default: `accelerator.save_state`; the trainer passes its placement's writer,
     which gathers every member into one layout, `placement.Placement.writer`).
 
-    Raises UserError (every rank) when a rank cannot write it; see the module docstring.
+    Raises UserError (every rank) when a rank cannot write it or its weights are not
+    finite; see the module docstring.
     """
     from fondtrain.config import save_yaml
 
@@ -54,9 +69,15 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict
 
     def make_tmp() -> None:
         ckpt_root.mkdir(parents=True, exist_ok=True)
+        prune_checkpoints(ckpt_root, max(keep_last - 1, 1), keep=final)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
+
+    def check_weights() -> None:
+        bad = nonfinite_weights(held_models(accelerator))
+        if bad:
+            raise NonFiniteWeights(bad)
 
     def finish() -> None:
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
@@ -74,10 +95,11 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict
         def write_state(folder: str) -> None:
             accelerator.save_state(folder, safe_serialization=True)
 
-    stages = ((make_tmp, main), (lambda: write_state(str(tmp)), True), (finish, main))
+    stages = ((check_weights, True), (make_tmp, main), (lambda: write_state(str(tmp)), True), (finish, main))
     for action, here in stages:
         error = _attempt(action) if here else None
-        if _failed_anywhere(accelerator, error):
+        failed = _failed_anywhere(accelerator, error)
+        if failed:
             break
     else:
         if main:
@@ -86,7 +108,41 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict
         return final
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
-    raise UserError(_disk_error_message(ckpt_root, final.name, error, keep_last))
+    if failed == NON_FINITE:
+        raise UserError(_nonfinite_message(ckpt_root, final.name, error), quiet=not main, agreed=True)
+    raise UserError(_disk_error_message(ckpt_root, final.name, error, keep_last), quiet=not main, agreed=True)
+
+
+class NonFiniteWeights(Exception):
+    """The weights about to be checkpointed hold NaN or infinity (args[0]: which)."""
+
+
+DISK, NON_FINITE = 1, 2  # what stopped a save, agreed across ranks
+
+
+def held_models(accelerator) -> list[torch.nn.Module]:
+    """The models a back end saves: the DeepSpeed engine's module, or every model an
+    Accelerator prepared (a population split across ranks: this rank's members)."""
+    engine = getattr(accelerator, "engine", None)
+    if engine is not None:
+        return [engine.module]
+    return list(getattr(accelerator, "_models", []))
+
+
+def nonfinite_weights(models: list[torch.nn.Module]) -> str | None:
+    """The names of the models' floating-point weights that hold NaN or infinity ("W,
+    log_lr"), or None (one host sync per tensor: only at a save)."""
+    bad = [name for model in models for name, value in model.state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    return ", ".join(dict.fromkeys(name.removeprefix("module.") for name in bad)) or None
+
+
+def _nonfinite_message(ckpt_root: Path, name: str, error: Exception | None) -> str:
+    which = f" ({error.args[0]})" if isinstance(error, NonFiniteWeights) else ""
+    existing = list_checkpoints(ckpt_root) if ckpt_root.is_dir() else []
+    last = f"the last finite checkpoint is {existing[-1]}" if existing else "no checkpoint was kept"
+    return (f"not writing checkpoint {name} in {ckpt_root}: its weights are not finite{which}, the "
+            f"training diverged; {last}: lower --lr or --grad_clip.")
 
 
 # How the writers report a failed write without an OSError: safetensors ("I/O error: No
@@ -96,11 +152,12 @@ WRITE_FAILURES = {"No space left": errno.ENOSPC, "unexpected pos": errno.ENOSPC,
                   "Read-only file system": errno.EROFS, "I/O error": errno.EIO}
 
 
-def _attempt(action) -> OSError | None:
-    """Run one stage of a save; a failed write comes back as an OSError, a bug is raised."""
+def _attempt(action) -> Exception | None:
+    """Run one stage of a save; a failed write comes back as an OSError, non-finite weights
+    as NonFiniteWeights, a bug is raised."""
     try:
         action()
-    except OSError as err:
+    except (OSError, NonFiniteWeights) as err:
         return err
     except Exception as err:
         code = next((c for text, c in WRITE_FAILURES.items() if text in str(err)), None)
@@ -110,56 +167,38 @@ def _attempt(action) -> OSError | None:
     return None
 
 
-def _failed_anywhere(accelerator, error: OSError | None) -> bool:
+def _failed_anywhere(accelerator, error: Exception | None) -> int:
+    """0, DISK or NON_FINITE: whether (and how) a stage failed on any rank."""
+    mine = 0 if error is None else NON_FINITE if isinstance(error, NonFiniteWeights) else DISK
     if accelerator.num_processes == 1:
-        return error is not None
-    flag = torch.tensor([0.0 if error is None else 1.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, "sum").item() > 0)
+        return mine
+    flags = torch.tensor([float(mine == DISK), float(mine == NON_FINITE)], device=accelerator.device)
+    disk, non_finite = (v > 0 for v in accelerator.reduce(flags, "sum").tolist())
+    return NON_FINITE if non_finite else DISK if disk else 0
 
 
-def _disk_error_message(ckpt_root: Path, name: str, error: OSError | None, keep_last: int) -> str:
+def save_room(keep_last: int) -> int:
+    """How many checkpoints exist at once during a save with --keep_last `keep_last`."""
+    return max(keep_last, 2)
+
+
+def _disk_error_message(ckpt_root: Path, name: str, error: Exception | None, keep_last: int) -> str:
     """One sentence: where, why, the free space and the room keep_last needs."""
-    why = (error.strerror or str(error)) if error is not None else "it failed on another process"
+    why = (error.strerror or str(error)) if isinstance(error, OSError) else "it failed on another process"
     existing = list_checkpoints(ckpt_root) if ckpt_root.is_dir() else []
-    need = ""
+    need, advice = "", "free space or make the folder writable"
     if existing:
         one = folder_bytes(existing[-1])
-        need = f" (about {_size(one * (keep_last + 1))}, {_size(one)} each)"
+        need = f" (about {_size(one * save_room(keep_last))}, {_size(one)} each)"
+    if keep_last > 2:
+        advice += (", or lower --keep_last (with --keep_last 2 a save needs room for 2; the older "
+                   "checkpoints are deleted before the next save)")
     place = next((p for p in [ckpt_root, *ckpt_root.parents] if p.is_dir()), Path("/"))
     free = _size(shutil.disk_usage(place).free)
     kept = f"the {len(existing)} previous checkpoint(s) are kept" if existing else "no checkpoint was kept"
     return (f"cannot write checkpoint {name} in {ckpt_root}: {why}; {free} free there, and "
-            f"--keep_last {keep_last} needs room for {keep_last + 1} checkpoints during a save{need}: "
-            f"free space, make the folder writable or lower --keep_last ({kept}).")
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    """{relative path: SHA-256} of every file in a checkpoint folder but the marker files."""
-    out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = path.relative_to(folder).as_posix()
-        if name in (CHECKSUMS, COMPLETE):
-            continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        out[name] = digest.hexdigest()
-    return out
-
-
-def verify_checksums(checkpoint: Path) -> str | None:
-    """None when every file matches checksums.json (or there is none), else which do not."""
-    listed = checkpoint / CHECKSUMS
-    if not listed.is_file():
-        return None
-    try:
-        expected = json.loads(listed.read_text())
-    except ValueError:
-        return f"{CHECKSUMS} is corrupt"
-    found = checksums(checkpoint)
-    bad = [name for name, digest in expected.items() if found.get(name) != digest]
-    return f"{', '.join(bad)} differ(s) from {CHECKSUMS}" if bad else None
+            f"--keep_last {keep_last} needs room for {save_room(keep_last)} checkpoints during a save{need}: "
+            f"{advice} ({kept}).")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -174,13 +213,26 @@ def _size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def prune_checkpoints(ckpt_root: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` complete checkpoints; drop partial leftovers."""
+def prune_checkpoints(ckpt_root: Path, keep_last: int, keep: Path | None = None) -> None:
+    """Keep the newest `keep_last` complete checkpoints (and `keep`, the one about to be
+    replaced: its step is written again); drop partial leftovers."""
     for leftover in ckpt_root.glob(".tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    complete = list_checkpoints(ckpt_root)
+    complete = [c for c in list_checkpoints(ckpt_root) if c != keep]
     for old in complete[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for partial in ckpt_root.glob(f"{PREFIX}*"):
-        if partial.is_dir() and not (partial / COMPLETE).is_file():
+        if partial.is_dir() and partial.name[len(PREFIX):].isdigit() and not (partial / COMPLETE).is_file():
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename a checkpoint that failed its checks to step-N.corrupt (step-N.corrupt-2, ...
+    when that exists): kept for inspection, never listed, loaded or counted again."""
+    target = checkpoint.with_name(f"{checkpoint.name}.corrupt")
+    n = 1
+    while target.exists():
+        n += 1
+        target = checkpoint.with_name(f"{checkpoint.name}.corrupt-{n}")
+    checkpoint.rename(target)
+    return target

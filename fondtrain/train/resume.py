@@ -15,8 +15,11 @@ depend on the world size and are adapted here:
 global step from its seed, the data rank and the step.)
 
 `load_latest` picks the checkpoint to resume: the newest complete one that loads. One that
-fails to load (a corrupt model, optimiser or trainer state) is reported in one line and the
-one before it is tried; all ranks agree on the checkpoint they use.
+fails to load (a corrupt model, optimiser or trainer state) is reported in one line, set
+aside (renamed step-N.corrupt, so that the retrained step is saved again instead of being
+taken for done) and the one before it is tried; all ranks agree on the checkpoint they use.
+`newest_sound` does the same with the checksums alone, on the main process before the
+run's settings are compared with the newest checkpoint's config.yaml.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from typing import Any
 import torch
 
 from fondtrain.errors import UserError
-from fondtrain.run_files import TRAINER_STATE, list_checkpoints
+from fondtrain.run_files import TRAINER_STATE, checkpoint_problem, list_checkpoints
 from fondtrain.train.backends import DEEPSPEED_DIR
+from fondtrain.train.checkpoint import set_aside
 
 TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch")
 
@@ -56,21 +60,35 @@ def load_latest(accelerator, ckpt_root: Path, backend: str, warn: Callable[[str]
         state, error = _try_load(load_state or accelerator.load_state, checkpoint)
         if _failed_anywhere(accelerator, error is not None):
             if accelerator.is_main_process:
+                aside = set_aside(checkpoint)
                 warn(f"cannot load {checkpoint} ({error or 'failed on another rank'}); "
-                     "trying the checkpoint before it")
+                     f"moved it to {aside.name} and trying the checkpoint before it")
             continue
         return checkpoint, state
     if candidates:
         raise UserError(f"none of the {len(candidates)} checkpoints in {ckpt_root} loads (see above): "
-                        f"delete {ckpt_root.parent} to start the run again, or give another --name.")
+                        f"delete {ckpt_root.parent} to start the run again, or give another --name.",
+                        quiet=not accelerator.is_main_process, agreed=True)
+    return None
+
+
+def newest_sound(ckpt_root: Path, warn: Callable[[str], None] = _warn) -> Path | None:
+    """The newest complete checkpoint that passes its checks (`run_files.checkpoint_problem`:
+    checksums, a readable config.yaml); each newer one is reported and set aside. Main
+    process only, while it holds the run's lock."""
+    for checkpoint in list_checkpoints(ckpt_root)[::-1]:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        aside = set_aside(checkpoint)
+        warn(f"cannot load {checkpoint} ({problem}); moved it to {aside.name} and trying the "
+             "checkpoint before it")
     return None
 
 
 def _try_load(load_state: Callable[[str], None], checkpoint: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(trainer state, None) after loading everything, or (None, why it failed)."""
-    from fondtrain.train.checkpoint import verify_checksums
-
-    corrupt = verify_checksums(checkpoint)
+    corrupt = checkpoint_problem(checkpoint)
     if corrupt:
         return None, corrupt
     try:

@@ -1,10 +1,13 @@
-"""Pre-emption: SIGTERM / SIGUSR1 ask the run to checkpoint and stop cleanly.
+"""Pre-emption: SIGTERM / SIGUSR1 / SIGINT ask the run to checkpoint and stop cleanly.
 
 A signal reaches the ranks at different moments, so the handler only records it; the
 loop all-reduces the flag once per batch (after the optimiser step) so that every rank
 saves at the same step. On SLURM (`#SBATCH --signal=USR1@120 --requeue`) the main
 process then asks `scontrol requeue` for the job, which resumes from the newest
-complete checkpoint when it starts again.
+complete checkpoint when it starts again. Ctrl-C (SIGINT) is a stop request too; a
+second one stops at once, without the checkpoint (exit status 130). A fault that must end
+the run after a checkpoint (TensorBoard's full disk, `log_faults`) asks the same way
+(`StopRequest.fail`), and the run then stops with its sentence, exit status 2.
 
 A launched worker also dies with its launcher (`die_with_parent`): torchrun and
 `accelerate launch` start workers in sessions of their own, so a `kill -9` of the launcher's
@@ -13,6 +16,7 @@ process group would leave them training and writing checkpoints into the run fol
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,15 +24,25 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+from fondtrain.errors import UserError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def _say(message: str) -> None:
+    with contextlib.suppress(OSError):  # stderr may be a pipe whose reader is gone
+        print(f"fondtrain: {message}", file=sys.stderr, flush=True)
 
 
 class StopRequest:
-    """Records the first stop signal; `signum` is None until one arrives."""
+    """Records the first stop signal (`signum`, None until one arrives) or a fault that
+    asks for a stop (`fault`: the first half of its sentence)."""
 
     def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS):
         self.signum: int | None = None
+        self.fault: str | None = None
         self._previous = {}
         for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -36,12 +50,34 @@ class StopRequest:
     def _handle(self, signum, _frame) -> None:
         if self.signum is None:
             self.signum = signum
-            print(f"fondtrain: received {signal.Signals(signum).name}; "
-                  "checkpointing at the end of this batch", file=sys.stderr, flush=True)
+            again = "; Ctrl-C again stops at once, without it" if signum == signal.SIGINT else ""
+            _say(f"received {signal.Signals(signum).name}; checkpointing at the end of this batch{again}")
+        elif signum == signal.SIGINT and self.signum == signal.SIGINT:
+            _say("received SIGINT again; stopping now, without a checkpoint")
+            self.restore()
+            raise SystemExit(128 + signal.SIGINT)
+
+    def fail(self, message: str) -> None:
+        """Ask for a stop after a checkpoint because of a fault; `stopped` raises `message`."""
+        if self.fault is None:
+            self.fault = message
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.fault is not None
+
+    def stopped(self, accelerator, step: int, ckpt_root: Path) -> None:
+        """After the checkpoint of a requested stop at `step` (every rank calls this): say
+        so on stderr (main process; launch/run.py reads it), or, when a rank's fault asked
+        for the stop, raise its UserError on every rank (the others quietly)."""
+        from fondtrain.train.agreement import stop_everywhere
+
+        fault = None if self.fault is None else UserError(
+            f"{self.fault}; the run stopped after saving checkpoint step-{step:08d} in {ckpt_root}: free "
+            "space there and run the same command to resume.")
+        stop_everywhere(accelerator, fault)
+        if accelerator.is_main_process and self.signum is not None:
+            _say(f"stopped by {signal.Signals(self.signum).name} at step {step}; checkpoint saved in {ckpt_root}")
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -90,7 +126,7 @@ def _set_parent_death_signal(signum: int) -> bool:
 def _watch_parent(parent: int, poll_s: float) -> None:
     while os.getppid() == parent:
         time.sleep(poll_s)
-    print(f"fondtrain: launcher (pid {parent}) is gone; stopping this worker", file=sys.stderr, flush=True)
+    _say(f"launcher (pid {parent}) is gone; stopping this worker")
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -33,12 +33,15 @@ from fondtrain.schedules import schedules_for
 from fondtrain.seeding import stream_seed
 from fondtrain.sweep import Member, run_members
 from fondtrain.train import checkpoint as ckpt
+from fondtrain.train.agreement import stop_everywhere
 from fondtrain.train.backends import make_backend
 from fondtrain.train.batch import make_inputs, train_batch
+from fondtrain.train.divergence import DivergenceWatch
+from fondtrain.train.log_faults import open_log
 from fondtrain.train.metrics import validate
 from fondtrain.train.optim import MemberAdamax
 from fondtrain.train.placement import Placement
-from fondtrain.train.resume import adapt_position, check_backend, load_latest
+from fondtrain.train.resume import adapt_position, check_backend, load_latest, newest_sound
 from fondtrain.train.run_identity import check_resume, default_run_name
 from fondtrain.train.run_lock import RunLock
 from fondtrain.train.run_log import RunLog
@@ -93,12 +96,16 @@ def train(config: RunConfig) -> TrainResult:
         if accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(config, run_dir / "config.yaml")
-        log = RunLog(run_dir, accelerator.is_main_process, run_dir.name, state.global_step, last_step,
-                     tc.log_every, tc.batch_size * tc.grad_accum * placement.data_world, members, placement)
+        # a full disk met by TensorBoard: a sentence, or a stop after a checkpoint (log_faults)
+        log = open_log(lambda: RunLog(run_dir, accelerator.is_main_process, run_dir.name, state.global_step,
+                                      last_step, tc.log_every, tc.batch_size * tc.grad_accum * placement.data_world,
+                                      members, placement),
+                       stop, accelerator, run_dir / "tb")
         log.banner(resumed_from, state.global_step, world, config, steps_per_epoch, total_steps, data_source,
                    accelerator.device)
         for note in notes:
             log.say(f"note: {note}")
+        watch = DivergenceWatch(accelerator, core, config, last_step, ckpt_root, members, placement.own.start)
         saved_at, stopped, validation, validated_at = time.monotonic(), False, [], -1
         while state.global_step < last_step and not stopped:
             if state.batch_in_epoch >= steps_per_epoch:
@@ -113,6 +120,7 @@ def train(config: RunConfig) -> TrainResult:
                 result = train_batch(model, core, optimizer, accelerator, inputs, values, config)
                 state.advance(values.eps)
                 step = state.global_step
+                watch.observe(step, result)  # on the device; stops a diverged run where the loop syncs
                 n_exp.observe(result.max_rates)
                 if core.is_poisson:
                     n_exp.refresh(core, step, values.warming_up, placement.collectives)
@@ -122,11 +130,13 @@ def train(config: RunConfig) -> TrainResult:
                     log.validation(validation, core, step)
                 stopped, save_now = agree_stop_and_save(accelerator, step, stop, tc, saved_at)
                 if save_now:
+                    watch.check(step)
                     save(accelerator, ckpt_root, state, n_exp, config, placement)
                     saved_at = time.monotonic()
                 if stopped or step >= last_step:
                     break
         if stopped:
+            stop.stopped(accelerator, state.global_step, ckpt_root)  # a fault that asked for it: its sentence
             log.say(f"stopped by signal at step {state.global_step}; checkpoint saved in {ckpt_root}")
             if accelerator.is_main_process and stop.signum == signal.SIGUSR1:
                 requeue_slurm_job()
@@ -186,9 +196,13 @@ def prepare_data(config: RunConfig, accelerator, placement: Placement, members: 
     from fondtrain.data.shards import ensure_shards, shard_folder
 
     d, t = config.data, config.train
+    error = None
     if accelerator.is_main_process:
-        ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed, say=print)
-    accelerator.wait_for_everyone()
+        try:
+            ensure_shards(d.dataset, d.shards_root, path=d.path, seed=d.seed, say=print)
+        except UserError as err:
+            error = err
+    stop_everywhere(accelerator, error)  # the others wait here, and stop quietly with it
     shard_dir = shard_folder(d.shards_root, d.dataset, d.path)
     common = dict(rank=placement.data_rank, world_size=placement.data_world,
                   seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
@@ -246,23 +260,28 @@ def claim_run_folder(accelerator, config: RunConfig, run_dir: Path) -> tuple[Run
     found there was trained with the same meaningful settings, before anything is written
     or loaded. Returns (the lock on the main process, notes to print); raises UserError
     naming the other process, or listing the changed settings."""
-    lock, notes = None, []
+    lock, notes, error = None, [], None
     if accelerator.is_main_process:
         try:
             lock = RunLock(run_dir).acquire()
-        except OSError as err:  # before anything else is written: a read-only or full disk
-            raise UserError(f"cannot write the run folder {run_dir} ({err.strerror or err}): give "
-                            "--runs_root a folder you can write to.") from None
-        try:
-            latest = run_files.latest_checkpoint(run_dir / "ckpt")
+            latest = newest_sound(run_dir / "ckpt")  # a corrupt newest one is set aside, with a line
             if latest is not None:
                 check_backend(latest, config.train.backend)  # the more precise message first
             resume_note = check_resume(run_dir, latest, config)
+            notes = [n for n in (lock.note, resume_note) if n]
+        except OSError as err:  # before anything else is written: a read-only or full disk
+            error = UserError(f"cannot write the run folder {run_dir} ({err.strerror or err}): give "
+                              "--runs_root a folder you can write to.")
+        except UserError as err:
+            error = err
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
-        notes = [n for n in (lock.note, resume_note) if n]
-    accelerator.wait_for_everyone()
+        if error is not None and lock is not None:
+            lock.release()
+            lock = None
+    stop_everywhere(accelerator, error)  # the other ranks wait here, and stop quietly with it
     return lock, notes
 
 
