@@ -13,7 +13,14 @@ import os
 import numpy as np
 
 from fondtrain.data.source_data import SourceData, existing_path, standardize_splits
-from fondtrain.data.whiten import FLAT_FRACTION, dead_leaves, sample_patches, to_gray, whiten_image
+from fondtrain.data.whiten import (
+    FLAT_FRACTION,
+    dead_leaves,
+    flat_patch_rule,
+    sample_patches,
+    to_gray,
+    whiten_image,
+)
 from fondtrain.errors import UserError
 
 # Photographs that ship inside scikit-image / scikit-learn and load without a download
@@ -25,8 +32,6 @@ from fondtrain.errors import UserError
 TRAIN_IMAGES = ("astronaut", "camera", "chelsea", "china", "grass", "moon", "motorcycle", "rocket")
 # Validation patches come from photos never used for training.
 VAL_IMAGES = ("coffee", "flower", "gravel")
-
-
 
 @functools.cache
 def _builtin_image(name: str) -> np.ndarray:
@@ -119,7 +124,7 @@ def _photo_patch_source(
         "train_images": st_tr,
         "val_images": st_va,
         "whitening": f"|f| * exp(-(|f|/f0)^4), f0 = {f0_fraction} * Nyquist",
-        "flat_patch_rule": f"skip if var < {flat_fraction} * median patch var of its image",
+        "flat_patch_rule": flat_patch_rule(flat_fraction),
     }
     return SourceData(x_tr, x_va, None, None, meta)
 

@@ -283,6 +283,25 @@ def build_shards(
     return folder
 
 
+def check_patch_rule(manifest: dict[str, Any], folder: str | os.PathLike) -> None:
+    """Refuse a photo data set's shards (those with a `flat_fraction` option) cut by another
+    patch rule than this fondtrain's at the folder's own fraction: the rule decides which
+    patches the data set holds (`fondtrain.data.whiten.FLAT_FRACTION`), so such a folder
+    is another data set under the same name."""
+    from fondtrain.data.whiten import flat_patch_rule
+
+    fraction = (manifest.get("source_kwargs") or {}).get("flat_fraction")
+    if fraction is None:
+        return
+    built = (manifest.get("meta") or {}).get("flat_patch_rule")
+    if built != flat_patch_rule(fraction):
+        raise UserError(
+            f"{folder} was cut with an older patch rule ({built!r}, this fondtrain "
+            f"applies {flat_patch_rule(fraction)!r}): rebuild it with `fondtrain shard "
+            f"{manifest.get('dataset')} --overwrite` or use another shards folder."
+        )
+
+
 def ensure_shards(
     dataset: str,
     shards_root: str | os.PathLike = "shards",
@@ -299,7 +318,8 @@ def ensure_shards(
     the caller asked for explicitly: another data set, another `path`, or another value of
     an option passed in `source_kwargs` -> UserError (rebuild with `overwrite`). A
     different `seed` only warns: the shards keep the seed they were built with (recorded
-    in the manifest), so `fondtrain shard --seed 1` followed by training works. Call it on
+    in the manifest), so `fondtrain shard --seed 1` followed by training works. A photo data
+    set's folder cut by another patch rule is refused (`check_patch_rule`). Call it on
     rank 0 only and let the others wait (a barrier), since building writes files.
     """
     from fondtrain.data.sources import resolve_source_kwargs
@@ -317,6 +337,7 @@ def ensure_shards(
                 f"{target} was built from {manifest.get('dataset')!r} with {shown or 'other data'};"
                 " pass overwrite=True (fondtrain shard --overwrite) or use another shards folder."
             )
+        check_patch_rule(manifest, target)
         if "seed" in wanted and have.get("seed") != wanted["seed"]:
             warnings.warn(
                 f"{target} was built with seed {have.get('seed')}, not {wanted['seed']}; "

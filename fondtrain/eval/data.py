@@ -3,7 +3,8 @@
 Splits come from the shard folder `shards_root/<dataset>` when it exists (the data the
 run trained on, rows in stored order) and otherwise straight from the source
 (`fondtrain.data.sources.load_source`, deterministic given the seed); evaluation never
-writes shards.
+writes shards, and refuses a photo data set's shards cut by an older patch rule
+(`fondtrain.data.shards.check_patch_rule`).
 
 Different patch sizes (probes and out-of-distribution evaluation). A model sees M = P^2
 pixels; a data set with another square size S^2 (the 8x8 `digits` for a 16x16 model, or
@@ -40,11 +41,12 @@ def load_eval_data(dataset: str, path: str | None = None, shards_root: str | Pat
     """Load `dataset` (shards if built, else the source). need_train: also the train split
     (probes); without it the train split may be an empty [0, M] array."""
     from fondtrain.data.shard_reader import MANIFEST, load_manifest, read_split
-    from fondtrain.data.shards import shard_folder
+    from fondtrain.data.shards import check_patch_rule, shard_folder
 
     folder = shard_folder(shards_root, dataset, path) if shards_root else None
     if folder is not None and (folder / MANIFEST).is_file():
         manifest = load_manifest(folder)
+        check_patch_rule(manifest, folder)
         x_val, y_val = read_split(folder, "val")
         if need_train:
             x_train, y_train = read_split(folder, "train")
