@@ -19,20 +19,57 @@ def _one_sentence(message: str) -> bool:
             and re.search(r"[.!?]\s+[A-Z]", message) is None and len(message) > 15)
 
 
+def _table(text: str, header: str) -> list[str]:
+    """The rows of the Markdown table whose header starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
 def test_bench_quick_writes_every_table(tmp_path):
     out = tmp_path / "speed.md"
     main(["bench", "--quick", "--presets", "ipvae,igrelu", "--batch_size", "4", "--n_latents", "6",
           "--t_train", "2", "--eval_steps", "3", "--repeats", "1", "--n_exp", "3",
-          "--out", str(out)])
+          "--precision", "fp32,bf16", "--shards_root", str(tmp_path / "no-shards"), "--out", str(out)])
     text = out.read_text()
-    for header in ("| preset | cycle ms |", "| preset | every step |",
-                   "| preset | peak MB | saved for backward MB |"):
-        assert header in text, header
-    for preset in ("ipvae", "igrelu"):
-        assert len(re.findall(rf"^\| {preset} \|", text, re.M)) == 3, preset  # one row per table
+    tables = {"| preset | cycle ms |": 2, "| preset | every step |": 1,
+              "| preset | peak MB | saved for backward MB |": 1, "| preset | precision | loss rel.": 1,
+              "| preset | precision | cycle ms at temperature": 2}
+    for header, per_preset in tables.items():
+        rows = _table(text, header)
+        for preset in ("ipvae", "igrelu"):
+            assert len([r for r in rows if r.startswith((f"| {preset} |", f"| {preset}, bf16 |"))]) == per_preset, \
+                (header, preset)
     assert "K=6" in text and "t_train=2" in text and "medians of 1 interleaved" in text
+    assert "100,000 natural16 patches (natural16's documented default" in text
     # --quick: no scaling or process figures
     assert "| ipvae, vary |" not in text and "| processes x threads |" not in text
+
+
+def test_bench_precision_and_projection_flags(tmp_path):
+    """--precision fp32: no bf16 figures; --projection_steps: the run's first steps only;
+    an unknown precision: one sentence before any work."""
+    out = tmp_path / "speed.json"
+    main(["bench", "--quick", "--presets", "igvae", "--batch_size", "4", "--n_latents", "6",
+          "--t_train", "2", "--eval_steps", "3", "--repeats", "1", "--memory", "false", "--precision", "fp32",
+          "--projection_steps", "40", "--n_train", "400", "--epochs", "3", "--out", str(out)])
+    import json
+
+    results = json.loads(out.read_text())
+    assert results["precisions"] == ["fp32"] and "precision_check" not in results
+    assert "fondtrain_cycle_bf16" not in results["speed"]["igvae"]
+    run = results["projection"]["run"]
+    assert (run["steps"], run["total_steps"], run["steps_per_epoch"]) == (40, 300, 100)
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--quick", "--precision", "fp64", "--out", str(tmp_path / "never.json")])
+    assert info.value.code == 2 and not (tmp_path / "never.json").exists()
+    with pytest.raises(UserError, match="unknown precision 'fp64'"):
+        bench.run(bench.BenchSettings(precisions=("fp64",)), log=lambda _: None)
 
 
 def test_bench_scaling_times_every_variant():

@@ -5,7 +5,10 @@ checkout), with the models they run on.
 Both implementations start from the same parameters (the reference's initialisation
 copied into fondtrain's model, or a checkpoint's trained parameters copied into the
 reference's) and use the trainer's optimiser settings (`TrainConfig`). fondtrain's cycle is
-the trainer's own batch function (`train.batch.train_batch`), for one member or many.
+the trainer's own batch function (`train.batch.train_batch`), for one member or many, in
+float32 or under bf16 autocast (`precision`: the forward in torch.autocast, what
+Accelerate's --mixed_precision bf16 does to a prepared model; state, optimiser and
+gradients stay float32).
 """
 
 from __future__ import annotations
@@ -98,14 +101,19 @@ def paired_models(preset: str, s: BenchSettings, device: torch.device):
 
 
 # ----------------------------------------------------------------------------- the limit
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def matmul_limit(batch: int, input_dim: int, n_latents: int, n_steps: int, per_step: int,
-                 device: torch.device) -> Callable[[], None]:
+                 device: torch.device, precision: str = "fp32") -> Callable[[], None]:
     """The matrix products of n_steps steps alone: per_step products of [B, K] x [K, M] size,
-    in the three shapes a step uses (z W^T, e W, and the weight gradient e^T z)."""
+    in the three shapes a step uses (z W^T, e W, and the weight gradient e^T z), with
+    operands of `precision` (bf16: the products alone, no casts)."""
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(input_dim, n_latents, generator=gen).to(device)
-    z = torch.randn(batch, n_latents, generator=gen).to(device)
-    e = torch.randn(batch, input_dim, generator=gen).to(device)
+    dtype = DTYPES[precision]
+    w = torch.randn(input_dim, n_latents, generator=gen).to(device, dtype)
+    z = torch.randn(batch, n_latents, generator=gen).to(device, dtype)
+    e = torch.randn(batch, input_dim, generator=gen).to(device, dtype)
     shapes = (lambda: z @ w.T, lambda: e @ w, lambda: e.T @ z)
 
     def run() -> None:
@@ -133,13 +141,35 @@ class LocalBackend:
         pass
 
 
+class Autocast:
+    """`model` with its forward under torch.autocast(dtype), what Accelerate's
+    --mixed_precision bf16 makes of a prepared model's forward (backward, clipping and the
+    optimiser step run outside it, on float32 parameters and gradients)."""
+
+    def __init__(self, model, dtype: torch.dtype = torch.bfloat16):
+        self.model, self.dtype = model, dtype
+
+    def __call__(self, *args, **kwargs):
+        device_type = next(self.model.parameters()).device.type
+        with torch.autocast(device_type, dtype=self.dtype):
+            return self.model(*args, **kwargs)
+
+    def parameters(self):
+        return self.model.parameters()
+
+
 def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings, backend=None,
-                    optimizer=None) -> Callable[[], None]:
+                    optimizer=None, precision: str = "fp32",
+                    values: ScheduleValues | None = None) -> Callable[[], object]:
     """One training cycle of every member as the trainer runs it (`train_batch`, one
     window, no accumulation): t_train steps forward, backward, each member clipped to its
-    own norm, one MemberAdamax step. backend / optimizer: a prepared pair (e.g. an
-    Accelerator's), else one process of `model` itself."""
+    own norm, one MemberAdamax step; the callable returns the `BatchResult`. backend /
+    optimizer: a prepared pair (e.g. an Accelerator's), else one process of `model`
+    itself. precision: fp32, or bf16 (the forward under autocast, `Autocast`). values:
+    the schedule's values at some step (default: the trained regime, peak lr, beta_outer,
+    clamps open, s.train_temp)."""
     core = model if backend is None else backend.unwrap_model(model)
+    caller = model if precision == "fp32" else Autocast(model, DTYPES[precision])
     p = core.n_members
     if optimizer is None:
         optimizer = MemberAdamax(model.parameters(), lr=[OPTIM.lr] * p, betas=tuple(OPTIM.betas),
@@ -149,13 +179,99 @@ def fondtrain_cycle(model: IterativeVAE, x: torch.Tensor, s: BenchSettings, back
     def column(value: float) -> torch.Tensor:
         return torch.full((p,), float(value), dtype=torch.float64)
 
-    values = ScheduleValues(lr=column(OPTIM.lr), beta=column(core.config.beta_outer), eps=column(1.0),
-                            temp=column(train_temp(core.is_poisson, s)), max_norm=column(OPTIM.grad_clip),
-                            warming_up=torch.zeros(p, dtype=torch.bool))
+    values = values or ScheduleValues(
+        lr=column(OPTIM.lr), beta=column(core.config.beta_outer), eps=column(1.0),
+        temp=column(train_temp(core.is_poisson, s)), max_norm=column(OPTIM.grad_clip),
+        warming_up=torch.zeros(p, dtype=torch.bool))
 
-    def run() -> None:
-        train_batch(model, core, optimizer, backend or LocalBackend, x, values, config)
+    def run(noise=None):
+        return train_batch(caller, core, optimizer, backend or LocalBackend, x, values, config, noise)
     return run
+
+
+# The precision check's bounds on a lower precision's training cycle against float32's from
+# the same parameters and noise: the loss within the bound of the 40-step bf16 training
+# test (tests/test_scale_precision.py BF16_LOSS_RTOL); the gradient (every parameter's, as
+# one vector) closer to float32's than NOISE_SHARE x the distance between two float32
+# gradients of the same batch under different sampler noise: the error then adds at most
+# NOISE_SHARE^2 = 1% to the variance that the sampler's noise gives the gradient anyway.
+LOSS_RTOL = 5e-3
+NOISE_SHARE = 0.1
+
+
+class ReplayNoise:
+    """One cycle's sampler noise for `train_batch` (`noise(outer, j)` returns it): step i
+    gives every sample's standard noise in `draw_noise`'s layout, drawn from (seed, i), so
+    every model it is given to gets the same; a step's noise is drawn when the step asks
+    for it (a [n_exp, B, K] tensor per Poisson sample: a whole cycle's can take a GB)."""
+
+    def __init__(self, model: IterativeVAE, batch: int, temp: float, seed: int):
+        self.model, self.batch, self.temp, self.seed = model, batch, temp, seed
+
+    def __call__(self, outer: int, j: int) -> ReplayNoise:
+        return self
+
+    def __len__(self) -> int:
+        return self.model.config.t_train
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        m = self.model
+        gen = torch.Generator(device=m.W.device).manual_seed(self.seed * 100_003 + i)
+        state = m.init_state(self.batch)
+        return tuple(m.draw_noise(state, self.temp, i, [gen] * m.n_members)
+                     for _ in range(m.config.n_iters_inner + 1))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def _cycle_loss_and_gradient(model: IterativeVAE, x: torch.Tensor, s: BenchSettings, precision: str,
+                             noise) -> tuple[torch.Tensor, torch.Tensor]:
+    """One cycle's loss [P] and its gradient (every parameter's, flattened, before
+    clipping and the optimiser step) with the given noise."""
+    grads: dict[str, torch.Tensor] = {}
+    hooks = [p.register_post_accumulate_grad_hook(lambda p, n=name: grads.__setitem__(n, p.grad.detach().clone()))
+             for name, p in model.named_parameters() if p.requires_grad]
+    try:
+        out = fondtrain_cycle(model, x, s, precision=precision)(noise).out
+    finally:
+        for hook in hooks:
+            hook.remove()
+    flat = torch.cat([grads[name].double().flatten().cpu() for name in sorted(grads)])
+    return out.loss.detach().double().cpu(), flat
+
+
+def precision_check(preset: str, s: BenchSettings, device: torch.device, precision: str,
+                    draws: int = 2) -> dict:
+    """Does a training cycle in `precision` compute what float32's does? For each of
+    `draws` (>= 2) sampler noise draws, one cycle in float32 and one in `precision`, each
+    from a fresh copy of the bench's parameters (`paired_models`) and given that same
+    noise, so that only the arithmetic differs. Returns {'loss_rel_diff', 'grad_rel_diff'
+    (the largest over the draws), 'grad_noise_rel' (the smallest relative distance between
+    two draws' float32 gradients), 'loss_rtol', 'noise_share', 'passes', 'draws'}: passes
+    when everything is finite, the loss within LOSS_RTOL and the gradient's error within
+    NOISE_SHARE x grad_noise_rel."""
+    x = inputs(s, device)
+    results: dict[str, list] = {"fp32": [], precision: []}
+    for draw in range(max(2, draws)):
+        for p in results:
+            model = paired_models(preset, s, device)[0]
+            noise = ReplayNoise(model, x.shape[0], train_temp(model.is_poisson, s), s.seed + 100 + draw)
+            results[p].append(_cycle_loss_and_gradient(model, x, s, p, noise))
+    finite = all(bool(torch.isfinite(v).all()) for pair in results[precision] for v in pair)
+    loss_diff = max(float(((low - ref).abs() / ref.abs().clamp_min(1e-30)).max())
+                    for (ref, _), (low, _) in zip(results["fp32"], results[precision], strict=True))
+    grad_diff = max(float((low - ref).norm() / ref.norm().clamp_min(1e-30))
+                    for (_, ref), (_, low) in zip(results["fp32"], results[precision], strict=True))
+    grads = [g for _, g in results["fp32"]]
+    noise_rel = min(float((a - b).norm() / a.norm().clamp_min(1e-30)) for a, b in zip(grads, grads[1:], strict=False))
+    if not finite:
+        loss_diff = grad_diff = float("inf")
+    return {"loss_rel_diff": loss_diff, "grad_rel_diff": grad_diff, "grad_noise_rel": noise_rel,
+            "loss_rtol": LOSS_RTOL, "noise_share": NOISE_SHARE, "draws": len(grads),
+            "passes": finite and loss_diff <= LOSS_RTOL and grad_diff <= NOISE_SHARE * noise_rel}
 
 
 def eval_every_step(model: IterativeVAE, x: torch.Tensor, n_steps: int) -> Callable[[], torch.Tensor]:

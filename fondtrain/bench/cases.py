@@ -1,8 +1,12 @@
 """The benchmark's cases, one function each, returning JSON-ready figures:
 
-- `speed`: per preset, the training cycle (and `compiled_cycle` when asked) and T-step
+- `speed`: per preset, the training cycle (and `compiled_cycle` when asked, and the cycle
+  under bf16 autocast beside the bf16 limit when s.precisions has bf16) and T-step
   evaluation against their matrix-product limits and, with a reference checkout, the
   reference's; the projected time of a full run (epochs x N_train / samples/s);
+- `precision_checks`: per preset, whether a bf16 cycle computes float32's loss and
+  gradient (`candidates.precision_check`);
+- `projection` (projection.py): the paper's run on this machine, per preset and precision;
 - `scaling`: the ipvae cycle as K, batch and t_train vary one at a time;
 - `memory`: the peak memory of one cycle and the bytes autograd saves for it, each
   implementation and preset in a fresh process (`jobs.memory_job`);
@@ -39,6 +43,11 @@ def speed(s: BenchSettings, log=print) -> dict:
                                           TRAIN_PRODUCTS, device),
             "fondtrain_cycle": C.fondtrain_cycle(ours, x, s),
         }
+        for precision in (p for p in s.precisions if p != "fp32"):
+            cases[f"limit_cycle_{precision}"] = C.matmul_limit(
+                s.batch_size, s.input_dim, s.n_latents, s.t_train, TRAIN_PRODUCTS, device, precision)
+            cases[f"fondtrain_cycle_{precision}"] = C.fondtrain_cycle(
+                C.paired_models(preset, s, device)[0], x, s, precision=precision)
         if ref_model is not None:
             cases["reference_cycle"] = C.reference_cycle(ref_model, ref, x, s)
         compiled = compiled_cycle(preset, s, x, log) if s.compile else None
@@ -73,6 +82,12 @@ def derived(row: dict, s: BenchSettings) -> dict:
     row["fondtrain_cycle_over_limit"] = row["fondtrain_cycle"] / row["limit_cycle"]
     row["fondtrain_eval_over_limit"] = row["fondtrain_eval"] / row["limit_eval"]
     row["projected_run_hours"] = run_samples / row["fondtrain_samples_per_s"] / 3600
+    for precision in (p for p in s.precisions if p != "fp32"):
+        if f"fondtrain_cycle_{precision}" in row:
+            cycle, limit = row[f"fondtrain_cycle_{precision}"], row[f"limit_cycle_{precision}"]
+            row[f"fondtrain_cycle_{precision}_over_limit"] = cycle / limit  # its own precision's limit
+            row[f"{precision}_cycle_speedup"] = row["fondtrain_cycle"] / cycle
+            row[f"{precision}_limit_speedup"] = row["limit_cycle"] / limit
     if "reference_cycle" in row:
         row["reference_samples_per_s"] = s.batch_size / row["reference_cycle"]
         row["reference_cycle_over_limit"] = row["reference_cycle"] / row["limit_cycle"]
@@ -82,6 +97,19 @@ def derived(row: dict, s: BenchSettings) -> dict:
         row["eval_log_grid_speedup"] = row["reference_eval"] / row["fondtrain_eval_log_grid"]
         row["reference_projected_run_hours"] = run_samples / row["reference_samples_per_s"] / 3600
     return row
+
+
+def precision_checks(s: BenchSettings, log=print) -> dict:
+    """Per preset and precision other than fp32: `candidates.precision_check` (a cycle's
+    loss and gradient against float32's from the same parameters and noise)."""
+    device = harness.device()
+    out: dict = {}
+    for preset in s.presets:
+        for precision in (p for p in s.precisions if p != "fp32"):
+            r = C.precision_check(preset, s, device, precision)
+            out.setdefault(preset, {})[precision] = r
+            log(f"  {preset} {precision} check: {report.check_text(r)}")
+    return out
 
 
 def compiled_cycle(preset: str, s: BenchSettings, x: torch.Tensor, log=print):

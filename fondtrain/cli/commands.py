@@ -71,9 +71,12 @@ class FondtrainCLI:
               quick: bool = False, scaling: bool = True, processes: tuple[int, ...] = (1, 2),
               memory: bool = True, n_train: int = 0, epochs: int = 300,
               compile: bool = False, train_temp: float = 0.5, checkpoint: str | None = None,
-              population: tuple[int, ...] = (), out: str | None = None) -> None:
+              population: tuple[int, ...] = (), precision: tuple[str, ...] = (),
+              projection: bool = True, projection_steps: int = 0, shards_root: str = "shards",
+              out: str | None = None) -> None:
         """Time training cycles and T-step evaluation (vH16 sizes) against the machine's
-        matrix-product limit and, with --reference_dir, the reference implementation.
+        matrix-product limit and, with --reference_dir, the reference implementation, in
+        float32 and bf16; project the paper's 300-epoch natural16 run on this machine.
 
         Args:
             reference_dir: a local checkout of hadivafaii/IterativeVAE to time in the same run.
@@ -84,21 +87,33 @@ class FondtrainCLI:
             eval_steps: inference steps of the evaluation figure (SPEC 7: 1000).
             repeats: interleaved rounds per figure (medians are reported).
             n_exp: relaxed Poisson sampler length used by both implementations.
-            threads: torch threads (0: torch's default).
+            threads: torch threads (0: torch's default); the projection is for this many.
             quick: a short run: 2 rounds, 200 eval steps, no scaling or process figures.
             scaling: also time ipvae with other K, batch and t_train.
             processes: data-parallel process counts to compare ("" to skip).
             memory: also measure each cycle's peak memory (fresh processes).
-            n_train: training samples per epoch for the projected run time (0: assumed 1e6).
-            epochs: epochs of the projected run (vH16: 300).
+            n_train: training samples per epoch of the projected run (0: natural16's, from
+                SHARDS_ROOT/natural16/manifest.json if built, else 100,000).
+            epochs: epochs of the projected run (the paper's: 300).
             compile: also time cycles with the state update under torch.compile.
             train_temp: Poisson training temperature of the cycles (the schedule anneals it
                 from 1 to 0.01); fondtrain's CPU sampler is cheaper where entries finish early.
             checkpoint: a fondtrain run or checkpoint: time its trained parameters and n_exp
                 (both implementations) at its sizes instead of a fresh initialisation
-                (skips the scaling, process and memory figures).
+                (skips the scaling, process and memory figures); the projection is then a
+                trained model's.
             population: member counts P of population cycles to time against P single
                 cycles, e.g. "1,4,16,64" ("" to skip).
+            precision: precisions of the cycles, e.g. "fp32,bf16" (bf16: the forward under
+                torch.autocast, as --mixed_precision bf16 trains, beside the bf16 matmul
+                limit, with a check that its loss and gradient match float32's); default:
+                both where the device multiplies bf16 in hardware, else fp32.
+            projection: project the wall time of the paper's run (300 epochs of natural16 at
+                these sizes) per preset and precision, from the cycle at the schedule's
+                temperatures; without --checkpoint a fresh model's (a lower bound).
+            projection_steps: project only the run's first N steps (e.g. 5000, to compare with
+                a --max_steps 5000 run); 0: the whole run.
+            shards_root: where natural16's shards (their manifest) are looked for.
             out: write every figure as JSON here (or Markdown tables: a path ending in .md).
         """
         from fondtrain import bench
@@ -107,8 +122,9 @@ class FondtrainCLI:
             presets=presets, batch_size=batch_size, n_latents=n_latents, t_train=t_train,
             eval_steps=eval_steps, repeats=repeats, n_exp=n_exp, reference_dir=reference_dir,
             threads=threads, scaling=scaling, processes=processes, memory=memory,
-            n_train=n_train or bench.ASSUMED_N_TRAIN, epochs=epochs, compile=compile,
-            train_temp=train_temp, checkpoint=checkpoint, population=population)
+            n_train=n_train, epochs=epochs, compile=compile, train_temp=train_temp,
+            checkpoint=checkpoint, population=population, precisions=tuple(precision),
+            projection=projection, projection_steps=projection_steps, shards_root=shards_root)
         if quick:
             s.repeats, s.eval_steps = min(repeats, 2), min(eval_steps, 200)
             s.scaling, s.processes = False, ()
