@@ -47,6 +47,16 @@ def make_inputs(config: RunConfig, x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.stack([frames(rows) for rows in (x[None] if x.dim() == 2 else x)], dim=1)
 
 
+def per_member(values: torch.Tensor, device: torch.device) -> float | torch.Tensor:
+    """A schedule value of every member ([P] on the host) as the model takes it: one float
+    when the members agree (the usual case, and every plain run: scalar arithmetic, no
+    broadcast tensors in the hot loop), else a [P] float32 tensor on the device."""
+    first = float(values[0])
+    if bool((values == first).all()):
+        return first
+    return values.to(device=device, dtype=torch.float32, non_blocking=True)
+
+
 def train_batch(model, core, optimizer, backend, inputs: torch.Tensor, values: ScheduleValues,
                 config: RunConfig, noise: Callable | None = None) -> BatchResult:
     """Train every member on one batch: inputs as `make_inputs` gives them, with
@@ -63,7 +73,7 @@ def train_batch(model, core, optimizer, backend, inputs: torch.Tensor, values: S
     m, grad_accum = config.model, config.train.grad_accum
     set_lr(optimizer, values.lr)
     device = core.W.device
-    beta, eps = (v.to(device=device, dtype=torch.float32, non_blocking=True) for v in (values.beta, values.eps))
+    temp, beta, eps = (per_member(v, device) for v in (values.temp, values.beta, values.eps))
     max_norm = values.max_norm.to(device, non_blocking=True)
     micro_inputs = inputs.chunk(grad_accum, dim=-2)
     states = [core.init_state(mi.shape[-2]) for mi in micro_inputs]
@@ -76,7 +86,7 @@ def train_batch(model, core, optimizer, backend, inputs: torch.Tensor, values: S
             # gradients are synchronised only on the last micro-batch of a window
             last_micro = j == len(micro_inputs) - 1
             with nullcontext() if last_micro else backend.no_sync(model):
-                out = model(window, states[j], t0, m.t_train, values.temp, beta, eps,
+                out = model(window, states[j], t0, m.t_train, temp, beta, eps,
                             None if noise is None else noise(outer, j))
                 backend.backward(out.loss.sum() / grad_accum)
             states[j] = core.reattach_to_init(out.state)
