@@ -190,7 +190,10 @@ def _compiled(model, inputs, state: State, t_start: int, n_steps: int, temp, bet
     draws = n_steps * (model.config.n_iters_inner + 1) * per_sample
     hashed = device.type == "cpu" and draws * state.batch_size * model.config.n_latents < 2**32
     keys = draw_keys(generators, p, device) if hashed else None
-    values = [torch.as_tensor(v, dtype=torch.float32).reshape(-1).expand(p).to(device) for v in (temp, beta, eps)]
+    # [P] tensors whether a value came as one float or one per member (the same strides:
+    # no recompile when the members' values come to agree)
+    values = [torch.as_tensor(v, dtype=torch.float32).reshape(-1).expand(p).contiguous().to(device)
+              for v in (temp, beta, eps)]
     graphs = _cache_size()
     start = time.perf_counter()
     try:
