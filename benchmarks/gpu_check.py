@@ -109,7 +109,8 @@ class Check:
             "settings": {k: v for k, v in asdict(settings).items() if k != "results"},
             "threads": torch.get_num_threads(), "bf16_native": bf16_is_fast(self.device),
             "cycles": {}, "precision_check": {}, "eval": {}, "population": {}, "projection": None,
-            "training": None, "goals": {}, "skipped": [], "failures": [], "elapsed_s": 0.0}
+            "training": None, "compile_backend": None, "goals": {}, "skipped": [], "failures": [],
+            "elapsed_s": 0.0}
 
     def left(self) -> float:
         return self.budget_s - (time.monotonic() - self.start)
@@ -210,6 +211,9 @@ def compiled(check: Check) -> None:
     dynamo cache, then timed with the eager cycle in the same rounds."""
     s, device = check.s, check.device
     x = C.inputs(s, device)
+    traced_only = check.tiny and device.type == "cpu"
+    check.results["compile_backend"] = "dynamo with its eager backend (tiny, CPU)" if traced_only else \
+        "inductor (enable_compile)"
     for preset in PRESETS:
         if not check.fits("compiled", f"compiled cycles of {preset}", reserve=check.later):
             continue
@@ -454,6 +458,11 @@ def markdown(r: dict) -> str:
               if f"{v}_first_s" in c]
     if firsts:
         lines += ["", "First compiled cycles (compiling): " + ", ".join(firsts) + "."]
+    same = [f"{p} {v} {c[f'{v}_s'] / c['eager_with_compiled_s']:.2f}x" for p, c in r["cycles"].items()
+            for v in VARIANTS[2:] if f"{v}_s" in c and "eager_with_compiled_s" in c]
+    if same:
+        lines += ["", "Compiled over eager, timed in the same rounds: " + ", ".join(same)
+                  + f" (compiled by {r.get('compile_backend')})."]
     if r["eval"]:
         lines += ["", f"Evaluation, {s['eval_steps']} steps on {s['batch_size']} inputs, s:", "",
                   "| preset | every step | log grid | matmul limit |", "|---|---:|---:|---:|"]

@@ -16,8 +16,8 @@ from tests.train_helpers import REPO, subprocess_env
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 KEYS = {"mode", "device", "torch", "cuda", "python", "date", "budget_s", "settings", "threads", "bf16_native",
-        "cycles", "precision_check", "eval", "population", "projection", "training", "goals", "skipped",
-        "failures", "elapsed_s"}
+        "cycles", "precision_check", "eval", "population", "projection", "training", "compile_backend", "goals",
+        "skipped", "failures", "elapsed_s"}
 
 
 def _load():
@@ -56,6 +56,7 @@ def test_tiny_gpu_check_runs_every_part(tmp_path):
     text = (out / "gpu_check.md").read_text()
     assert "| preset | limit fp32 | limit bf16 | eager | bf16 | compiled | CUDA graphs |" in text
     assert text.count("| ipvae |") >= 2 and "| ipvae | 64 |" in text
+    assert "Compiled over eager, timed in the same rounds: ipvae compiled " in text
     assert "first run killed (SIGKILL) after step-00000025" in text and "resumed from step-00000025" in text
 
 

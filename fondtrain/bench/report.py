@@ -38,6 +38,11 @@ def speed_lines(preset: str, r: dict, s) -> str:
     return "\n".join(lines)
 
 
+def _hours(hours: float) -> str:
+    """A projected duration: minutes below 2 hours, else hours."""
+    return f"{60 * hours:,.0f} min" if hours < 2 else f"{hours:,.1f} h"
+
+
 def _low_precisions(r: dict) -> list[str]:
     """The precisions other than float32 whose cycle a `speed` row has."""
     return [k[len("fondtrain_cycle_"):] for k in r
@@ -59,12 +64,12 @@ def projection_lines(preset: str, entry: dict, run: dict) -> str:
         temps = ", ".join(f"{t}: {1e3 * v:.0f}" for t, v in r["cycle_at_temp_s"].items())
         check = {True: "", False: ", its precision check FAILED", None: ", not checked"}[r["check_passes"]]
         parts.append(f"{precision} {1e3 * r['cycle_s']:.0f} ms per cycle (at temperature {temps} ms)"
-                     f" -> {r['samples_per_s']:.0f} samples/s, {r['hours']:.1f} h{check}")
+                     f" -> {r['samples_per_s']:.0f} samples/s, {_hours(r['hours'])}{check}")
     best = entry["best"]
     line = f"  {preset}: " + "; ".join(parts)
     if best:
         hours = entry["precisions"][best]["hours"]
-        line += (f"\n  {preset}: {run['steps']:,} steps in {hours:.1f} h ({best}, the fastest precision "
+        line += (f"\n  {preset}: {run['steps']:,} steps in {_hours(hours)} ({best}, the fastest precision "
                  "whose check passes)")
     goal = entry.get("goal")
     if goal:
@@ -176,7 +181,7 @@ def _projection_table(p: dict, s: dict) -> str:
              + f"; model: {p['model_note']}. The cycle is the mean over the schedule's "
              "temperatures (weights in brackets).", "",
              "| preset | precision | cycle ms at temperature (weight) | mean cycle ms | samples/s | "
-             "projected h | check | fastest passing |", "|---|---|---|---:|---:|---:|---|---|"]
+             "projected | check | fastest passing |", "|---|---|---|---:|---:|---:|---|---|"]
     for preset, entry in p["presets"].items():
         weights = {f"{t:g}": w for t, w in entry["temperatures"]}
         for precision, r in entry["precisions"].items():
@@ -184,7 +189,7 @@ def _projection_table(p: dict, s: dict) -> str:
             check = {True: "passes", False: "**fails**", None: "-"}[r["check_passes"]]
             best = "**yes**" if entry["best"] == precision else ""
             lines.append(f"| {preset} | {precision} | {temps} | {_ms(r['cycle_s'])} | "
-                         f"{r['samples_per_s']:,.0f} | {r['hours']:,.1f} | {check} | {best} |")
+                         f"{r['samples_per_s']:,.0f} | {_hours(r['hours'])} | {check} | {best} |")
     goals = [(preset, e["goal"]) for preset, e in p["presets"].items() if "goal" in e]
     for preset, g in goals:
         lines.append("")
