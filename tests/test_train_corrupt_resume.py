@@ -58,7 +58,8 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_saved_again(digits_shards,
     exported = export_model(str(tmp_path / "runs" / "c"), str(tmp_path / "out"))
     saved = load_file(str(exported / run_files.MODEL_FILE))
     # the export is the one member in a single model's layout: the checkpoint's member 0
-    assert all(torch.equal(saved[k], v[0]) for k, v in load_file(str(newest / run_files.MODEL_FILE)).items() if k in saved)
+    checkpoint = load_file(str(newest / run_files.MODEL_FILE))
+    assert all(torch.equal(saved[k], v[0]) for k, v in checkpoint.items() if k in saved)
 
 
 def test_a_corrupt_config_yaml_in_the_newest_checkpoint_falls_back(digits_shards, tmp_path, capsys):
