@@ -6,10 +6,13 @@ reconstructions, a [N, K] latent activity):
 
 - R^2 three ways. Per sample, SS_res = sum_m (x - x_hat)^2 and SS_tot = sum_m
   (x - mean_m x)^2 (about the sample's *own* mean, as the reference's `compute_r2`):
-  * `r2_mean`: mean over samples of 1 - SS_res / (SS_tot + float32 eps) (the reference's
-    number; a near-flat patch drives its own R^2 to -100s, so it jumps about);
+  * `r2_mean`: mean over samples of 1 - SS_res / (SS_tot + float32 eps), the paper's R^2
+    (the reference's `compute_r2` averaged over inputs); it is meaningful only on data
+    without near-flat patches (SS_tot ~ 0 drives a sample's R^2 to -100s), which the
+    built-in photo data sets skip (`fondtrain.data.whiten.FLAT_FRACTION`);
   * `r2_pooled`: 1 - sum SS_res / sum SS_tot (robust);
   * `r2_median`: median over samples of the per-sample R^2 (robust).
+  R2_LABELS names each in one line, for every place that reports them.
 - Sparseness (Treves-Rolls / Vinje-Gallant form, the reference's `sparse_score`):
   S = (1 - (sum z)^2 / (m sum z^2)) / (1 - 1/m), summed over samples for *lifetime*
   sparseness (one value per unit, m = N) and over units for *population* sparseness (one
@@ -27,6 +30,16 @@ import torch
 from torch import Tensor
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+# Which R^2 is which, one line each: printed beside the numbers and kept in metrics.json.
+R2_LABELS = {
+    "r2_mean": "R^2 paper (mean over samples of 1 - SS_res/SS_tot per sample, the reference's)",
+    "r2_pooled": "R^2 pooled (1 - sum SS_res / sum SS_tot over all samples)",
+    "r2_median": "R^2 median (median over samples of 1 - SS_res/SS_tot per sample)",
+}
+# The same, short, for legends and table columns.
+R2_SHORT = {"r2_mean": "R^2 paper (per-sample mean)", "r2_pooled": "R^2 pooled",
+            "r2_median": "R^2 median"}
 
 
 def log_grid(n_steps: int, extra: tuple[int, ...] | list[int] = ()) -> list[int]:

@@ -16,6 +16,7 @@ from fondtrain.errors import UserError
 from fondtrain.eval.compare import compare
 from fondtrain.eval.evaluate import EvalOptions, evaluate
 from fondtrain.model.vae import IterativeVAE
+from fondtrain.stats import R2_LABELS
 from tests.train_helpers import ACCELERATE_2PROC
 
 FIGURES = ("convergence", "dictionary", "reconstructions", "latents", "tuning_bar", "tuning_grating",
@@ -106,6 +107,7 @@ def test_eval_writes_metrics_figures_and_tensorboard(tiny_run: Path, evaluated: 
         assert len(table[key]) == len(table["step"]), key
     assert table["step"][:5] == [1, 2, 3, 5, 7] and table["step"][-1] == 100 and 8 in table["step"]
     assert on_disk["temp"] == 0.0 and on_disk["n_samples"] == 200 and on_disk["training_step"] == 1
+    assert on_disk["r2_definitions"] == R2_LABELS  # which R^2 is which, beside the numbers
     assert not on_disk["out_of_distribution"]
     for name in FIGURES:
         assert on_disk["figures"][name] == f"figures/{name}.png"
@@ -158,7 +160,8 @@ def test_compare_tables_and_plot(tiny_run: Path, evaluated: dict, tmp_path: Path
     out = tmp_path / "cmp" / "compare.md"
     table = compare([tiny_run, tiny_run / "eval" / "metrics.json"], out, verbose=False)
     lines = out.read_text().strip().splitlines()
-    assert len(lines) == 4 and lines[0].startswith("| run | preset")
+    assert len(lines) == 8 and lines[0].startswith("| run | preset") and lines[4] == ""
+    assert [line.split(":")[0] for line in lines[5:]] == ["R2 paper", "R2 pooled", "R2 median"]
     assert "tiny" in table and "ipvae" in lines[2]
     _check_png(out.with_suffix(".png"))
     compare([tiny_run], tmp_path / "cmp.csv", verbose=False)

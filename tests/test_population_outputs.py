@@ -119,15 +119,15 @@ def test_sweep_summary_groups_seeds_and_draws_the_plane(tmp_path):
     assert [g.label for g in groups] == ["b8", "b16"]
     assert [g.n for g in groups] == [3, 2]  # b16-s2 is not validated yet
     b8 = [results[f"b8-s{s}"] for s in range(3)]
-    assert groups[0].r2_mean == pytest.approx(np.mean([v["val/r2_pooled"] for v in b8]))
-    assert groups[0].r2_sd == pytest.approx(np.std([v["val/r2_pooled"] for v in b8], ddof=1))
-    assert groups[0].zeros_mean == pytest.approx(100 * np.mean([v["val/zeros"] for v in b8]))
+    assert groups[0].mean["r2_pooled"] == pytest.approx(np.mean([v["val/r2_pooled"] for v in b8]))
+    assert groups[0].sd["r2_pooled"] == pytest.approx(np.std([v["val/r2_pooled"] for v in b8], ddof=1))
+    assert groups[0].mean["zeros_pct"] == pytest.approx(100 * np.mean([v["val/zeros"] for v in b8]))
     assert groups[1].members == ("b16-s0", "b16-s1", "b16-s2")
 
     table, figure = summarise_sweep(tmp_path)
     lines = table.read_text().splitlines()
-    assert lines[0].split("\t") == ["group", "beta_outer", "seeds", "r2_mean", "r2_sd",
-                                    "zeros_pct_mean", "zeros_pct_sd"]
+    assert lines[0].split("\t") == ["group", "beta_outer", "seeds", "r2_pooled_seed_mean", "r2_pooled_seed_sd",
+                                    "zeros_pct_seed_mean", "zeros_pct_seed_sd"]
     assert lines[1].split("\t")[:3] == ["b8", "8", "3"]
     import matplotlib.image
 
@@ -135,7 +135,7 @@ def test_sweep_summary_groups_seeds_and_draws_the_plane(tmp_path):
     assert image.shape[0] > 300 and image.shape[1] > 400
     assert image[..., :3].std() > 0.05  # something is drawn
     text = format_sweep_table(groups)
-    assert text.splitlines()[0].split() == ["group", "seeds", "R2", "zeros", "%"] and "b16" in text
+    assert text.splitlines()[0].split() == ["group", "seeds", "R2", "pooled", "zeros", "%"] and "b16" in text
 
 
 def test_sweep_summary_does_not_import_the_trainer():

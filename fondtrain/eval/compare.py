@@ -1,5 +1,7 @@
 """`fondtrain compare`: several runs' evaluation metrics side by side (a table printed and
-written as Markdown, CSV or JSON) and their convergence curves in one figure."""
+written as Markdown, CSV or JSON) and their convergence curves in one figure. The table's
+R^2 columns are the paper's (per-sample mean), pooled and median; the Markdown names
+each below the table."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 from fondtrain.errors import UserError
 from fondtrain.eval import figures as Fg
 from fondtrain.eval.report import METRICS_FILE
+from fondtrain.stats import R2_LABELS
 
 COMPARE_COLUMNS = (
     ("preset", lambda m: m["model"]["preset"]),
@@ -17,9 +20,9 @@ COMPARE_COLUMNS = (
     ("dataset", lambda m: m["dataset"] + (" (OOD)" if m.get("out_of_distribution") else "")),
     ("T", lambda m: m["n_steps"]),
     ("MSE", lambda m: m["final"].get("mse")),
+    ("R2 paper", lambda m: m["final"].get("r2_mean")),
     ("R2 pooled", lambda m: m["final"].get("r2_pooled")),
     ("R2 median", lambda m: m["final"].get("r2_median")),
-    ("R2 mean", lambda m: m["final"].get("r2_mean")),
     ("zeros", lambda m: m["final"].get("frac_zeros")),
     ("lifetime", lambda m: m["final"].get("lifetime_sparseness")),
     ("population", lambda m: m["final"].get("population_sparseness")),
@@ -85,9 +88,11 @@ def compare(runs: list[str | Path], out: str | Path = "compare.md", verbose: boo
             raise UserError(f"metrics of {label} lack {err}: re-run `fondtrain eval` on it.") from err
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    key = {"R2 paper": "r2_mean", "R2 pooled": "r2_pooled", "R2 median": "r2_median"}
     markdown = "\n".join(["| " + " | ".join(header) + " |",
                           "|" + "|".join("---" for _ in header) + "|",
-                          *["| " + " | ".join(row) + " |" for row in rows]])
+                          *["| " + " | ".join(row) + " |" for row in rows], "",
+                          *[f"{column}: {R2_LABELS[k]}  " for column, k in key.items()]])
     if out.suffix == ".csv":
         import csv
 

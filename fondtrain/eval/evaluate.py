@@ -43,7 +43,7 @@ from fondtrain.eval.convergence import eval_temperature, run_convergence
 from fondtrain.eval.data import EvalData, fit_to_model, limit_rows, load_eval_data
 from fondtrain.eval.dist import Ranks
 from fondtrain.eval.report import ModelResults, ReportTarget, training_step, write_report
-from fondtrain.eval.sweep_summary import write_eval_summary
+from fondtrain.eval.sweep_summary import eval_rows, format_sweep_table, group_members, write_eval_summary
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.run_files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
 from fondtrain.sweep import member_dir
@@ -295,5 +295,6 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
         metrics[m.name] = write_report(results[i], report, ctx.about(), opts, temp, started, say)
     if member is None and any(m.name for m in members):
         table, figure = write_eval_summary(members, metrics, ctx.out, ctx.name())
+        say(format_sweep_table(group_members(eval_rows(members, metrics))))
         say(f"sweep summary: {table} and {figure}")
     return metrics

@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fondtrain.images import dictionary_grid, paired_grid, patch_side, tile_patches
+from fondtrain.stats import R2_SHORT
 
 DPI = 110
 
@@ -38,7 +39,7 @@ def _top(fig: Figure, title_inches: float, room: float = 0.35) -> float:
     return 1 - (title_inches + room) / fig.get_figheight()
 
 
-def _say_in(ax, text: str) -> None:
+def say_in(ax, text: str) -> None:
     """Write why a panel has nothing to show into the panel itself."""
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9,
             transform=ax.transAxes, color="0.3")
@@ -88,7 +89,7 @@ def plot_reconstructions(x: np.ndarray, x_hat: np.ndarray, path: str | Path, tit
 
 _PANELS = (
     ("mse", "MSE", ("mse",)),
-    ("r2", "R^2", ("r2_pooled", "r2_median", "r2_mean")),
+    ("r2", "R^2", ("r2_mean", "r2_pooled", "r2_median")),
     ("zeros", "fraction of zero latents", ("frac_zeros",)),
     ("sparse", "sparseness", ("lifetime_sparseness", "population_sparseness")),
     ("loss", "loss (NLL + beta KL) * 256/M", ("loss",)),
@@ -97,10 +98,28 @@ _PANELS = (
 )
 
 
+# Which R^2 is which, in lines that fit the convergence figure's text panel.
+R2_KEY = ("R^2 paper: mean over samples of\n  1 - SS_res/SS_tot per sample\n"
+          "R^2 pooled: 1 - sum SS_res / sum SS_tot\nR^2 median: median of the per-sample R^2")
+
+
 def _r2_limits(values: list[np.ndarray]) -> tuple[float, float]:
+    """y limits that show every R^2 down to -1; below that the axis stops (a near-flat
+    sample's per-sample R^2 reaches -100s and would squash the others into a line)."""
     finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(1)
     low = max(-1.0, float(finite.min()) - 0.05) if finite.size else -1.0
     return low, 1.02
+
+
+def _clip_label(label: str, values: np.ndarray, low: float) -> str:
+    """A legend label that says when (part of) its line lies below the axis at `low`."""
+    below = ~np.isfinite(values) | (values < low)
+    if not below.any():
+        return label
+    lowest = f"min {np.nanmin(values):.3g}" if np.isfinite(values).any() else "no finite value"
+    if below.all():
+        return f"{label} (all below the axis, {lowest})"
+    return f"{label} (clipped: {int(below.sum())} of {len(values)} steps below {low:.2f}, {lowest})"
 
 
 def _spans_decades(series: list[np.ndarray]) -> bool:
@@ -121,18 +140,17 @@ def plot_convergence(table: dict, path: str | Path, title: str = "",
         for key in keys:
             if key in table:
                 values = np.asarray(table[key], dtype=float)
-                ax.plot(steps, values, marker=".", label=key)
+                ax.plot(steps, values, marker=".", label=R2_SHORT.get(key, key))
                 series.append(values)
         ax.set_xscale("log")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("inference step")
         ax.grid(alpha=0.3)
         if _key == "r2" and series:
-            low, high = _r2_limits(series[:2])
+            low, high = _r2_limits(series)
             ax.set_ylim(low, high)
             for line, values in zip(ax.get_lines(), series, strict=False):
-                if np.all(~np.isfinite(values) | (values < low)):  # its line lies below the axes
-                    line.set_label(f"{line.get_label()} (below, min {np.nanmin(values):.3g})")
+                line.set_label(_clip_label(line.get_label(), values, low))
         if _key in ("mse", "loss", "nll", "kl") and series and _spans_decades(series):
             ax.set_yscale("log")
         else:  # an offset ("1e-6+9.6e-1") would sit on the panel title
@@ -143,10 +161,11 @@ def plot_convergence(table: dict, path: str | Path, title: str = "",
             ax.axvline(t_train, color="gray", ls="--", lw=0.8)
     last = axes[-1]
     last.set_axis_off()
-    final = {k: table[k][-1] for k in ("mse", "r2_pooled", "r2_median", "r2_mean", "frac_zeros",
-                                        "lifetime_sparseness", "population_sparseness", "loss")
-             if k in table}
-    text = f"at step {int(steps[-1])}:\n" + "\n".join(f"{k} = {v:.4g}" for k, v in final.items())
+    r2 = [f"{R2_SHORT[k].split(' (')[0]:<10} = {table[k][-1]:.4g}" for k in R2_SHORT if k in table]
+    final = {k: table[k][-1] for k in ("mse", "frac_zeros", "lifetime_sparseness",
+                                        "population_sparseness", "loss") if k in table}
+    text = (f"at step {int(steps[-1])}:\n" + "\n".join(r2) + "\n"
+            + "\n".join(f"{k} = {v:.4g}" for k, v in final.items()) + "\n\n" + R2_KEY)
     if t_train:
         text += f"\n\ndashed line: training horizon\n(t_train x n_iters_outer = {t_train})"
     last.text(0.0, 1.0, text, va="top", family="monospace", fontsize=9)
@@ -180,7 +199,7 @@ def plot_latent_activity(activity: np.ndarray, usage: np.ndarray, path: str | Pa
         ax2.hist(positive, bins=bins)
         ax2.set_xscale("log")
     else:
-        _say_in(ax2, f"all {len(use)} units are silent{'' if discrete else ' or negative'}")
+        say_in(ax2, f"all {len(use)} units are silent{'' if discrete else ' or negative'}")
     ax2.set_title(f"mean activity per unit ({int((use <= 0).sum())} of {len(use)} silent"
                   f"{' or negative' if not discrete else ''})", fontsize=9)
     ax2.set_xlabel("mean activity")
@@ -207,7 +226,7 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
     if len(units) == 0:
         rule = (f" (at least {threshold * result.window:.3g} evoked spikes over the {result.window}-step "
                 "window)" if threshold is not None else "")
-        _say_in(fig.add_subplot(grid[0, :]), f"no responsive units: none of the {len(r)} units answers "
+        say_in(fig.add_subplot(grid[0, :]), f"no responsive units: none of the {len(r)} units answers "
                 f"a {result.kind} above the blank{rule}, so there are no tuning curves to show")
     side = patch_side(weight.shape[0])
     theta = result.orientations
@@ -236,8 +255,8 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
         ax_osi.set_xlabel("OSI")
         ax_pref.hist(result.preferred[r], bins=np.linspace(0, 180, len(theta) + 1))
     else:
-        _say_in(ax_osi, "no responsive units")
-        _say_in(ax_pref, "no responsive units")
+        say_in(ax_osi, "no responsive units")
+        say_in(ax_pref, "no responsive units")
     ax_stim = fig.add_subplot(grid[n_rows, 4:6])
     picks = result.stimuli[:: max(1, len(theta) // 8), :: max(1, result.stimuli.shape[1] // 4)]
     picks = picks.transpose(1, 0, 2)  # rows: phases, columns: orientations
@@ -254,9 +273,10 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
 
 def plot_compare(tables: dict[str, dict], path: str | Path, title: str = "") -> Path:
     """Convergence curves of several runs in one figure (MSE, pooled R^2, zeros, loss)."""
-    panels = (("mse", "MSE"), ("r2_pooled", "R^2 (pooled)"), ("frac_zeros", "fraction of zeros"),
-              ("population_sparseness", "population sparseness"), ("loss", "loss"))
-    fig = new_figure(18, 3.8)
+    panels = (("mse", "MSE"), ("r2_mean", R2_SHORT["r2_mean"]), ("r2_pooled", R2_SHORT["r2_pooled"]),
+              ("frac_zeros", "fraction of zeros"), ("population_sparseness", "population sparseness"),
+              ("loss", "loss"))
+    fig = new_figure(21, 3.8)
     axes = fig.subplots(1, len(panels))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for name, table in tables.items():
@@ -266,9 +286,15 @@ def plot_compare(tables: dict[str, dict], path: str | Path, title: str = "") -> 
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("inference step")
         ax.grid(alpha=0.3)
-        if key == "r2_pooled":
-            ax.set_ylim(*_r2_limits([np.asarray(t[key], float) for t in tables.values() if key in t]))
-    axes[0].legend(fontsize=7)
+        if key in R2_SHORT:
+            values = [np.asarray(t[key], float) for t in tables.values() if key in t]
+            low, high = _r2_limits(values)
+            ax.set_ylim(low, high)
+            for line, v in zip(ax.get_lines(), values, strict=True):
+                line.set_label(_clip_label(line.get_label(), v, low))
+    for i, ax in enumerate(axes):  # run names once; again where a label says it is clipped
+        if i == 0 or any("below" in label for label in ax.get_legend_handles_labels()[1]):
+            ax.legend(fontsize=7)
     top = _top(fig, _title(fig, title))
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.14, top=top, wspace=0.25)
     return save_figure(fig, path)

@@ -24,7 +24,7 @@ from fondtrain.config import ModelConfig
 from fondtrain.eval import figures as Fg
 from fondtrain.eval.convergence import ConvergenceResult
 from fondtrain.eval.tuning import TuningResult
-from fondtrain.stats import safe_float
+from fondtrain.stats import R2_LABELS, safe_float
 
 METRICS_FILE = "metrics.json"
 SUMMARY_KEYS = ("mse", "r2_pooled", "r2_median", "r2_mean", "frac_zeros", "lifetime_sparseness",
@@ -91,6 +91,7 @@ def write_report(results: ModelResults, target: ReportTarget, about: dict[str, A
         "beta": mc.beta_outer,
         "n_processes": about["n_processes"],
         "final": final,
+        "r2_definitions": R2_LABELS,
         "at_training_horizon": at_horizon,
         "usage": {"n_units": int(len(usage)), "n_silent": int((usage == 0).sum()),
                   "mean_activity": float(usage.mean()),
@@ -216,6 +217,8 @@ def log_tensorboard(metrics: dict, figures: dict[str, Path], tb_dir: Path) -> No
         for key in ("frac_good", "r2_median", "frequency_median", "size_median"):
             if (metrics.get("gabor") or {}).get(key) is not None:
                 writer.add_scalar(f"{prefix}/gabor/{key}", metrics["gabor"][key], step)
+        writer.add_text(f"{prefix}/r2_definitions",
+                        "\n\n".join(f"`{key}`: {label}" for key, label in R2_LABELS.items()), step)
         for name, path in figures.items():
             writer.add_image(f"{prefix}/{name}", Fg.png_as_array(path), step, dataformats="HWC")
     finally:
@@ -223,12 +226,16 @@ def log_tensorboard(metrics: dict, figures: dict[str, Path], tb_dir: Path) -> No
 
 
 def format_summary(metrics: dict) -> str:
-    """A few lines for the terminal: final metrics, probes, tuning."""
+    """A few lines for the terminal: the three R^2 (each named), the other final metrics,
+    probes, Gabor fits, tuning."""
     final = metrics["final"]
     lines = [f"after {metrics['n_steps']} steps on {metrics['n_samples']} {metrics['dataset']} samples:"]
+    width = max(len(label) for label in R2_LABELS.values())
+    for key, label in R2_LABELS.items():
+        if final.get(key) is not None:
+            lines.append(f"  {label:<{width}}  {final[key]:7.4f}  [{key}]")
     lines.append("  " + "  ".join(f"{k} {final[k]:.4g}" for k in
-                                  ("mse", "r2_pooled", "r2_median", "r2_mean", "frac_zeros",
-                                   "lifetime_sparseness", "population_sparseness", "loss")
+                                  ("mse", "frac_zeros", "lifetime_sparseness", "population_sparseness", "loss")
                                   if final.get(k) is not None))
     for name, probe in (metrics.get("probe") or {}).items():
         lines.append(f"  probe {name}: latents {probe['latent_acc']:.3f}, pixels "
