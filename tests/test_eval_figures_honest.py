@@ -1,6 +1,6 @@
 """Figures say what they show: titles fit the figure, a legend entry whose line lies
 outside the axes says so, panels of an all-silent model say why they are empty; the
-tuning summary counts only units above the stated spike-count threshold."""
+tuning summary counts only units above the stated spike-count threshold and their noise."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def silent_tuning():
     """A real untrained ipvae: its units fire a chance spike or two, no more."""
     torch.manual_seed(0)
     model = IterativeVAE(ModelConfig(preset="ipvae", input_dim=64, n_latents=16, t_train=2))
-    (result,) = bar_of_light(model, "bar", n_steps=40, window=20, n_orientations=8, n_repeats=1)
+    (result,) = bar_of_light(model, "bar", n_steps=40, window=20, n_orientations=8, n_repeats=2)
     return model, result
 
 

@@ -222,25 +222,24 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
     fig = new_figure(16, 2.6 * n_rows + 3.2)
     grid = fig.add_gridspec(n_rows + 1, n_cols, height_ratios=[1] * n_rows + [1.2])
     r = result.responsive
-    threshold = getattr(result, "threshold", None)
     if len(units) == 0:
-        rule = (f" (at least {threshold * result.window:.3g} evoked spikes over the {result.window}-step "
-                "window)" if threshold is not None else "")
         say_in(fig.add_subplot(grid[0, :]), f"no responsive units: none of the {len(r)} units answers "
-                f"a {result.kind} above the blank{rule}, so there are no tuning curves to show")
+                f"a {result.kind} above its noise ({result.rule()}), so there are no tuning "
+                "curves to show")
     side = patch_side(weight.shape[0])
     theta = result.orientations
     for i, k in enumerate(units):
         ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
         curve = result.tuning[k]
         ax.plot(np.append(theta, 180.0), np.append(curve, curve[0]), marker="o", ms=3)
+        ax.axhline(result.noise_level[k], color="0.5", ls=":", lw=0.8)
         ax.set_xticks([0, 45, 90, 135, 180])
         ax.set_ylim(0, 1.7 * max(float(curve.max()), 1e-6))  # room for the inset above
-        ax.set_title(f"unit {k}: OSI {result.osi[k]:.2f}, pref {result.preferred[k]:.0f} deg",
+        ax.set_title(f"unit {k}: OSI {result.osi[k]:.2f}, pref (vec. avg.) {result.preferred[k]:.0f} deg",
                      fontsize=8)
         ax.tick_params(labelsize=7)
         if i % n_cols == 0:
-            ax.set_ylabel("evoked activity", fontsize=8)
+            ax.set_ylabel(f"evoked {'spikes / step' if result.spikes else 'activity a(z)'}", fontsize=8)
         inset = ax.inset_axes((0.72, 0.62, 0.28, 0.38))
         element = weight[:, k].reshape(side, side)
         lim = np.abs(element).max() or 1.0
@@ -249,7 +248,7 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
     ax_osi = fig.add_subplot(grid[n_rows, 0:2])
     ax_osi.set_title(f"OSI (1 - circ. var.) of {int(r.sum())} responsive units", fontsize=9)
     ax_pref = fig.add_subplot(grid[n_rows, 2:4])
-    ax_pref.set_title("preferred orientation (deg)", fontsize=9)
+    ax_pref.set_title("preferred orientation (vector average, deg)", fontsize=9)
     if r.any():
         ax_osi.hist(result.osi[r], bins=np.linspace(0, 1, 21))
         ax_osi.set_xlabel("OSI")
@@ -266,7 +265,8 @@ def plot_tuning(result, weight: np.ndarray, path: str | Path, title: str = "",
     ax_stim.set_axis_off()
     ax_stim.set_title(f"{result.kind} stimuli (columns: orientations)", fontsize=9)
     top = _top(fig, _title(fig, title or f"orientation tuning ({result.kind}): most selective units; "
-                           "curve = max evoked response over phases", fontsize=11))
+                           "curve = max evoked response over phases; dotted: the noise level a responsive unit "
+                           "exceeds", fontsize=11))
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=top, wspace=0.3, hspace=0.55)
     return save_figure(fig, path)
 

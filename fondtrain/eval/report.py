@@ -137,11 +137,12 @@ def write_report(results: ModelResults, target: ReportTarget, about: dict[str, A
                     result, weight, fig_dir / f"tuning_{kind}.png",
                     f"{target.tag} ({mc.preset}): orientation tuning to flashed {kind}s, "
                     f"{result.stimuli.shape[1]} phases x {len(result.orientations)} orientations; "
-                    "curve = max evoked response over phases")
+                    "curve = max evoked response over phases; dotted: the noise level a responsive "
+                    "unit exceeds")
         metrics["tuning"] = {kind: r.summary() for kind, r in results.tuning.items()}
         np.savez_compressed(out_dir / "tuning.npz", **{
             f"{kind}_{name}": getattr(r, name) for kind, r in results.tuning.items()
-            for name in ("orientations", "responses", "blank", "tuning", "osi", "preferred",
+            for name in ("orientations", "responses", "blank", "tuning", "osi", "preferred", "noise",
                          "responsive")})
 
     timing["total_s"] = time.time() - started
@@ -246,9 +247,8 @@ def format_summary(metrics: dict) -> str:
                      f">= {g['good_r2']}")
     for kind, summary in (metrics.get("tuning") or {}).items():
         osi, sel = summary.get("osi_median"), summary.get("frac_selective")
-        lines.append(f"  tuning ({kind}s): {summary['n_responsive']}/{summary['n_units']} responsive "
-                     f"(>= {summary['responsive_min_spikes']:g} evoked spikes per "
-                     f"{summary['responsive_window']}-step window), "
+        lines.append(f"  tuning ({kind}s, {summary['activity_unit']}): {summary['n_responsive']}/"
+                     f"{summary['n_units']} responsive ({summary['responsive_rule']}), "
                      f"median OSI {'-' if osi is None else f'{osi:.3f}'}, "
                      f"selective (OSI > 0.3) {'-' if sel is None else f'{sel:.2f}'}")
     return "\n".join(lines)

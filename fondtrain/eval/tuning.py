@@ -16,20 +16,31 @@ Orientation theta is the direction of the bar's long axis (of the grating's stri
 counter-clockwise from horizontal as the patch is displayed (row 0 at the top).
 
 Each stimulus is flashed (held constant) for n_steps inference steps from u_init at the
-evaluation temperature, `n_repeats` times; the response of a unit is its mean activity
-over the last `window` steps, averaged over repeats. The evoked response is that minus
-the response to a blank (all-zero) patch. A unit's tuning curve R(theta) is its largest
-evoked response over phases at each orientation, rectified at 0 (position / phase
-invariant, like a complex cell's; simple cells peak at one phase anyway). Selectivity:
+evaluation temperature, `n_repeats` (>= 2) times with independent sampling noise; the
+response of a unit is its mean activity over the last `window` steps, averaged over
+repeats. The evoked response is that minus the response to a blank (all-zero) patch. A
+unit's tuning curve R(theta) is its largest evoked response over phases at each
+orientation, rectified at 0 (position / phase invariant, like a complex cell's; simple
+cells peak at one phase anyway). Selectivity:
 
 - OSI = 1 - circular variance = |sum R e^{2 i theta}| / sum R (0 untuned, 1 one orientation);
+- preferred orientation (vector average) = half the angle of sum R e^{2 i theta};
 - pref/orth index = (R_pref - R_orth) / (R_pref + R_orth).
 
-A unit is *responsive* when its peak evoked response is at least MIN_EVOKED_SPIKES (5)
-spikes over the measuring window (a rate of 5 / window per step; for Gaussian models the
-same amount of activity) and at least 1% of the largest peak of all units: a unit that
-fires a spike or two by chance is silent, not responsive. Summaries are over responsive
-units; *selective* means OSI > 0.3.
+A unit is *responsive* when its peak evoked response exceeds its noise: it is at least
+NOISE_FACTOR (5) times the unit's noise, the standard error of one evoked response
+estimated from the spread over repeats (sqrt(2 s^2 / n_repeats), s^2 the unit's variance
+across repeats pooled over all stimuli and the blank). The peak is the largest of
+n_orientations x n_phases evoked responses; were they noise alone, it would be ~3 noise
+units (the maximum of ~200 standard normals), and 5 is reached by chance with
+probability ~1e-4 per unit. So a collapsed model, whose units answer every stimulus with
+their sampling noise, has no responsive (hence no tuned) units, however its noise shapes
+a "tuning curve". Spike-count (Poisson) units must also reach MIN_EVOKED_SPIKES (5)
+evoked spikes over the measuring window (a rate of 5 / window per step): the spread of
+a few chance spikes over 4 repeats is no estimate of the noise. Gaussian units (igvae,
+igrelu) have no spikes: their responses are activity a(z) in the latent's own units.
+Every unit must also reach 1% of the largest peak of all units. Summaries are over
+responsive units; *selective* means responsive with OSI > 0.3.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from fondtrain.model.vae import IterativeVAE
 
 SELECTIVE_OSI = 0.3
 MIN_EVOKED_SPIKES = 5.0  # per window, above the blank: fewer is chance firing
+NOISE_FACTOR = 5.0  # peak evoked response / its noise: ~3 is what noise alone reaches
 
 
 def _coords(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,8 +112,11 @@ def oriented_stimuli(side: int, kind: str = "bar", n_orientations: int = 16, n_p
 @dataclass
 class TuningResult:
     """responses [n_orient, n_phase, K] (raw), blank [K], tuning [K, n_orient] (evoked,
-    rectified, max over phases), osi / pref_orth / preferred [K], responsive [K] bool,
-    threshold: the evoked rate (per step) a responsive unit reaches, window: its steps."""
+    rectified, max over phases), osi / pref_orth / preferred [K], noise [K] the standard
+    error of one evoked response, responsive [K] bool; spikes: whether activity is a
+    spike count (Poisson) or a Gaussian latent's a(z); threshold: the least peak evoked
+    rate (per step) any unit needs besides its noise criterion, window: its steps;
+    n_repeats: repeats of every stimulus."""
 
     kind: str
     orientations: np.ndarray
@@ -112,9 +127,29 @@ class TuningResult:
     osi: np.ndarray
     pref_orth: np.ndarray
     preferred: np.ndarray
+    noise: np.ndarray
     responsive: np.ndarray
+    spikes: bool
     threshold: float
     window: int
+    n_repeats: int
+
+    @property
+    def activity_unit(self) -> str:
+        """What a response counts, in words."""
+        return "spikes" if self.spikes else "activity a(z) of a Gaussian latent"
+
+    @property
+    def noise_level(self) -> np.ndarray:
+        """[K] the peak evoked response a unit must reach to be responsive by its noise."""
+        return NOISE_FACTOR * self.noise
+
+    def rule(self) -> str:
+        """The responsive criterion in words, in this model's units."""
+        floor = (f" and >= {MIN_EVOKED_SPIKES:g} evoked spikes per {self.window}-step window"
+                 if self.spikes else "")
+        return (f"peak evoked response >= {NOISE_FACTOR:g} x its noise (standard error over "
+                f"{self.n_repeats} repeats){floor}")
 
     def summary(self) -> dict:
         r = self.responsive
@@ -122,15 +157,20 @@ class TuningResult:
         return {
             "n_units": int(len(r)),
             "n_responsive": int(r.sum()),
-            "responsive_min_spikes": MIN_EVOKED_SPIKES,
+            "responsive_rule": self.rule(),
+            "activity_unit": self.activity_unit,
+            "responsive_noise_factor": NOISE_FACTOR,
+            "responsive_min_spikes": MIN_EVOKED_SPIKES if self.spikes else None,
             "responsive_window": self.window,
             "responsive_threshold": float(self.threshold),
+            "noise_median": Mx.safe_float(np.median(self.noise)) if len(r) else None,
             "osi_mean": Mx.safe_float(np.mean(osi)) if r.any() else None,
             "osi_median": Mx.safe_float(np.median(osi)) if r.any() else None,
             "frac_selective": Mx.safe_float(np.mean(osi > SELECTIVE_OSI)) if r.any() else None,
             "pref_orth_median": Mx.safe_float(np.median(self.pref_orth[r])) if r.any() else None,
             "n_orientations": int(len(self.orientations)),
             "n_phases": int(self.stimuli.shape[1]),
+            "n_repeats": self.n_repeats,
         }
 
     def most_selective(self, n: int) -> np.ndarray:
@@ -154,6 +194,8 @@ def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, wi
     every member's responses from one batched inference, one TuningResult per member."""
     from fondtrain.images import patch_side
 
+    if n_repeats < 2:
+        raise ValueError(f"n_repeats must be at least 2 (a unit's noise is its spread over repeats), got {n_repeats}")
     side = patch_side(model.config.input_dim)
     stimuli, orientations = oriented_stimuli(side, kind, n_orientations, contrast=contrast,
                                              **stimulus_kwargs)
@@ -162,17 +204,22 @@ def bar_of_light(model: IterativeVAE, kind: str = "bar", n_steps: int = 1000, wi
     batch = torch.from_numpy(np.repeat(flat, n_repeats, axis=0))
     resp = latent_responses(model, batch, n_steps, window, device=device, seed=seed,
                             batch_size=4096, eps=eps).double()
-    return [tuning_from_responses(r, kind, stimuli, orientations, n_repeats, n_steps, window)
+    return [tuning_from_responses(r, kind, stimuli, orientations, n_repeats, n_steps, window,
+                                  spikes=model.is_poisson)
             for r in resp]
 
 
 def tuning_from_responses(resp: torch.Tensor, kind: str, stimuli: np.ndarray,
                           orientations: np.ndarray, n_repeats: int, n_steps: int,
-                          window: int) -> TuningResult:
+                          window: int, spikes: bool) -> TuningResult:
     """One member's tuning from its responses resp [(n_orient n_phase + 1) n_repeats, K]
-    (float64; every stimulus `n_repeats` times in a row, the blank last)."""
+    (float64; every stimulus `n_repeats` times in a row, the blank last); spikes: the
+    activity is a spike count (Poisson)."""
     n_orient, n_phase, _ = stimuli.shape
-    resp = resp.reshape(-1, n_repeats, resp.shape[-1]).mean(1)
+    repeats = resp.reshape(-1, n_repeats, resp.shape[-1])
+    resp = repeats.mean(1)
+    # evoked = mean of n_repeats minus mean of n_repeats: variance 2 s^2 / n_repeats
+    noise = (2.0 * repeats.var(1, unbiased=True).mean(0) / n_repeats).sqrt()
     blank = resp[-1]
     responses = resp[:-1].reshape(n_orient, n_phase, -1)
     evoked = (responses - blank).amax(1).clamp(min=0).T.contiguous()  # [K, n_orient]
@@ -181,11 +228,13 @@ def tuning_from_responses(resp: torch.Tensor, kind: str, stimuli: np.ndarray,
     pref_orth = Mx.pref_orth_index(evoked, theta)
     peak = evoked.amax(1)
     window = max(1, min(window, n_steps))
-    threshold = max(MIN_EVOKED_SPIKES / window, 0.01 * float(peak.max()) if peak.numel() else 0.0)
+    floor = MIN_EVOKED_SPIKES / window if spikes else 0.0
+    threshold = max(floor, 0.01 * float(peak.max()) if peak.numel() else 0.0)
+    responsive = (peak >= threshold) & (peak > 0) & (peak >= NOISE_FACTOR * noise)
     return TuningResult(
         kind=kind, orientations=orientations, stimuli=stimuli,
         responses=responses.float().numpy(), blank=blank.float().numpy(),
         tuning=evoked.float().numpy(), osi=osi.numpy(), pref_orth=pref_orth.numpy(),
-        preferred=preferred.numpy(), responsive=(peak >= threshold).numpy(), threshold=threshold,
-        window=window,
+        preferred=preferred.numpy(), noise=noise.float().numpy(), responsive=responsive.numpy(),
+        spikes=spikes, threshold=threshold, window=window, n_repeats=n_repeats,
     )
