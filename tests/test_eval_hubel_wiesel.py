@@ -188,11 +188,50 @@ def test_command_writes_every_output_and_the_movie_has_its_frames(tmp_path, caps
     assert reader.get_data(0).shape == (544, 960, 3)
     data = np.load(out / "hubel_wiesel.npz")
     theta = list(data["orientations"])
-    rows = [theta.index(summary["peak_orientation_deg"]), theta.index(summary["orth_orientation_deg"])]
+    rows = [theta.index(summary["preferred_deg"]), theta.index(summary["orth_orientation_deg"])]
     clip = np.arange(FAST["n_blank"] - FAST["lead"], FAST["n_blank"] + FAST["n_sweep"])
     train = np.concatenate([data["spikes"][r, clip] for r in rows])
     _, clicks = detect_clicks(out / "spikes.wav")
     assert len(clicks) == train.sum() == summary["n_clicks"] > 0
+
+
+def test_one_preferred_orientation_the_peak_named_in_text_titles_and_raster(tmp_path, capsys, monkeypatch):
+    drawn = []
+    original = HM.media_figure
+
+    def keep(width, height):
+        drawn.append(original(width, height))
+        return drawn[-1]
+
+    monkeypatch.setattr(HM, "media_figure", keep)
+    run = save_run(tmp_path / "run", gabor_model(THETA0 + 7.0))  # between the 15-degree steps
+    summary = H.hubel_wiesel(run, options=H.HubelWieselOptions(**FAST, movie=False))
+    printed = capsys.readouterr().out
+    data = np.load(run / "hubel-wiesel" / "hubel_wiesel.npz")
+    peak = float(data["orientations"][np.argmax(data["evoked"][summary["unit"]])])
+    assert summary["preferred_deg"] == peak and "peak" in summary["preferred_definition"]
+    assert f"preferred orientation (peak) {peak:g} deg" in printed and "vector average" not in printed
+    texts = [t.get_text() for fig in drawn for t in [*fig.texts, *(a for ax in fig.axes for a in ax.texts)]]
+    texts += [ax.get_title(loc) for fig in drawn for ax in fig.axes for loc in ("left", "center")]
+    assert any(f"preferred orientation (peak) {peak:g} deg (dotted)" in t for t in texts)  # tuning title
+    assert any(t.startswith(f"- - preferred orientation (peak) {peak:g} deg") for t in texts)  # RF
+    assert f"< pref. (peak) {peak:g}" in texts  # raster row
+    assert any(t.startswith(f"preferred orientation (peak) {peak:g} deg:") for t in texts)  # its trace
+
+
+def test_the_movie_shows_the_blank_mid_grey_and_the_bar_brighter():
+    model = gabor_model()
+    bars = H.MovingBars(SIDE, [30.0, 120.0], n_blank=6, n_sweep=10)
+    record = H.record_sweeps(model, bars, 0.0, 1.0, seed=0, unit=0)
+    frames = HM.MovieFrames(model.W[0].detach().numpy()[:, 0], bars, record, (0, 1), 2, 0, 10.0)
+    box = frames.ax_in.get_window_extent()
+    height = frames.fig.canvas.get_width_height()[1]
+    rows = slice(int(height - box.y1) + 2, int(height - box.y0) - 2)
+    cols = slice(int(box.x0) + 2, int(box.x1) - 2)
+    blank = frames.frame(0, ("a", "b"))[rows, cols]  # a lead frame: the patch is blank
+    assert np.abs(blank.astype(int) - 128).max() <= 2  # 0, the data's mean, is mid-grey
+    middle = frames.frame(2 + 5, ("a", "b"))[rows, cols]  # mid-sweep: the bar crosses the patch
+    assert middle.max() >= 250 and middle.min() >= 126  # a bright bar on grey, nothing darker
 
 
 def test_a_sweep_records_the_member_it_is_asked_for(tmp_path):

@@ -3,7 +3,8 @@ field at many orientations, and its spikes are shown, plotted and heard.
 
 Stimulus (the reference's `hubel_wiesel.ipynb`): on a P x P patch (P the model's patch
 side, x right and y up about the centre, in pixels), a bright bar of value `contrast` on a
-zero background, `thickness` x P wide, with its long axis at orientation theta (degrees,
+zero background (0 is the standardised data's mean: the figures and the movie show it
+mid-grey), `thickness` x P wide, with its long axis at orientation theta (degrees,
 counter-clockwise from horizontal as displayed, 0 <= theta < 360). It sweeps along its
 normal (-sin theta, cos theta), i.e. moving towards theta + 90 degrees, from just outside
 the patch (centre at -span) to just outside the other side (+span), span = P / sqrt(2) +
@@ -21,9 +22,13 @@ an integer). Rate per frame: the posterior rate exp(u) (Poisson) or max(a(mu), 0
 
 A unit's response to an orientation is its spike count over the sweep; its baseline the
 count expected from the spike rate of the second half of the blank; evoked = response -
-baseline, rectified at 0. OSI = |sum R e^{2 i theta}| / sum R over the evoked counts (as
-`fondtrain.eval.tuning`). A unit is *responsive* when its largest evoked count reaches
-`min_spikes`; the default unit is the responsive unit with the highest OSI.
+baseline, rectified at 0. Its *preferred orientation (peak)* is the bar orientation with
+the most evoked spikes, in [0, 360) (a moving bar has a direction; this is the one
+definition the summary, the figures and the movie use), the orthogonal one the
+orientation closest to 90 degrees from it. OSI = |sum R e^{2 i theta}| / sum R over the
+evoked counts (as `fondtrain.eval.tuning`). A unit is *responsive* when its largest
+evoked count reaches `min_spikes`; the default unit is the responsive unit with the
+highest OSI.
 """
 
 from __future__ import annotations
@@ -37,11 +42,10 @@ import torch
 
 from fondtrain import stats as Mx
 from fondtrain.errors import UserError
+from fondtrain.eval.hubel_wiesel_bars import MovingBars
 from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE, State
 from fondtrain.sweep import member_dir
-
-DISPLAY_SIDE = 128  # the high-resolution bar is drawn on at least this many pixels
 
 
 def _number(value) -> float:
@@ -113,76 +117,6 @@ class HubelWieselOptions:
     def frame_audio_s(self) -> float:
         """Seconds one frame lasts in the WAV and the movie."""
         return self.frame_ms * self.slow_down / 1000.0
-
-
-# ----------------------------------------------------------------------------- stimulus
-class MovingBars:
-    """The sweeping bars of all orientations at once, frame by frame (a feeder: [t] ->
-    [B, P*P] float32, B = number of orientations), and their display frames."""
-
-    def __init__(self, side: int, orientations, n_blank: int, n_sweep: int,
-                 thickness: float = 0.2, contrast: float = 1.0):
-        self.side, self.n_blank, self.n_sweep = side, n_blank, n_sweep
-        self.orientations = np.asarray(orientations, np.float64)
-        self.contrast = contrast
-        self.super = max(1, math.ceil(DISPLAY_SIDE / side))
-        self.width = thickness * side
-        span = side / math.sqrt(2.0) + self.width / 2.0
-        self.centres = np.linspace(-span, span, n_sweep)
-        theta = np.deg2rad(self.orientations)
-        self._normal = np.stack([-np.sin(theta), np.cos(theta)], 1)  # [B, 2] (x, y)
-        # d of every model pixel centre [B, P*P], and of every display sub-pixel centre
-        self._d_pixels = self._project(side, 1).reshape(len(theta), -1)
-        self._d_display = self._project(side, self.super).astype(np.float32)  # [B, Ps, Ps]
-        # |d| of a uniform point of a pixel about its centre is the sum of two uniforms
-        # with widths p <= q: its CDF is piecewise quadratic (see `_pixel_cdf`)
-        extent = np.sort(np.abs(self._normal), 1)
-        self._p, self._q = extent[:, :1], extent[:, 1:]
-
-    def _project(self, side: int, s: int) -> np.ndarray:
-        """d = -x sin(theta) + y cos(theta) at the (sub-)pixel centres, [B, side*s, side*s]."""
-        coords = (np.arange(side * s) + 0.5) / s - side / 2.0
-        x, y = np.meshgrid(coords, -coords)
-        return self._normal[:, 0, None, None] * x + self._normal[:, 1, None, None] * y
-
-    def _pixel_cdf(self, u: np.ndarray) -> np.ndarray:
-        """Fraction of each pixel where d - d_centre <= u, [B, M]."""
-        p, q = self._p, self._q
-        half_in, half_out = (q - p) / 2.0, (q + p) / 2.0
-        pq = np.maximum(2.0 * p * q, 1e-12)
-        rising = np.clip(u + half_out, 0.0, None) ** 2 / pq
-        falling = 1.0 - np.clip(half_out - u, 0.0, None) ** 2 / pq
-        flat = (u + half_in) / q + p / (2.0 * q)
-        out = np.where(u < -half_in, rising, np.where(u > half_in, falling, flat))
-        return np.clip(out, 0.0, 1.0)
-
-    @property
-    def n_frames(self) -> int:
-        return self.n_blank + self.n_sweep
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.orientations)
-
-    def display(self, t: int, rows=slice(None)) -> np.ndarray:
-        """The high-resolution frame t, [b, P*S, P*S] (0 background, `contrast` bar)."""
-        d = self._d_display[rows]
-        if t < self.n_blank:
-            return np.zeros_like(d)
-        centre = self.centres[t - self.n_blank]
-        return (np.abs(d - centre) <= self.width / 2.0).astype(np.float32) * self.contrast
-
-    def __getitem__(self, t: int) -> torch.Tensor:
-        b, m = self._d_pixels.shape
-        if t < self.n_blank:
-            return torch.zeros(b, m)
-        offset = self.centres[t - self.n_blank] - self._d_pixels
-        half = self.width / 2.0
-        covered = self._pixel_cdf(offset + half) - self._pixel_cdf(offset - half)
-        return torch.from_numpy((covered * self.contrast).astype(np.float32))
-
-    def __len__(self) -> int:
-        return self.n_frames
 
 
 # ----------------------------------------------------------------------------- inference
@@ -270,10 +204,13 @@ def record_sweeps(model: IterativeVAE, bars: MovingBars, temp: float, eps: float
 
 
 # ----------------------------------------------------------------------------- tuning
+PREFERRED = "preferred orientation (peak)"  # its name wherever it is shown
+
+
 @dataclass
 class Tuning:
-    """Per unit: evoked [K, B] spike counts, osi / preferred (degrees in [0, 180)) /
-    pref_orth [K], peak [K] largest evoked count, responsive [K] bool."""
+    """Per unit: evoked [K, B] spike counts, osi / preferred (the peak orientation, degrees
+    in [0, 360)) / pref_orth [K], peak [K] largest evoked count, responsive [K] bool."""
 
     orientations: np.ndarray
     evoked: np.ndarray
@@ -287,13 +224,15 @@ class Tuning:
 def tuning_of(record: SweepRecord, orientations: np.ndarray, n_sweep: int, min_spikes: float) -> Tuning:
     """Evoked counts (sweep minus the blank's rate x n_sweep, rectified) and selectivity."""
     evoked = np.clip(record.counts - record.baseline[None] * n_sweep, 0.0, None).T
-    theta = torch.from_numpy(np.asarray(orientations, np.float64))
-    osi, preferred = Mx.circular_selectivity(torch.from_numpy(evoked), theta)
+    orientations = np.asarray(orientations, np.float64)
+    theta = torch.from_numpy(orientations)
+    osi, _ = Mx.circular_selectivity(torch.from_numpy(evoked), theta)
     # orientation is periodic in 180 degrees: compare pref and orth as orientations
     pref_orth = Mx.pref_orth_index(torch.from_numpy(evoked), theta % 180.0)
     peak = evoked.max(1)
-    return Tuning(np.asarray(orientations), evoked, osi.numpy(), preferred.numpy(),
-                  pref_orth.numpy(), peak, peak >= max(min_spikes, 1e-9))
+    preferred = orientations[np.argmax(evoked, 1)]
+    return Tuning(orientations, evoked, osi.numpy(), preferred, pref_orth.numpy(), peak,
+                  peak >= max(min_spikes, 1e-9))
 
 
 def choose_unit(tuning: Tuning) -> int:
@@ -307,8 +246,8 @@ def choose_unit(tuning: Tuning) -> int:
 
 
 def preferred_and_orthogonal(tuning: Tuning, unit: int) -> tuple[int, int]:
-    """Row indices of the orientation with the most evoked spikes and of the orientation
-    closest to 90 degrees from it."""
+    """Row indices of the preferred orientation (peak: the most evoked spikes) and of the
+    orientation closest to 90 degrees from it."""
     theta = tuning.orientations
     pref = int(np.argmax(tuning.evoked[unit]))
     diff = np.abs((theta - theta[pref] - 90.0 + 180.0) % 360.0 - 180.0)
@@ -376,9 +315,9 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
     summary = {
         "checkpoint": str(target), "preset": model.config.preset, "n_latents": k, "side": side,
         "unit": unit, "chosen": opts.unit is None, "osi": Mx.safe_float(tuning.osi[unit]),
-        "preferred_deg": Mx.safe_float(tuning.preferred[unit]),
+        "preferred_deg": float(bars.orientations[pref]),
+        "preferred_definition": f"{PREFERRED}: the bar orientation with the most evoked spikes",
         "pref_orth": Mx.safe_float(tuning.pref_orth[unit]),
-        "peak_orientation_deg": float(bars.orientations[pref]),
         "orth_orientation_deg": float(bars.orientations[orth]),
         "spikes_pref": float(record.counts[pref, unit]), "spikes_orth": float(record.counts[orth, unit]),
         "baseline_per_frame": float(record.baseline[unit]),
@@ -403,13 +342,12 @@ def format_summary(s: dict, out_dir: Path) -> str:
     how = (f"the most orientation-selective of the stronger half of {s['n_responsive']} responsive "
            f"units (>= {s['min_spikes']} evoked spikes per sweep)" if s["chosen"] else "given with --unit")
     osi = "-" if s["osi"] is None else f"{s['osi']:.3f}"
-    pref = "-" if s["preferred_deg"] is None else f"{s['preferred_deg']:.1f} deg"
     pref_orth = "-" if s["pref_orth"] is None else f"{s['pref_orth']:.3f}"
     lines = [
         f"unit {s['unit']}: {how}",
-        f"  OSI {osi}, preferred orientation {pref} (vector average), pref/orth index {pref_orth}",
-        f"  most spikes at {s['peak_orientation_deg']:g} deg: {s['spikes_pref']:.0f} per sweep; "
-        f"at {s['orth_orientation_deg']:g} deg (orthogonal): {s['spikes_orth']:.0f}; "
+        f"  OSI {osi}, pref/orth index {pref_orth}",
+        f"  {PREFERRED} {s['preferred_deg']:g} deg (the most evoked spikes): {s['spikes_pref']:.0f} "
+        f"spikes per sweep; orthogonal {s['orth_orientation_deg']:g} deg: {s['spikes_orth']:.0f}; "
         f"blank {s['baseline_per_frame']:.3g} per frame",
         f"  audio and movie: 1 frame = {s['frame_ms']:g} ms nominal, played {s['slow_down']:g}x slower",
         f"wrote to {out_dir}:",

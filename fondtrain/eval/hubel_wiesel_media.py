@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from scipy.io import wavfile
 
+from fondtrain.eval.hubel_wiesel import PREFERRED
+
 DPI = 100
 SAMPLE_RATE = 44_100
 # each click: a 2 kHz cosine decaying with time constant 0.15 ms, 0.5 ms long (22 samples),
@@ -56,7 +58,7 @@ def _orientation_line(ax, theta_deg: float, size: int, **style) -> None:
     ax.plot([c - r * np.cos(t), c + r * np.cos(t)], [c + r * np.sin(t), c - r * np.sin(t)], **style)
 
 
-def plot_rf(w: np.ndarray, side: int, factor: int, unit: int, preferred: float | None, path: Path) -> Path:
+def plot_rf(w: np.ndarray, side: int, factor: int, unit: int, preferred: float, path: Path) -> Path:
     fig = media_figure(8.0, 3.9)
     lim = float(np.abs(w).max()) or 1.0
     axes = [fig.add_axes((0.02, 0.06, 0.36, 0.74)), fig.add_axes((0.42, 0.06, 0.36, 0.74))]
@@ -64,9 +66,8 @@ def plot_rf(w: np.ndarray, side: int, factor: int, unit: int, preferred: float |
     axes[0].set_title(f"as the model has it ({side} x {side} px)", fontsize=9)
     image = axes[1].imshow(upsampled_rf(w, side, factor), cmap=RF_CMAP, vmin=-lim, vmax=lim)
     axes[1].set_title(f"upsampled x{factor} (cubic), display only", fontsize=9)
-    if preferred is not None:
-        _orientation_line(axes[1], preferred, side * factor, color="k", ls="--", lw=1)
-        axes[1].text(2, side * factor - 4, f"- - preferred {preferred:.0f} deg", fontsize=8)
+    _orientation_line(axes[1], preferred, side * factor, color="k", ls="--", lw=1)
+    axes[1].text(2, side * factor - 4, f"- - {PREFERRED} {preferred:g} deg", fontsize=8)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -77,7 +78,7 @@ def plot_rf(w: np.ndarray, side: int, factor: int, unit: int, preferred: float |
 
 
 def plot_tuning(orientations: np.ndarray, counts: np.ndarray, baseline: float, n_sweep: int,
-                osi: float | None, preferred: float | None, unit: int, path: Path) -> Path:
+                osi: float | None, preferred: float, unit: int, path: Path) -> Path:
     """Spikes per sweep against bar orientation, polar and linear; counts [B] (raw)."""
     order = np.argsort(orientations)
     theta, r = orientations[order], counts[order]
@@ -92,9 +93,7 @@ def plot_tuning(orientations: np.ndarray, counts: np.ndarray, baseline: float, n
     ax = fig.add_axes((0.45, 0.14, 0.52, 0.64))
     ax.plot(theta, r, color="C3", lw=1.5, marker=".", ms=4, label="sweep")
     ax.axhline(baseline * n_sweep, color="k", ls="--", lw=0.8, label="blank rate x sweep length")
-    if preferred is not None:
-        for p in (preferred, preferred + 180.0):
-            ax.axvline(p, color="0.5", lw=0.8, ls=":")
+    ax.axvline(preferred, color="0.5", lw=0.8, ls=":")
     ax.set_xlim(0, 360)
     ax.set_xticks(np.arange(0, 361, 45))
     ax.set_xlabel("bar orientation (deg, counter-clockwise from horizontal; the bar moves towards +90)",
@@ -103,8 +102,8 @@ def plot_tuning(orientations: np.ndarray, counts: np.ndarray, baseline: float, n
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, frameon=False, loc="upper right")
     osi_text = "-" if osi is None else f"{osi:.2f}"
-    pref_text = "" if preferred is None else f", preferred {preferred:.0f} / {preferred + 180:.0f} deg (dotted)"
-    fig.suptitle(f"unit {unit}: orientation tuning to a moving bar, OSI {osi_text}{pref_text}", fontsize=11)
+    fig.suptitle(f"unit {unit}: orientation tuning to a moving bar, OSI {osi_text}, "
+                 f"{PREFERRED} {preferred:g} deg (dotted)", fontsize=11)
     return save_media_figure(fig, path)
 
 
@@ -131,17 +130,17 @@ def plot_raster(bars, spikes: np.ndarray, rate: np.ndarray, pref: int, orth: int
     image = ax.pcolormesh(np.append(frames - 0.5, frames[-1] + 0.5), edges, spikes[order], cmap="Greys",
                           norm=PowerNorm(0.5, vmin=0, vmax=top), shading="flat", rasterized=True)
     ax.set_ylim(edges[-1], edges[0])
-    for row, color, name in ((pref, "C3", "pref."), (orth, "C0", "orth.")):
+    for row, color, name in ((pref, "C3", "pref. (peak)"), (orth, "C0", "orth.")):
         ax.annotate(f"< {name} {theta[row]:g}", xy=(frames[-1], theta[row]), xytext=(4, 0),
                     textcoords="offset points", color=color, fontsize=8, va="center",
                     annotation_clip=False)
     ax.axvline(0, color="C2", lw=0.8)
     ax.set_ylabel("bar orientation (deg)", fontsize=9)
     ax.set_xlabel("frame from sweep onset (green; before it the patch is blank)", fontsize=8)
-    cax = fig.add_axes((0.9, 0.5, 0.012, 0.42))
+    cax = fig.add_axes((0.935, 0.5, 0.012, 0.42))
     bar = fig.colorbar(image, cax=cax)
     bar.set_label("spikes per frame", fontsize=8)
-    for i, (row, color, name) in enumerate(((pref, "C3", "preferred"), (orth, "C0", "orthogonal"))):
+    for i, (row, color, name) in enumerate(((pref, "C3", PREFERRED), (orth, "C0", "orthogonal"))):
         a = fig.add_axes((0.08, 0.25 - 0.18 * i, 0.74, 0.13))
         _spike_stems(a, frames, spikes[row], "0.25")
         # the posterior rate is the expected count per frame: the same axis as the spikes
@@ -220,10 +219,12 @@ class MovieFrames:
         ax_rf.imshow(upsampled_rf(w, side, factor), cmap=RF_CMAP, vmin=-lim, vmax=lim)
         self.bar_image = ax_rf.imshow(np.zeros((side * factor, side * factor, 4)))
         ax_rf.set_title(f"bar over the RF (upsampled x{factor}, display only)", fontsize=8)
-        ax_in = fig.add_axes((0.74, 0.06, 0.16, 0.28))
-        self.input_image = ax_in.imshow(np.zeros((side, side)), cmap="gray", vmin=0, vmax=bars.contrast,
-                                        interpolation="nearest")
-        ax_in.set_title(f"model input ({side} x {side} px)", fontsize=8)
+        self.ax_in = ax_in = fig.add_axes((0.74, 0.06, 0.16, 0.28))
+        # symmetric about 0, the standardised data's mean: the blank patch is mid-grey, as the
+        # model sees it (average luminance, not black), and the bar brighter
+        self.input_image = ax_in.imshow(np.zeros((side, side)), cmap="gray", vmin=-bars.contrast,
+                                        vmax=bars.contrast, interpolation="nearest")
+        ax_in.set_title(f"model input ({side} x {side} px; grey = 0, the data's mean)", fontsize=8)
         for ax in (ax_rf, ax_in):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -326,7 +327,7 @@ def write_media(out_dir: Path, w: np.ndarray, bars, record, tuning, pref: int, o
     if opts.movie:
         exe = _ffmpeg() if ffmpeg is True else ffmpeg
         frames = MovieFrames(w, bars, record, rows, opts.lead, unit, opts.frame_ms)
-        names = ("preferred", "orthogonal")
+        names = (PREFERRED, "orthogonal")
         files["movie"] = write_movie(frames, names, 1.0 / opts.frame_audio_s, out_dir / "movie.mp4",
                                      files["audio"], exe)
         stale = out_dir / ("movie.gif" if files["movie"].suffix == ".mp4" else "movie.mp4")
