@@ -81,7 +81,7 @@ def test_convergence_title_fits_and_off_scale_r2_is_labelled(tmp_path, monkeypat
     assert _inside(fig, fig._suptitle)
     r2_axes = next(ax for ax in fig.axes if ax.get_title() == "R^2")
     labels = [t.get_text() for t in r2_axes.get_legend().get_texts()]
-    assert "R^2 paper (per-sample mean) (all below the axis, min -3)" in labels
+    assert "R^2 paper (per-sample mean)\n(all below the axis, min -3)" in labels
     for ax in fig.axes:  # no panel title crosses another element's title
         assert ax.get_title() == "" or _inside(fig, ax.title)
 

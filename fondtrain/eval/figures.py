@@ -99,8 +99,9 @@ _PANELS = (
 
 
 # Which R^2 is which, in lines that fit the convergence figure's text panel.
-R2_KEY = ("R^2 paper: mean over samples of\n  1 - SS_res/SS_tot per sample\n"
-          "R^2 pooled: 1 - sum SS_res / sum SS_tot\nR^2 median: median of the per-sample R^2")
+R2_KEY = ("R^2 paper: mean over samples\n  of 1 - SS_res/SS_tot per sample\n"
+          "R^2 pooled: 1 - sum SS_res\n  / sum SS_tot over all samples\n"
+          "R^2 median: median over samples\n  of 1 - SS_res/SS_tot per sample")
 
 
 def _r2_limits(values: list[np.ndarray]) -> tuple[float, float]:
@@ -118,8 +119,8 @@ def _clip_label(label: str, values: np.ndarray, low: float) -> str:
         return label
     lowest = f"min {np.nanmin(values):.3g}" if np.isfinite(values).any() else "no finite value"
     if below.all():
-        return f"{label} (all below the axis, {lowest})"
-    return f"{label} (clipped: {int(below.sum())} of {len(values)} steps below {low:.2f}, {lowest})"
+        return f"{label}\n(all below the axis, {lowest})"
+    return f"{label}\n(clipped: {int(below.sum())} of {len(values)} steps below {low:.2f}, {lowest})"
 
 
 def _spans_decades(series: list[np.ndarray]) -> bool:
