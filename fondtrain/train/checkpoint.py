@@ -1,7 +1,9 @@
 """Sharded, atomic, resumable checkpoints: `runs/<name>/ckpt/step-N/`.
 
-A checkpoint directory holds what `accelerator.save_state` writes (model weights as
-safetensors, optimiser, RNG states of every rank), fondtrain's `trainer_state.json`
+A checkpoint directory holds every member's weights (model.safetensors) and optimiser
+state (optimizer.bin) in one layout whatever the placement (`placement.Placement.writer`,
+in the files Accelerate's save_state writes; a DeepSpeed engine adds its own folder),
+fondtrain's `trainer_state.json`
 (global step, epoch, batches consumed in the epoch, n_exp statistics: everything the
 loop needs to continue the same run), the resolved `config.yaml`, `checksums.json` (the
 SHA-256 of every other file, so that a corrupt file is found before it is loaded) and a
