@@ -270,7 +270,7 @@ class MovieFrames:
         self.stems.set_data(stems, heights)
         self.rate_line.set_data(x, self.rate[seg, : j + 1])
         n_spikes = int(s.sum())
-        self.title.set_text(f"unit {self.unit}, bar at {theta:g} deg ({names[seg]}): "
+        self.title.set_text(f"unit {self.unit}, bar at {theta:g} deg, the {names[seg]}: "
                             f"frame {self.x[j]:+d}, {n_spikes} spikes so far")
         canvas = self.fig.canvas
         canvas.restore_region(self.background)
