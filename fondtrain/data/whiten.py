@@ -24,8 +24,8 @@ NYQUIST = 0.5  # cycles/pixel
 # keeps the background. Near-flat patches carry no structure to learn, and their per-sample
 # R^2 (SS_tot ~ 0) is not defined well enough to average: a trained ipvae reconstructs
 # the validation patches below 1% of the mean with per-sample R^2 -1.3 on average (as low
-# as -29), those between 10% and 20% with 0.74 (docs/science.md, "The per-sample R^2 and
-# the patch rule"). Sparse-coding data preparation discards them.
+# as -29), those between 10% and 20% with 0.74 (docs/science.md, section 6). Sparse-coding
+# data preparation discards them.
 FLAT_FRACTION = 0.1
 
 
