@@ -237,19 +237,35 @@ def test_relaxed_poisson_reference_is_the_spec_formula():
                                rtol=1e-12)
 
 
-def test_log_uniform_maps_words_to_cell_midpoints():
-    """Each word's low 23 bits m give U = (m + 1/2) 2^-23 exactly, whatever its high bits."""
-    m = np.array([0, 1, 2**22, 2**23 - 2, 2**23 - 1, 12345], dtype=np.int64)
-    high = np.array([0, 1, 255, 256, 511, 77], dtype=np.int64) << 23  # must be ignored
-    words = torch.from_numpy(((m | high) & 0xFFFFFFFF).astype(np.uint32).view(np.int32).copy())
-    log_u = streams.log_uniform_(words.clone())
-    expected = (m + 0.5) * 2.0**-23  # float64, exact
-    np.testing.assert_allclose(log_u.numpy(), np.log(expected), rtol=2.5e-7, atol=0)
+def test_hashed_uniforms_are_cell_midpoints_of_the_hash():
+    """U = (m + 1/2) 2^-23 exactly, m the top 23 bits of mix(mix(c ^ k0) ^ k1) (computed
+    here with numpy's wrapping uint32 arithmetic), c = draw n + i; `hashed_exponential_at`
+    gives -log U at any counters, in any order."""
+    like = torch.empty(2, 3, 5)
+    keys = torch.tensor([[5, 2**31 - 1], [0, 77]])
+    u = streams.hashed_uniform(like, keys, draw=4)
+
+    def mix(x):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x5BD1E995)
+        return x ^ (x >> np.uint32(16))
+
+    counter = np.arange(15, dtype=np.uint32) + np.uint32(4 * 15)
+    for p in range(2):
+        k0, k1 = (np.uint32(v) for v in keys[p].tolist())
+        m = mix(mix(counter ^ k0) ^ k1) >> np.uint32(9)
+        np.testing.assert_array_equal(u[p].flatten().double().numpy(), (m + 0.5) * 2.0**-23)
+        shuffled = torch.tensor([14, 0, 7]) + 4 * 15
+        np.testing.assert_allclose(streams.hashed_exponential_at(shuffled, keys[p]).numpy(),
+                                   -np.log((m[[14, 0, 7]] + 0.5) * 2.0**-23), rtol=2.5e-7)
 
 
 def test_cpu_arrival_stream_is_standard_exponential():
-    """-log U of the CPU stream against the Exp(1) distribution: Kolmogorov-Smirnov
-    distance of 2 M draws below the 0.1% critical value, consecutive draws uncorrelated."""
+    """-log U of the CPU stream (the hashed one) against the Exp(1) distribution:
+    Kolmogorov-Smirnov distance of 2 M draws below the 0.1% critical value, neighbouring
+    entries and an entry's consecutive draws uncorrelated."""
     draws = streams.exponential_noise(20, torch.Size([200, 500]), generator=torch.Generator().manual_seed(3))
     x = np.sort(draws.double().flatten().numpy())
     n = x.size
@@ -259,6 +275,9 @@ def test_cpu_arrival_stream_is_standard_exponential():
     flat = draws.double().flatten()
     corr = float(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1])
     assert abs(corr) < 5 / math.sqrt(n)
+    rows = draws.double().flatten(1)  # draw j and draw j + 1 of each entry
+    corr = float(torch.corrcoef(torch.stack([rows[:-1].flatten(), rows[1:].flatten()]))[0, 1])
+    assert abs(corr) < 5 / math.sqrt(rows[1:].numel())
     assert float(draws.min()) > 0 and float(draws.max()) <= 24 * math.log(2) + 1e-5
 
 
@@ -328,21 +347,25 @@ def test_relaxed_poisson_low_temperature_moments(rate: float):
         _check_moments(z, rate, rate * (1 - temp), rate)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rate", [0.02, 0.5, 3.0])
 @pytest.mark.parametrize("temp", [0.05, 0.5])
-def test_streamed_sampler_mean_and_gradient_are_unbiased(rate: float, temp: float):
-    """The sampler drawing its own arrivals (dropping finished entries) against closed forms:
+def test_streamed_sampler_mean_and_gradient_are_unbiased(rate: float, temp: float, dtype):
+    """The sampler drawing its own arrivals (dropping finished entries; in float32 the C
+    kernel where it is built, in float64 the torch code) against closed forms:
     by Campbell's theorem E z = r int_0^inf sigmoid((1 - t)/tau) dt = r tau log(1 + e^{1/tau})
-    (untruncated: n_exp at the 1e-9 quantile), and the pathwise gradient is unbiased,
+    (untruncated: n_exp at the 1e-9 quantile of the arrivals before t = 1 + 12 tau, past
+    which sigmoid((1 - t) / tau) < 1e-5, far below the standard errors), and the pathwise
+    gradient is unbiased,
     E dz/du = d E z / du = E z since r = e^u (the float32 floor on r is negligible here).
     """
-    n_exp = n_exp_for_rate(rate, 1e-9)
+    n_exp = n_exp_for_rate(rate * (1 + 12 * temp), 1e-9)
     gen = torch.Generator().manual_seed(int(rate * 1000 + temp * 10))
-    u = torch.full((1, 400, 500), math.log(rate), dtype=torch.float64, requires_grad=True)
+    u = torch.full((1, 400, 500), math.log(rate), dtype=dtype, requires_grad=True)
     z = relaxed_poisson(u, temp, [n_exp], generators=[gen])
     (grad,) = torch.autograd.grad(z.sum(), u)
     expected = rate * temp * math.log1p(math.exp(1.0 / temp))
-    for sample in (z.detach(), grad):
+    for sample in (z.detach().double(), grad.double()):
         se = float(sample.std()) / math.sqrt(sample.numel())
         assert abs(float(sample.mean()) - expected) < 5 * se, (float(sample.mean()), expected, se)
 

@@ -66,6 +66,27 @@ def test_masked_terms_give_each_member_its_own_truncated_sum():
     assert z[2].sum() > z[1].sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_drawn_samples_give_each_member_its_own_single_run(dtype):
+    """Drawing its own arrivals (float32: the C kernel where it is built; float64: the
+    torch code), the sampler gives member i, from its own generator, at its own
+    temperature and length, bit for bit its single run's sample and gradient."""
+    u, temp, n_exp, _, weights = _members()
+    u = u.to(dtype).requires_grad_(True)
+    seeds = [11, 12, 13, 14]
+    z = relaxed_poisson(u, temp, n_exp.tolist(), generators=[torch.Generator().manual_seed(s) for s in seeds])
+    (z * weights.to(dtype)).sum().backward()
+    for i in range(P):
+        u_i = u.detach()[i:i + 1].clone().requires_grad_(True)
+        single = relaxed_poisson(u_i, float(temp[i]), [int(n_exp[i])],
+                                 generators=[torch.Generator().manual_seed(seeds[i])])
+        (single[0] * weights[i].to(dtype)).sum().backward()
+        assert torch.equal(z[i].detach(), single[0].detach())
+        assert torch.equal(u.grad[i], u_i.grad[0])
+    assert torch.equal(z[3].detach(), torch.zeros(B, K, dtype=dtype))  # n_exp 0
+    assert 0 < z[1].sum() < z[2].sum()
+
+
 @pytest.mark.parametrize("form", ["graph", "vectorized"])
 def test_batched_forms_give_each_member_its_own_truncated_sum(form: str):
     """The whole-population forms (the graph loop of torch.compile, the accelerators'

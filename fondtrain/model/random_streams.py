@@ -1,11 +1,16 @@
 """Random numbers of the samplers, all a function of torch generators or explicit keys, so
 that seeds, checkpoints and resumed runs replay them.
 
-- Eager CPU samplers draw raw words of a numpy SFC64 seeded from a torch generator
-  (`WordStream`): ~4x cheaper than torch's CPU Mersenne twister uniforms.
-- Graph samplers (inside torch.compile) draw from a counter-based hash keyed by two numbers
-  per member (`hashed_uniform`): plain integer tensor operations that fuse into the
-  sampler's kernel, with no generator state inside the graph.
+- Exp(1) arrivals of the relaxed Poisson sampler on a CPU (eager and compiled) come from a
+  counter-based hash keyed by two numbers per member (`hashed_uniform`), drawn from the
+  member's generator (`draw_keys`) once per sample: element i of draw d is a function of
+  (d, i) and the keys alone, so a sampler may compute any entries in any order (the C
+  kernel, which skips the arrivals that add exactly 0, and the torch code give the same
+  numbers), and inside torch.compile the draws are plain integer tensor operations that
+  fuse into the sampler's kernel, with no generator state inside the graph.
+- The exact Poisson sampler draws from a numpy SFC64 seeded from a torch generator
+  (`numpy_bits`); eager normal draws and accelerators' uniforms are torch's own (inside
+  torch.compile on a CPU, normal draws come from the hash too: `hashed_normal`).
 
 A population draws member by member: member i from its own generator (or keys), so its
 numbers are those of its single run whatever the other members are.
@@ -20,9 +25,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_MANTISSA = 0x007FFFFF  # the 23 fraction bits of a float32
-_ONE = 0x3F800000  # the bit pattern of 1.0f
-_JUST_BELOW_ONE = 1.0 - 2.0**-24  # f - this is exact (Sterbenz) for f in [1, 2)
 _MASK32 = 0xFFFFFFFF
 
 
@@ -45,55 +47,20 @@ def numpy_bits(generator=None) -> np.random.SFC64:
     return np.random.SFC64(int(torch.randint(2**63 - 1, (), generator=generator)))
 
 
-class WordStream:
-    """Random int32 words for the CPU samplers, taken in any amounts, in order.
-
-    Raw words of `numpy_bits(generator)`. One stream per sample.
-    """
-
-    def __init__(self, generator=None):
-        self._bits = numpy_bits(generator)
-        self._spare: np.int32 | None = None  # the second word of a draw not yet taken
-
-    def take(self, count: int) -> Tensor:
-        """The next `count` words, int32 [count]. A 64-bit draw gives two words; an odd
-        one left over starts the next take, so taking in parts does not change the words."""
-        head = None
-        if self._spare is not None and count:
-            head, self._spare = self._spare, None
-        need = count - (head is not None)
-        drawn = self._bits.random_raw((need + 1) // 2).view(np.int32)
-        if drawn.size > need:
-            self._spare, drawn = drawn[need], drawn[:need]
-        if head is not None:
-            drawn = np.concatenate([np.array([head], dtype=np.int32), drawn])
-        return torch.from_numpy(drawn)
-
-
-def log_uniform_(words: Tensor) -> Tensor:
-    """log U from random int32 words, in place. f is the float32 with exponent 0 and the
-    word's low 23 bits m as fraction (f = 1 + m 2^-23), and U = f - (1 - 2^-24) =
-    (m + 1/2) 2^-23, exactly: U is uniform on the midpoints of 2^23 equal cells of (0, 1),
-    never 0 or 1, and -log U is Exp(1) (largest value 24 ln 2 = 16.6). Returns a float32
-    view of the words' memory."""
-    f = words.bitwise_and_(_MANTISSA).bitwise_or_(_ONE).view(torch.float32)
-    return f.sub_(_JUST_BELOW_ONE).log_()
-
-
 def exponential_noise(n_exp: int, shape: Sequence[int], device=None, generator=None) -> Tensor:
     """Standard Exp(1) draws [n_exp, *shape] of one generator.
 
-    On CPU they are -log U (`log_uniform_`) of a `WordStream`, one [*shape] row per
-    arrival: what the streamed relaxed Poisson sampler draws from the same generator state
-    as long as no entry finishes early, and in any case the same distribution. On
-    accelerators: -log(1 - U) from torch's device generator.
+    On CPU: float32 draws 0 .. n_exp - 1 of the hashed stream keyed by two numbers from the
+    generator (`draw_keys`, `hashed_exponential`; draw d is row d), the numbers that the
+    relaxed Poisson sampler draws itself from the same generator state. On accelerators:
+    -log(1 - U) from torch's device generator.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     shape = tuple(shape)
     if device.type == "cpu":
-        stream, numel = WordStream(generator), math.prod(shape)
-        rows = [log_uniform_(stream.take(numel)).view(shape) for _ in range(n_exp)]
-        return torch.stack(rows).neg_() if rows else torch.empty((0, *shape))
+        check_counters(math.prod(shape), n_exp)
+        key = draw_keys([generator], 1)[0]
+        return hashed_exponential_at(torch.arange(n_exp * math.prod(shape)), key).view(n_exp, *shape)
     noise = torch.empty((n_exp, *shape), device=device)
     return noise.uniform_(generator=generator).neg_().log1p_().neg_()
 
@@ -139,22 +106,49 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
+def check_counters(per_member: int, draws: int) -> None:
+    """The hashed streams count draw * per_member + i in 32 bits: draws x per_member at
+    most 2^32 (e.g. 40 draws of 100 M entries per member)."""
+    if per_member * draws > 2**32:
+        raise ValueError(f"{draws} hashed draws of {per_member} entries overflow their 32-bit counters")
+
+
 def hashed_uniform(like: Tensor, keys: Tensor, draw: int) -> Tensor:
     """Uniform draws of like's shape [P, ...] from a counter-based hash: element i of
     member p's draw number `draw` hashes c = draw * n + i (n the elements per member)
     under the member's two keys (keys [P, 2]), mix(mix(c ^ k0) ^ k1); its top 23 bits m
-    give U = (m + 1/2) 2^-23, the cell midpoints of `log_uniform_` (never 0 or 1).
-    `draw * n + i` must stay below 2^32 (the caller checks)."""
+    give U = (m + 1/2) 2^-23, the midpoints of 2^23 equal cells of (0, 1) (never 0 or 1).
+    `draw * n + i` must stay below 2^32 (`check_counters`)."""
     per_member = like[0].numel()
     counter = torch.arange(per_member, device=like.device, dtype=torch.int64).view(like.shape[1:])
     k0, k1 = (keys[:, j].view((-1,) + (1,) * (like.dim() - 1)) for j in (0, 1))
-    bits = _mix32(_mix32((counter + draw * per_member) ^ k0) ^ k1)
-    return ((bits >> 9).to(like.dtype) + 0.5) * 2.0**-23
+    return _uniform(counter + draw * per_member, k0, k1, like.dtype)
+
+
+def _uniform(counter: Tensor, k0, k1, dtype: torch.dtype) -> Tensor:
+    bits = _mix32(_mix32(counter ^ k0) ^ k1)
+    return ((bits >> 9).to(dtype) + 0.5) * 2.0**-23
 
 
 def hashed_exponential(like: Tensor, keys: Tensor, draw: int) -> Tensor:
     """Exp(1) draws -log U of `hashed_uniform` (largest value 24 ln 2 = 16.6)."""
     return -torch.log(hashed_uniform(like, keys, draw))
+
+
+def hashed_exponential_at(counter: Tensor, key: Tensor) -> Tensor:
+    """float32 Exp(1) draws of one member's hashed stream (key [2]) at the int64 counters
+    c = d n + i (entry i of draw d): `hashed_exponential`'s numbers, for any entries. The
+    hash in numpy's uint32 arithmetic (wrapping products, no masks: ~5x cheaper than
+    `_mix32`'s int64 tensors), the log in torch's (its numbers, bit for bit)."""
+    x = counter.numpy().astype(np.uint32)
+    for k in key.tolist():
+        x ^= np.uint32(k)
+        for shift, factor in ((16, 0x7FEB352D), (15, 0x5BD1E995)):  # `_mix32`'s rounds
+            x ^= x >> np.uint32(shift)
+            x *= np.uint32(factor)
+        x ^= x >> np.uint32(16)
+    u = torch.from_numpy((x >> np.uint32(9)).astype(np.float32))
+    return u.add_(0.5).mul_(2.0**-23).log_().neg_()
 
 
 def hashed_normal(like: Tensor, keys: Tensor, draw: int) -> Tensor:

@@ -8,14 +8,20 @@ Poisson count truncated at n events.
 
 One function, `relaxed_poisson`, three ways to run it (the same numbers given the same
 draws, tested):
-- eager on a CPU: member by member, arrivals streamed a block at a time for the entries
-  not yet finished (`_sum_arrivals`: most entries of a sparse posterior finish after an
-  arrival or two), drawing from the member's generator; never holds [n, B, K];
+- eager on a CPU: member by member. Drawing its own arrivals, from the hashed stream
+  (`random_streams.hashed_exponential`) of two keys drawn from the member's generator
+  per sample: float32 by a compiled C kernel (`kernels/relaxed_poisson.c`, built at first
+  use), else (no C compiler, or float64) by `_sum_arrivals`. Given explicit noise, by
+  `_sum_arrivals`. Both compute only the arrivals of entries not yet finished (most
+  entries of a sparse posterior finish after an arrival or two) and never hold [n, B, K].
+  (Before the kernel the eager sampler drew from a numpy word stream: the same
+  distribution, other numbers; a run replays either way, its generators being re-seeded
+  every step.)
 - eager on accelerators: a few whole-tensor kernels over [n_max, P, B, K], the arrivals
   beyond a member's n_exp masked;
 - inside torch.compile: a plain loop over n_max arrivals with [P, B, K] running sums
-  (fixed shapes, no host reads), draws from the hashed streams (`random_streams`), the
-  arrivals beyond n_exp masked.
+  (fixed shapes, no host reads), draws from the hashed streams, the arrivals beyond
+  n_exp masked.
 Eager forward accumulates the sample and its derivative dz/du together (one autograd
 node that keeps one [P, B, K] tensor); the graph form returns z + dz/du (u - stopgrad u),
 the same value and pathwise gradient. With a_j = 1/tau - S_j k, k = 1 / (r tau):
@@ -30,11 +36,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fondtrain.model.kernels import sampler as kernel
 from fondtrain.model.poisson import FLOAT32_EPS
 from fondtrain.model.random_streams import (
-    WordStream,
+    check_counters,
+    draw_keys,
     hashed_exponential,
-    log_uniform_,
+    hashed_exponential_at,
     member_exponential_noise,
     member_generators,
 )
@@ -54,9 +62,12 @@ def relaxed_poisson(u: Tensor, temp, n_exp, noise: Tensor | None = None, generat
     of arrivals (P ints; a [P] integer tensor inside torch.compile, with the static loop
     length `n_max` >= every n_exp). noise: Exp(1) draws [n, P, B, K] to replay (member i
     reads rows < n_exp[i]); without it the draws come from `generators` (one per member,
-    None: torch's default generator) or, inside torch.compile, from the hashed streams
-    keyed by `keys` [P, 2] (draws first_draw .. first_draw + n_max - 1; torch.rand_like
-    without keys).
+    None: torch's default generator): on a CPU draws 0 .. n_exp - 1 of the hashed stream
+    of two keys taken from the member's generator (`draw_keys`; the rows that
+    `random_streams.exponential_noise` gives from the same generator state), on
+    accelerators torch's uniforms. Inside torch.compile the draws come from the hashed
+    streams keyed by `keys` [P, 2] (draws first_draw .. first_draw + n_max - 1;
+    torch.rand_like without keys).
     """
     if torch.compiler.is_compiling():
         return _graph_sample(u, temp, n_exp, n_max, noise, keys, first_draw)
@@ -80,11 +91,11 @@ class _RelaxedPoisson(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0]
         if u.device.type != "cpu":
             z, dz_du = _vectorized(u, temps, lengths, noise, generators, need_grad)
+        elif noise is None:
+            z, dz_du = _drawn(u, temps, lengths, generators, need_grad)
         else:
-            parts = [_streamed(u[i], temps[i], lengths[i], None if noise is None else noise[:lengths[i], i],
-                               generators[i], need_grad) for i in range(u.shape[0])]
-            z = torch.stack([zi for zi, _ in parts])
-            dz_du = torch.stack([di for _, di in parts]) if need_grad else None
+            z, dz_du = _stack([_streamed(u[i], temps[i], lengths[i], noise[:lengths[i], i], None, need_grad)
+                               for i in range(u.shape[0])])
         if need_grad:
             ctx.save_for_backward(dz_du)
         return z
@@ -95,26 +106,41 @@ class _RelaxedPoisson(torch.autograd.Function):
         return grad_z * dz_du, None, None, None, None
 
 
-def _streamed(u: Tensor, temp: float, n_exp: int, noise: Tensor | None, generator,
+def _drawn(u: Tensor, temps, lengths, generators, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """Every member on a CPU, drawing its arrivals from the hashed stream of two keys
+    from its generator: by the C kernel where it is built (float32), else member by
+    member in torch. The two give the same numbers (to float32 rounding, tested)."""
+    check_counters(u[0].numel(), max(lengths, default=0))
+    keys = draw_keys(generators, u.shape[0])
+    if u.dtype == torch.float32 and kernel.available():
+        return kernel.relaxed_poisson_kernel(u, temps, lengths, keys, sigmoid_zero_below(u.dtype), need_grad)
+    return _stack([_streamed(u[i], temps[i], lengths[i], None, keys[i], need_grad) for i in range(u.shape[0])])
+
+
+def _stack(parts: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, Tensor | None]:
+    z = torch.stack([zi for zi, _ in parts])
+    return z, (torch.stack([di for _, di in parts]) if parts[0][1] is not None else None)
+
+
+def _streamed(u: Tensor, temp: float, n_exp: int, noise: Tensor | None, key: Tensor | None,
               need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """One member on a CPU: (z, dz/du) [B, K] from n_exp arrivals of `noise` [n_exp, B, K]
-    or of the generator's word stream (only for entries not yet finished)."""
+    """One member on a CPU in torch: (z, dz/du) [B, K] from n_exp arrivals of `noise`
+    [n_exp, B, K], or of the hashed stream of `key` [2] (only for entries not yet
+    finished)."""
     exp_u = torch.exp(u)
     rate = exp_u + FLOAT32_EPS
     k = (rate * temp).reciprocal_()
     inv_temp = torch.tensor(1.0 / temp, dtype=u.dtype)
+    n = k.numel()
     if noise is None:
-        stream = WordStream(generator)
-
-        def draw(j: int, count: int, live: Tensor | None) -> Tensor:  # log U: -Exp(1)
-            n = k.numel() if live is None else live.numel()
-            return log_uniform_(stream.take(count * n)).view(count, n)
-        z, acc = _sum_arrivals(draw, -1.0, n_exp, k, inv_temp, need_grad)
+        def draw(j: int, count: int, live: Tensor | None) -> Tensor:  # float32 draws j .. j + count - 1
+            entries = torch.arange(n) if live is None else live
+            return hashed_exponential_at(torch.arange(j, j + count).view(-1, 1) * n + entries, key)
     else:
-        def draw(j: int, count: int, live: Tensor | None) -> Tensor:  # Exp(1), a copy
+        def draw(j: int, count: int, live: Tensor | None) -> Tensor:  # a copy
             rows = noise[j:j + count].reshape(count, -1)
             return rows.clone() if live is None else rows.index_select(1, live)
-        z, acc = _sum_arrivals(draw, 1.0, n_exp, k, inv_temp, need_grad)
+    z, acc = _sum_arrivals(draw, n_exp, k, inv_temp, need_grad)
     dz_du = acc.view_as(u).mul_(k).mul_(exp_u).div_(rate) if need_grad else None
     return z.view_as(u), dz_du
 
@@ -150,13 +176,13 @@ def sigmoid_zero_below(dtype: torch.dtype) -> float:
     return -(math.log(torch.finfo(dtype).max) + 1.0)
 
 
-def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
+def _sum_arrivals(draw, n_exp: int, k: Tensor, inv_temp: Tensor,
                   need_grad: bool) -> tuple[Tensor, Tensor | None]:
     """z = sum_j sigmoid(a_j) and acc = sum_j s_j (1 - s_j) S_j on CPU, flat [B K] each.
 
     draw(j, count, live) gives arrivals j .. j + count - 1 for the working set, a new
-    [count, n] tensor of Exp(1) draws (sign 1) or of log U (sign -1): every entry of the
-    flat [B K] when live is None, else the n entries `live` (indices into it). Arrivals
+    [count, n] tensor of Exp(1) draws: every entry of the flat [B K] when live is None,
+    else the n entries `live` (indices into it). Arrivals
     are taken a few at a time (about ARRIVAL_BLOCK values per block) so that each torch
     call does a block's work: at these sizes the number of calls, not the arithmetic, is
     much of the cost.
@@ -167,16 +193,12 @@ def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
     (most entries of a sparse posterior finish after an arrival or two: the loop then
     runs, and draws, for the others), and the loop ends when none is left. Given the same
     draws per entry the result equals the sum over every arrival of every entry to
-    rounding (tested: blocks add the same terms in another order). A freshly drawn stream
-    draws for the working set only, which changes which numbers an entry gets but not
-    their distribution: each arrival of an entry is still a fresh Exp(1) draw, and those
-    it is not given would add exactly 0.
+    rounding (tested: blocks add the same terms in another order).
     """
     k_live = k.reshape(-1)
     if n_exp == 0:  # the n_exp of a step whose rates are all below ~1e-3
         return torch.zeros_like(k_live), (torch.zeros_like(k_live) if need_grad else None)
     threshold = sigmoid_zero_below(k.dtype)
-    # signed arrival times A = sign * S: log U sums to -S without a negation pass
     arrival = z = acc = None  # of the working set
     z_out = acc_out = None  # of every entry, once the working set has shrunk
     live = None  # indices of the working set in the flat [B K]; None: every entry
@@ -186,14 +208,14 @@ def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
         times = draw(j, count, live).to(k.dtype)
         if arrival is not None:
             times[0].add_(arrival)
-        for i in range(1, count):  # A_j .. A_{j+count-1}; row adds beat cumsum over dim 0
+        for i in range(1, count):  # S_j .. S_{j+count-1}; row adds beat cumsum over dim 0
             times[i].add_(times[i - 1])
-        a = torch.addcmul(inv_temp, times, k_live, value=-sign)  # 1/tau - S k
+        a = torch.addcmul(inv_temp, times, k_live, value=-1.0)  # 1/tau - S k
         alive = a[-1] >= threshold
         sig = a.sigmoid_()
         z = sig.sum(0) if z is None else z.add_(sig.sum(0))
         if need_grad:
-            slope_times = sig.sub_(sig * sig).mul_(times)  # s (1 - s) A
+            slope_times = sig.sub_(sig * sig).mul_(times)  # s (1 - s) S
             acc = slope_times.sum(0) if acc is None else acc.add_(slope_times.sum(0))
         arrival = times[-1]
         j += count
@@ -220,7 +242,7 @@ def _sum_arrivals(draw, sign: float, n_exp: int, k: Tensor, inv_temp: Tensor,
         z_out.index_copy_(0, live, z)
         if need_grad:
             acc_out.index_copy_(0, live, acc)
-    return z_out, (acc_out.mul_(sign) if need_grad else None)
+    return z_out, acc_out
 
 
 def _graph_sample(u: Tensor, temp, n_exp: Tensor, n_max: int | None, noise: Tensor | None,
