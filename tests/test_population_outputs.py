@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fondtrain.config import RunConfig
+from fondtrain.config import ModelConfig, RunConfig
 from fondtrain.errors import UserError
 from fondtrain.eval.sweep_summary import format_sweep_table, group_members, summarise_sweep
 from fondtrain.model.vae import IterativeVAE
@@ -65,7 +65,8 @@ def _run_log(run_dir, members, start_step=0, is_main=True) -> RunLog:
 
 
 def test_each_member_is_its_own_tensorboard_run(tmp_path):
-    members = members_from_sweep(RunConfig(), "beta_outer=8,16,24")
+    base = RunConfig(model=ModelConfig(input_dim=16, n_latents=10))
+    members = members_from_sweep(base, "beta_outer=8,16,24")
     names = [m.name for m in members]
     logs = _run_log(tmp_path, members)
     for step in (1, 2, 3, 4):

@@ -190,7 +190,10 @@ class RunLog:
 
 
 def _validation_text(v: dict[str, float]) -> str:
-    return (f"R^2 pooled {v.get('val/r2_pooled', math.nan):.3f}, median {v.get('val/r2_median', math.nan):.3f}; "
+    """The validation's numbers in one line; R^2 three ways (`stats.R2_LABELS`: pooled over
+    every sample, the median sample's, and the paper's mean over samples)."""
+    return (f"R^2 pooled {v.get('val/r2_pooled', math.nan):.3f}, median {v.get('val/r2_median', math.nan):.3f}, "
+            f"paper (per-sample mean) {v.get('val/r2_mean', math.nan):.3f}; "
             f"zero latents {100 * v.get('val/zeros', math.nan):.1f}%, population sparseness "
             f"{v.get('val/population_sparseness', math.nan):.3f}, lifetime sparseness "
             f"{v.get('val/lifetime_sparseness', math.nan):.3f}")
