@@ -27,7 +27,7 @@ import torch
 
 from fondtrain.eval.evaluate import EvalOptions, evaluate
 from fondtrain.eval.sweep_summary import write_eval_summary
-from fondtrain.run_files import load_run
+from fondtrain.runs.files import load_run
 
 
 def one_by_one(run: Path, opts: EvalOptions, out: Path) -> None:

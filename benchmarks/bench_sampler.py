@@ -142,7 +142,7 @@ def main() -> None:
         n_exps = [int(n) or 10 for n in a.n_exps.split(",")]
         return cycle_table(n_exps, [float(t) for t in a.temps.split(",")], a.rounds, a.calls)
     if a.checkpoint:
-        from fondtrain.run_files import load_model
+        from fondtrain.runs.files import load_model
 
         model = load_model(a.checkpoint)[0]
     else:

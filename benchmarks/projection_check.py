@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from fondtrain.bench import candidates as C  # noqa: E402
 from fondtrain.bench import harness  # noqa: E402
 from fondtrain.bench.settings import BenchSettings  # noqa: E402
-from fondtrain.run_files import list_checkpoints, load_model, read_trainer_state  # noqa: E402
+from fondtrain.runs.files import list_checkpoints, load_model, read_trainer_state  # noqa: E402
 
 TOLERANCE = 0.2  # the issue's: the projection within 20% of the run's wall time
 
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     args = parser.parse_args(argv)
 
+    from fondtrain.config.schedules import schedules_for
     from fondtrain.model.vae import IterativeVAE
     from fondtrain.runtime import configure_cpu_process
-    from fondtrain.schedules import schedules_for
 
     configure_cpu_process()
     harness.set_threads(args.threads)

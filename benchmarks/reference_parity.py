@@ -60,12 +60,12 @@ def main() -> None:
     load_reference(args.reference_dir)  # a wrong path: one sentence before any work
 
     from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from fondtrain.config.schedules import schedules_for
     from fondtrain.data.loader import ShardLoader
     from fondtrain.data.shards import ensure_shards
     from fondtrain.model import vae
     from fondtrain.model.upstream import state_dict_from_upstream, state_dict_to_upstream
     from fondtrain.model.vae import IterativeVAE
-    from fondtrain.schedules import schedules_for
     from fondtrain.seeding import stream_seed
     from fondtrain.train.trainer import train
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fondtrain import run_files
 from fondtrain.cli import main
+from fondtrain.runs import files as run_files
 from fondtrain.train.trainer import train
 from tests.train_helpers import tiny_config
 

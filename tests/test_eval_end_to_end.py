@@ -184,7 +184,7 @@ def test_checkpoint_flag_and_errors(tiny_run: Path, tmp_path: Path, capsys):
     assert metrics["run"] == str(tiny_run) and (tmp_path / "e" / "metrics.json").is_file()
     # a reference .pt (what hadivafaii/IterativeVAE saves): no run config, digits by size
     from fondtrain.model.upstream import state_dict_to_upstream
-    from fondtrain.run_files import load_model
+    from fondtrain.runs.files import load_model
 
     model, _ = load_model(tiny_run)
     ref = tmp_path / "reference" / "IPVAE+Trainer-0300.pt"
@@ -272,7 +272,7 @@ def test_data_parallel_eval_with_accelerate_launch(tiny_run: Path, evaluated: di
     from fondtrain.eval.convergence import accumulate_convergence, rank_seed
     from fondtrain.eval.data import load_eval_data
     from fondtrain.eval.dist import Ranks
-    from fondtrain.run_files import load_model
+    from fondtrain.runs.files import load_model
 
     model, _ = load_model(tiny_run)
     x = torch.from_numpy(load_eval_data("digits", shards_root=None).x_val[:200])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fondtrain import run_files
 from fondtrain.config import RunConfig, TrainConfig, save_yaml
-from fondtrain.schedules import schedule_for
-from fondtrain.sweep import run_members
+from fondtrain.config.schedules import schedule_for
+from fondtrain.config.sweep import run_members
+from fondtrain.runs import files as run_files
 from fondtrain.train.trainer import train
 from tests.train_helpers import tiny_config
 
@@ -29,7 +29,7 @@ def test_checkpoint_eps_is_one_without_trainer_state(tmp_path):
 
 def test_checkpoint_records_its_eps_and_older_ones_are_recomputed(digits_shards, tmp_path):
     """The eps reached is in trainer_state.json; a checkpoint written before it was gets
-    the same value from its schedule (fondtrain.schedules, no trainer import)."""
+    the same value from its schedule (fondtrain.config.schedules, no trainer import)."""
     import json
 
     config = tiny_config(digits_shards, tmp_path / "runs", "recorded", epochs=100, max_steps=12)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fondtrain.config import RunConfig
+from fondtrain.config.sweep import members_from_sweep
 from fondtrain.eval import figures as Fg
 from fondtrain.eval import gabor_figure
 from fondtrain.eval.compare import compare
@@ -19,7 +20,6 @@ from fondtrain.eval.gabor import GaborFits
 from fondtrain.eval.report import format_summary
 from fondtrain.eval.sweep_summary import eval_rows, format_sweep_table, group_members, write_eval_summary
 from fondtrain.stats import R2_LABELS
-from fondtrain.sweep import members_from_sweep
 
 FINAL = {"mse": 0.2, "r2_pooled": 0.8, "r2_median": 0.7071, "r2_mean": 0.1523, "frac_zeros": 0.75}
 

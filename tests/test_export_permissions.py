@@ -9,12 +9,12 @@ import stat
 import pytest
 import torch
 
-from fondtrain import run_files
 from fondtrain.config import ModelConfig, RunConfig, load_yaml
 from fondtrain.errors import UserError
-from fondtrain.export import export_model, import_upstream
 from fondtrain.model.upstream import state_dict_to_upstream
 from fondtrain.model.vae import IterativeVAE
+from fondtrain.runs import files as run_files
+from fondtrain.runs.export import export_model, import_upstream
 
 
 @pytest.fixture(params=[0o022, 0o002])

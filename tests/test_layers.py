@@ -1,10 +1,12 @@
 """One-way layers: every import of every fondtrain module, function-local ones included.
 
-    base (config, errors, seeding, stats, images, runtime, schedules, sweep, members_table)
+    base: config/ (the dataclasses, a sweep's members, the schedules), errors, seeding,
+          stats, images, runtime
     data/          model/            (unaware of each other)
-    run_files      (reading runs and checkpoints, below train/ and eval/)
+    runs/          (a run folder: reading runs and checkpoints, export; above data/ and model/,
+                   below train/ and eval/)
     train/         eval/             (unaware of each other)
-    cli, export, bench   (on top)
+    cli/, bench/   (on top)
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ import pytest
 from tests.train_helpers import REPO
 
 PACKAGE = REPO / "fondtrain"
-BASE = {"config", "errors", "seeding", "stats", "images", "runtime", "schedules", "sweep", "members_table",
-        "permissions"}
-TOP = ("cli", "export", "bench")  # fondtrain.cli.* and fondtrain.bench.* too
+BASE = {"config", "errors", "seeding", "stats", "images", "runtime"}
+TOP = ("cli", "bench")  # fondtrain.cli.* and fondtrain.bench.*
 
 
 def layer(module: str) -> str:
-    """'data', 'model', 'train', 'eval', 'base', 'run_files' or 'top' for fondtrain.X..."""
+    """'data', 'model', 'train', 'eval', 'base', 'runs' or 'top' for fondtrain.X..."""
     part = module.split(".")[1] if module.count(".") else ""
-    if part in ("data", "model", "train", "eval", "run_files"):
+    if part in ("data", "model", "train", "eval", "runs"):
         return part
     if part in BASE or part in ("", "__init__"):
         return "base"
@@ -37,10 +38,10 @@ def layer(module: str) -> str:
 
 
 FORBIDDEN = {
-    "base": {"data", "model", "train", "eval", "run_files", "top"},
-    "model": {"data", "train", "eval", "run_files", "top"},
-    "data": {"model", "train", "eval", "run_files", "top"},
-    "run_files": {"data", "train", "eval", "top"},
+    "base": {"data", "model", "train", "eval", "runs", "top"},
+    "model": {"data", "train", "eval", "runs", "top"},
+    "data": {"model", "train", "eval", "runs", "top"},
+    "runs": {"train", "eval", "top"},
     "train": {"eval", "top"},
     "eval": {"train", "top"},
     "top": set(),
@@ -67,7 +68,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
             if node.level:
                 base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
             found.append((node.lineno, base))
-            # `from fondtrain import run_files` imports the module fondtrain.run_files
+            # `from fondtrain import data` imports the package fondtrain.data
             found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names
                       if (PACKAGE / alias.name).with_suffix(".py").is_file() or (PACKAGE / alias.name).is_dir()
                       if base == "fondtrain"]
@@ -104,7 +105,7 @@ def test_the_checker_sees_function_local_and_relative_imports(tmp_path, monkeypa
     assert len(violations()) == 2
 
 
-@pytest.mark.parametrize("module", ["fondtrain.eval.evaluate", "fondtrain.eval.tuning", "fondtrain.run_files"])
+@pytest.mark.parametrize("module", ["fondtrain.eval.evaluate", "fondtrain.eval.tuning", "fondtrain.runs.files"])
 def test_evaluation_loads_neither_the_trainer_nor_deepspeed(module):
     code = (f"import sys, {module}; "
             "print(sorted(m for m in sys.modules if m.startswith(('fondtrain.train', 'deepspeed'))))")

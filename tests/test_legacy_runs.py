@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fondtrain import run_files
 from fondtrain.cli import main
 from fondtrain.config import RunConfig, load_yaml
 from fondtrain.errors import UserError
-from fondtrain.export import export_model
 from fondtrain.model.upstream import state_dict_from_upstream
+from fondtrain.runs import files as run_files
+from fondtrain.runs.export import export_model
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
 EXPECTED = json.loads((LEGACY / "expected_eval.json").read_text())

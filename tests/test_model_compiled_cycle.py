@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from fondtrain.config.schedules import ScheduleValues
 from fondtrain.model.n_exp import n_exp_bucket, n_exp_for_rate
 from fondtrain.model.random_streams import hashed_exponential, hashed_normal
 from fondtrain.model.relaxed_poisson import _graph_sample
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.schedules import ScheduleValues
 from fondtrain.train.batch import train_batch
 from fondtrain.train.optim import MemberAdamax
 

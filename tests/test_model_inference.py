@@ -135,9 +135,9 @@ def test_validation_is_the_engines_last_step(engine_calls, preset: str, n_inner:
     batches); its metrics are those of `run`'s last steps."""
     from accelerate import Accelerator
 
-    from fondtrain.schedules import ScheduleValues
+    from fondtrain.config.schedules import ScheduleValues
+    from fondtrain.config.sweep import run_members
     from fondtrain.seeding import stream_seed
-    from fondtrain.sweep import run_members
     from fondtrain.train.metrics import validate
 
     model, x = _model(preset, n_inner), _x(3)

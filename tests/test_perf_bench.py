@@ -21,7 +21,7 @@ from fondtrain.bench.settings import (
     use_checkpoint,
 )
 from fondtrain.config import PRESETS, ModelConfig, RunConfig
-from fondtrain.schedules import schedule_for
+from fondtrain.config.schedules import schedule_for
 from fondtrain.stats import log_grid
 
 TINY = dict(batch_size=8, input_dim=16, n_latents=12, t_train=3, eval_steps=7, repeats=1, n_exp=4,

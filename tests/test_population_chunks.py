@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fondtrain.config.sweep import members_from_sweep
 from fondtrain.model import cycle
 from fondtrain.model.states import State
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.sweep import members_from_sweep
 from tests.test_population_model import SWEEP, _base, _batches, _train_population
 
 PRESETS = ("ipvae", "igvae", "igrelu")

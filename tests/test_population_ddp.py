@@ -52,8 +52,8 @@ def test_two_process_population_resume_equals_uninterrupted(digits_shards, tmp_p
 def test_population_saved_on_two_ranks_resumes_on_one_and_on_three(digits_shards, tmp_path):
     """The members' weights, PopulationAdamax state and per-member n_exp sums load on any
     number of processes; the position maps to the new epoch length as for one model."""
-    from fondtrain import run_files
     from fondtrain.cli.flags import parse_args
+    from fondtrain.runs import files as run_files
     from fondtrain.train.trainer import train
 
     runs = tmp_path / "runs"

@@ -20,7 +20,7 @@ from fondtrain.cli import FondtrainCLI
 from fondtrain.config import ModelConfig
 from fondtrain.errors import UserError
 from fondtrain.eval.evaluate import EvalOptions, evaluate
-from fondtrain.run_files import load_run
+from fondtrain.runs.files import load_run
 from fondtrain.train.trainer import train
 from tests.train_helpers import ACCELERATE_2PROC, scalars, tiny_config
 

@@ -10,11 +10,11 @@ import torch
 from accelerate import Accelerator
 
 from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from fondtrain.config.schedules import schedules_for
+from fondtrain.config.sweep import members_from_sweep
 from fondtrain.model import inference
 from fondtrain.model.relaxed_poisson import _vectorized
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.schedules import schedules_for
-from fondtrain.sweep import members_from_sweep
 
 
 def _trainer_parts():

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from fondtrain.config import ModelConfig, RunConfig
+from fondtrain.config.sweep import MEMBERS_TSV, member_dir, members_from_sweep, read_members_tsv, write_members_tsv
 from fondtrain.errors import UserError
 from fondtrain.eval.sweep_summary import format_sweep_table, group_members, summarise_sweep
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.sweep import MEMBERS_TSV, member_dir, members_from_sweep, read_members_tsv, write_members_tsv
 from fondtrain.train.placement import Placement
 from fondtrain.train.run_log import RunLog
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fondtrain.schedules import Schedule, Schedules
+from fondtrain.config.schedules import Schedule, Schedules
 
 MEMBERS = [
     dict(),  # the defaults

@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fondtrain import run_files
 from fondtrain.config import ModelConfig
+from fondtrain.config.sweep import read_members_tsv
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.sweep import read_members_tsv
+from fondtrain.runs import files as run_files
 from fondtrain.train.optim import MemberAdamax
 from fondtrain.train.placement import join_members, member_blocks, take_members
 from fondtrain.train.trainer import train

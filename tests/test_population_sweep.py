@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fondtrain.config import RunConfig, load_yaml
+from fondtrain.config.sweep import member_name, members_from_sweep, split_sweep, sweep_digest
 from fondtrain.errors import UserError
-from fondtrain.sweep import member_name, members_from_sweep, split_sweep, sweep_digest
 
 
 def test_grid_string_gives_the_product_first_setting_slowest():

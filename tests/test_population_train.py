@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fondtrain import run_files
 from fondtrain.cli import FondtrainCLI, train_command
 from fondtrain.cli.flags import parse_args
+from fondtrain.config.sweep import read_members_tsv
 from fondtrain.errors import UserError
-from fondtrain.export import export_model
-from fondtrain.run_files import load_model
-from fondtrain.sweep import read_members_tsv
+from fondtrain.runs import files as run_files
+from fondtrain.runs.export import export_model
+from fondtrain.runs.files import load_model
 from fondtrain.train.trainer import train
 from tests.train_helpers import scalars, tiny_config, tiny_flags
 
@@ -70,7 +70,7 @@ def test_yaml_sweep_section_and_bad_sweeps(tmp_path):
     path.write_text("model:\n  preset: ipvae\nsweep:\n  beta_outer: [8, 16]\n  seed: [0, 1, 2]\n")
     config = parse_args([f"--config={path}"])
     assert config.train.sweep
-    from fondtrain.sweep import members_from_sweep
+    from fondtrain.config.sweep import members_from_sweep
 
     assert len(members_from_sweep(config, config.train.sweep)) == 6
     assert len(members_from_sweep(parse_args([f"--config={path}", "--sweep=seed=3,4"]),
@@ -118,9 +118,9 @@ def test_eval_evaluates_every_member_and_writes_the_sweep_summary(population_run
 
 
 def test_own_member_data_order_gives_each_seed_its_own_batches(digits_shards):
+    from fondtrain.config.sweep import members_from_sweep
     from fondtrain.data.loader import MemberOrderLoader, ShardLoader
     from fondtrain.seeding import stream_seed
-    from fondtrain.sweep import members_from_sweep
 
     config = tiny_config(digits_shards, digits_shards, "x", sweep="beta_outer=8,16 seed=0,1")
     members = members_from_sweep(config, config.train.sweep)

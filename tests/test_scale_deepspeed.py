@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fondtrain import run_files
 from fondtrain.config import RunConfig, TrainConfig
 from fondtrain.errors import UserError
+from fondtrain.runs import files as run_files
 from fondtrain.train.backends import deepspeed_config
 from tests.train_helpers import REPO, subprocess_env
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fondtrain import run_files
+from fondtrain.runs import files as run_files
 from tests.train_helpers import ACCELERATE_2PROC, REPO, subprocess_env
 
 

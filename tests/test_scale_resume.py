@@ -13,8 +13,8 @@ import subprocess
 import pytest
 import torch
 
-from fondtrain import run_files
 from fondtrain.errors import UserError
+from fondtrain.runs import files as run_files
 from fondtrain.train.resume import adapt_position, check_backend
 from fondtrain.train.trainer import member_generators
 from tests.train_helpers import ACCELERATE_2PROC, REPO, subprocess_env
@@ -56,7 +56,7 @@ def test_every_rank_draws_its_own_noise_without_saved_rng_state():
     """A rank's sampler generators are a function of (member seed, rank, step): any rank of
     any world size resumes without saved RNG state."""
     from fondtrain.config import RunConfig
-    from fondtrain.sweep import run_members
+    from fondtrain.config.sweep import run_members
 
     members = run_members(RunConfig())
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fondtrain.schedules import Schedule, Schedules
+from fondtrain.config.schedules import Schedule, Schedules
 from tests.golden import DATA
 
 

@@ -10,9 +10,9 @@ import subprocess
 import pytest
 import torch
 
-from fondtrain import run_files
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
+from fondtrain.runs import files as run_files
 from fondtrain.train.checkpoint import save_checkpoint
 from fondtrain.train.resume import load_latest
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fondtrain import run_files
 from fondtrain.config import RunConfig
+from fondtrain.runs import files as run_files
 from fondtrain.train.checkpoint import save_checkpoint, verify_checksums
 from fondtrain.train.resume import load_latest
 from fondtrain.train.trainer import train
@@ -32,7 +32,7 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_saved_again(digits_shards,
     """The newest checkpoint's step (23) is not a multiple of ckpt_every (10): the re-run
     falls back to step 20, retrains to 23 and must write step 23 again, not keep the
     corrupt one because its COMPLETE marker is there; an export then has the good weights."""
-    from fondtrain.export import export_model
+    from fondtrain.runs.export import export_model
 
     flags = [*tiny_flags(digits_shards, tmp_path / "runs", "c", ckpt_every=10), "--max_steps=23"]
 

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fondtrain import run_files
 from fondtrain.config import RunConfig
+from fondtrain.config.sweep import members_from_sweep, run_members
 from fondtrain.errors import UserError
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.sweep import members_from_sweep, run_members
+from fondtrain.runs import files as run_files
 from fondtrain.train.checkpoint import save_checkpoint
 from tests.train_helpers import REPO, RUN_2PROC, subprocess_env, tiny_config, tiny_flags
 

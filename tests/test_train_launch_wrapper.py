@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fondtrain import run_files
+from fondtrain.runs import files as run_files
 from tests.train_helpers import REPO, subprocess_env, tiny_flags
 
 sys.path.insert(0, str(REPO / "launch"))

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from fondtrain import run_files
+from fondtrain.runs import files as run_files
 from fondtrain.train.checkpoint import verify_checksums
 from tests.train_helpers import REPO, subprocess_env, tiny_flags
 

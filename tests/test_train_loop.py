@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fondtrain import run_files
 from fondtrain.model.vae import IterativeVAE
+from fondtrain.runs import files as run_files
 from fondtrain.train.trainer import train
 from tests.train_helpers import image_tags, scalars, tiny_config
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from fondtrain import run_files
 from fondtrain.errors import UserError
+from fondtrain.runs import files as run_files
 from fondtrain.train.run_lock import RunLock
 from fondtrain.train.trainer import train
 from tests.train_helpers import tiny_config

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fondtrain import run_files
+from fondtrain.runs import files as run_files
 from tests.train_helpers import REPO, subprocess_env, tiny_flags
 
 pytestmark = pytest.mark.slow

@@ -18,10 +18,10 @@ import json
 import numpy as np
 import torch
 
+from fondtrain.config.schedules import Schedules, schedule_for
 from fondtrain.data.loader import ShardLoader
 from fondtrain.data.shards import shard_folder
-from fondtrain.run_files import TRAINER_STATE, load_model, resolve_checkpoint
-from fondtrain.schedules import Schedules, schedule_for
+from fondtrain.runs.files import TRAINER_STATE, load_model, resolve_checkpoint
 
 
 def gradient_samples(checkpoint: str, batch: int, n: int) -> tuple[np.ndarray, str]:

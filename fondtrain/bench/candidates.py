@@ -22,10 +22,10 @@ import torch
 from fondtrain.bench import harness
 from fondtrain.bench.settings import BenchSettings
 from fondtrain.config import ModelConfig, RunConfig, TrainConfig
+from fondtrain.config.schedules import ScheduleValues
 from fondtrain.eval.convergence import eval_temperature
 from fondtrain.model import inference, upstream
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.schedules import ScheduleValues
 from fondtrain.stats import log_grid, r2_per_sample
 from fondtrain.train.batch import train_batch
 from fondtrain.train.optim import MemberAdamax
@@ -86,7 +86,7 @@ def paired_models(preset: str, s: BenchSettings, device: torch.device):
         if s.reference_dir:
             ref_model, ref = reference_setup(s, preset, device)
         return fondtrain_model(preset, s, ref_model, device), ref_model, ref
-    from fondtrain.run_files import load_model
+    from fondtrain.runs.files import load_model
 
     ours = load_model(s.checkpoint)[0].train().to(device)
     ours.generators = [torch.Generator(device=device).manual_seed(s.seed)]

@@ -36,7 +36,7 @@ from fondtrain.bench import candidates as C
 from fondtrain.bench import harness, report
 from fondtrain.bench.settings import TRAINED_N_EXP, TRAINED_N_EXP_SOURCE, BenchSettings, paper_n_train
 from fondtrain.config import ModelConfig, RunConfig
-from fondtrain.schedules import schedule_for
+from fondtrain.config.schedules import schedule_for
 
 # The goal: the paper's ipvae run (vH16 sizes) in under 3 hours on the 2-core
 # development CPU (2 threads), 72 ms per cycle over 150,000 steps.

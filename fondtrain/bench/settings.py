@@ -91,7 +91,7 @@ def use_checkpoint(s: BenchSettings) -> BenchSettings:
     """The settings with the preset and sizes of `s.checkpoint`'s model (no change without)."""
     if not s.checkpoint:
         return s
-    from fondtrain.run_files import load_model
+    from fondtrain.runs.files import load_model
 
     model, _ = load_model(s.checkpoint)
     c = model.config

@@ -165,7 +165,7 @@ class FondtrainCLI:
             format: safetensors (model.safetensors + config.yaml) or upstream (the reference's .pt).
             member: a population run's member to export (default: every member, to OUT/MEMBER).
         """
-        from fondtrain.export import export_model
+        from fondtrain.runs.export import export_model
 
         return str(export_model(run, out, format, member))
 
@@ -177,7 +177,7 @@ class FondtrainCLI:
             out: the run folder to create.
             dataset: the data set it was trained on (default vh16 for 16x16 inputs, mnist for 28x28).
         """
-        from fondtrain.export import import_upstream
+        from fondtrain.runs.export import import_upstream
 
         return str(import_upstream(path, out, dataset))
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fondtrain import config as cfg
+from fondtrain.config.sweep import members_from_sweep, split_sweep
 from fondtrain.errors import UserError
-from fondtrain.sweep import members_from_sweep, split_sweep
 
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 SECTIONS = {"model": cfg.ModelConfig, "data": cfg.DataConfig, "train": cfg.TrainConfig}

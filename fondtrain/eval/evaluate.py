@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from fondtrain.config import RunConfig
+from fondtrain.config.sweep import member_dir
 from fondtrain.errors import UserError
 from fondtrain.eval.convergence import eval_temperature, run_convergence
 from fondtrain.eval.data import EvalData, fit_to_model, limit_rows, load_eval_data
@@ -45,8 +46,7 @@ from fondtrain.eval.dist import Ranks
 from fondtrain.eval.report import ModelResults, ReportTarget, training_step, write_report
 from fondtrain.eval.sweep_summary import eval_rows, format_sweep_table, group_members, write_eval_summary
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.run_files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
-from fondtrain.sweep import member_dir
+from fondtrain.runs.files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
 
 # Default data set for checkpoints that carry no run config (reference .pt), by input size.
 DEFAULT_DATASET_BY_DIM = {256: "natural16", 64: "digits"}

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 
 from fondtrain import stats as Mx
+from fondtrain.config.sweep import member_dir
 from fondtrain.errors import UserError
 from fondtrain.eval.hubel_wiesel_bars import MovingBars
 from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE, State
-from fondtrain.sweep import member_dir
 
 
 def _number(value) -> float:
@@ -271,7 +271,7 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
     summary as a dict."""
     from fondtrain.eval.convergence import eval_temperature
     from fondtrain.eval.hubel_wiesel_media import write_media
-    from fondtrain.run_files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
+    from fondtrain.runs.files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
 
     opts = options or HubelWieselOptions()
     if run is None and checkpoint is None:

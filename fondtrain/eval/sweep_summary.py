@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from fondtrain.config.sweep import Member, MemberRow, format_value, member_name, read_members_tsv
 from fondtrain.eval import figures as Fg
 from fondtrain.stats import R2_LABELS
-from fondtrain.sweep import Member, MemberRow, format_value, member_name, read_members_tsv
 
 SUMMARY_TSV = "sweep_summary.tsv"
 FIGURE_PNG = "rate_distortion.png"

@@ -288,7 +288,7 @@ class DeepSpeedBackend:
         rank 0 also the full weights as model.safetensors."""
         from safetensors.torch import save_file
 
-        from fondtrain.run_files import MODEL_FILE
+        from fondtrain.runs.files import MODEL_FILE
 
         out = Path(output_dir)
         self.engine.save_checkpoint(str(out), tag=DEEPSPEED_DIR, save_latest=False)

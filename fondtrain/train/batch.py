@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from fondtrain.config import RunConfig
+from fondtrain.config.schedules import ScheduleValues
 from fondtrain.model.states import CycleOutput
-from fondtrain.schedules import ScheduleValues
 from fondtrain.train.backends import clip_and_step
 from fondtrain.train.optim import set_lr
 

@@ -39,8 +39,7 @@ import torch
 
 from fondtrain.config import RunConfig
 from fondtrain.errors import UserError
-from fondtrain.permissions import apply_umask
-from fondtrain.run_files import (  # noqa: F401  (checksums, verify_checksums: this module's API too)
+from fondtrain.runs.files import (  # noqa: F401  (checksums, verify_checksums: this module's API too)
     CHECKSUMS,
     COMPLETE,
     PREFIX,
@@ -50,6 +49,7 @@ from fondtrain.run_files import (  # noqa: F401  (checksums, verify_checksums: t
     step_dir,
     verify_checksums,
 )
+from fondtrain.runs.permissions import apply_umask
 
 
 def save_checkpoint(accelerator, ckpt_root: Path, step: int, trainer_state: dict[str, Any],

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from fondtrain import run_files
 from fondtrain.errors import UserError
+from fondtrain.runs import files as run_files
 
 NEVER = torch.iinfo(torch.int64).max  # "has stayed finite" in the first-step flags
 QUANTITIES = ("loss", "gradient norm", "weights")

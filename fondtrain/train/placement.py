@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from fondtrain.errors import UserError
-from fondtrain.run_files import MODEL_FILE
+from fondtrain.runs.files import MODEL_FILE
 
 OPTIMIZER_FILE = "optimizer.bin"  # Accelerate's name for the first optimiser's state
 SCALER_FILE = "scaler.pt"  # and for the fp16 gradient scaler's

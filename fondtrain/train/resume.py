@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from fondtrain.errors import UserError
-from fondtrain.run_files import TRAINER_STATE, checkpoint_problem, list_checkpoints
+from fondtrain.runs.files import TRAINER_STATE, checkpoint_problem, list_checkpoints
 from fondtrain.train.backends import DEEPSPEED_DIR
 from fondtrain.train.checkpoint import set_aside
 

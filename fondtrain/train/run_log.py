@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fondtrain.config.sweep import Member, member_dir, write_members_tsv
 from fondtrain.images import dictionary_grid
-from fondtrain.sweep import Member, member_dir, write_members_tsv
 from fondtrain.train.metrics import batch_metrics
 
 

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from fondtrain import run_files
 from fondtrain.config import RunConfig, save_yaml, with_input_dim
+from fondtrain.config.schedules import schedules_for
+from fondtrain.config.sweep import Member, run_members
 from fondtrain.errors import UserError
 from fondtrain.model.n_exp import NExpTracker
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.schedules import schedules_for
+from fondtrain.runs import files as run_files
 from fondtrain.seeding import stream_seed
-from fondtrain.sweep import Member, run_members
 from fondtrain.train import checkpoint as ckpt
 from fondtrain.train.agreement import stop_everywhere
 from fondtrain.train.backends import make_backend

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from fondtrain import run_files
+from fondtrain.runs import files as run_files
 from fondtrain.config import DataConfig, RunConfig, save_yaml
 from fondtrain.errors import UserError
 from fondtrain.model.upstream import load_upstream_checkpoint, state_dict_to_upstream
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.permissions import apply_umask
-from fondtrain.sweep import Member
+from fondtrain.runs.permissions import apply_umask
+from fondtrain.config.sweep import Member
 
 FORMATS = ("safetensors", "upstream")
 

@@ -31,8 +31,8 @@ from fondtrain.config import RunConfig, load_yaml
 from fondtrain.errors import UserError
 from fondtrain.model.upstream import load_upstream_checkpoint
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.schedules import schedule_for
-from fondtrain.sweep import Member, run_members
+from fondtrain.config.schedules import schedule_for
+from fondtrain.config.sweep import Member, run_members
 
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
@@ -181,7 +181,7 @@ def load_run(path: str | Path) -> tuple[IterativeVAE, RunConfig | None, list[Mem
     `ckpt/step-N`, a `model.safetensors` (with `config.yaml` beside it or in the run
     directory), or a reference `.pt` file.
     Returns (the model in eval mode, member i at index i of its member axis; the run's
-    RunConfig, None for a reference checkpoint; its members, `fondtrain.sweep.run_members`:
+    RunConfig, None for a reference checkpoint; its members, `fondtrain.config.sweep.run_members`:
     a sweep's, or a plain run's one member named "").
     """
     target = resolve_checkpoint(path)
