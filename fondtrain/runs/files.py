@@ -17,7 +17,6 @@ named by the user that does not verify stops with one sentence.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -28,11 +27,12 @@ from typing import Any
 from safetensors.torch import load_file
 
 from fondtrain.config import RunConfig, load_yaml
+from fondtrain.config.schedules import schedule_for
+from fondtrain.config.sweep import Member, run_members
+from fondtrain.data.shard_reader import sha256_of
 from fondtrain.errors import UserError
 from fondtrain.model.upstream import load_upstream_checkpoint
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.config.schedules import schedule_for
-from fondtrain.config.sweep import Member, run_members
 
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
@@ -73,16 +73,8 @@ def checksums(folder: Path) -> dict[str, str]:
         name = path.relative_to(folder).as_posix()
         if name in (CHECKSUMS, COMPLETE):
             continue
-        out[name] = _sha256(path)
+        out[name] = sha256_of(path)
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_checksums(checkpoint: Path, names: list[str] | None = None) -> str | None:
@@ -102,7 +94,7 @@ def verify_checksums(checkpoint: Path, names: list[str] | None = None) -> str | 
         path = checkpoint / name
         if names is not None and name not in names:
             continue
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_of(path) != digest:
             bad.append(name)
     return f"{', '.join(bad)} differ(s) from {CHECKSUMS}" if bad else None
 
