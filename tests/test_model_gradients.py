@@ -325,3 +325,27 @@ def test_dec_log_sigma_effective_is_squashed():
     eff = model.dec_log_sigma_effective()[0].detach().numpy()
     np.testing.assert_allclose(eff, 3.45 * np.tanh(np.linspace(-20, 20, M) / 3.45), rtol=1e-14)
     assert np.all(np.abs(eff) < 3.45)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_dictionary_product_one_member_equals_the_batched_product(transpose: bool):
+    """P = 1 multiplies 2-D matrices, P > 1 batches: both give a @ W (a @ W^T) and the same
+    gradients, and the one-member form hands W its gradient in W's own layout."""
+    from fondtrain.model.vae import dictionary_product
+
+    gen = torch.Generator().manual_seed(3)
+    W = torch.randn(1, M, K, generator=gen, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(1, B, M if not transpose else K, generator=gen, dtype=torch.float64,
+                    requires_grad=True)
+    g = torch.randn(1, B, K if not transpose else M, generator=gen, dtype=torch.float64)
+    batched = a @ (W.transpose(-1, -2) if transpose else W)
+    grads_batched = torch.autograd.grad(batched, (a, W), g)
+    out = dictionary_product(a, W, transpose)
+    grads = torch.autograd.grad(out, (a, W), g)
+    torch.testing.assert_close(out, batched, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(grads, grads_batched, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert grads[1].is_contiguous()
+    two = torch.cat([W, 2 * W])  # a population: the batched product itself
+    torch.testing.assert_close(dictionary_product(a.expand(2, -1, -1), two, transpose)[1],
+                               2 * batched[0], rtol=1e-12, atol=1e-12)

@@ -117,7 +117,7 @@ class IterativeVAE(NExpTable, nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Reconstruction mean x_hat = W a(z): [P, B, K] -> [P, B, M]."""
-        return self.activation(z) @ self.W.transpose(-1, -2)
+        return dictionary_product(self.activation(z), self.W, transpose=True)
 
     def dec_log_sigma_effective(self) -> Tensor:
         """Effective decoder log-std [P, M]."""
@@ -183,7 +183,7 @@ class IterativeVAE(NExpTable, nn.Module):
         inv_var = torch.exp(-2.0 * self.dec_log_sigma_effective()).unsqueeze(-2)
         # (W a(z) - x) carries the minus sign: bit for bit -(x - W a(z)), one pass less
         error = (self.decode(z) - x) * inv_var
-        grad = error @ self.W
+        grad = dictionary_product(error, self.W)
         deriv = self.activation_derivative(z)
         return grad if deriv is None else grad * deriv
 
@@ -338,6 +338,18 @@ class IterativeVAE(NExpTable, nn.Module):
     def member_state_dict(self, index: int) -> dict[str, Tensor]:
         """Member `index` as a single model's state dict (no member axis), detached copies."""
         return {name: value[index].detach().clone() for name, value in self.state_dict().items()}
+
+
+def dictionary_product(a: Tensor, W: Tensor, transpose: bool = False) -> Tensor:
+    """a @ W (a @ W^T with `transpose`) per member: a [P, B, K or M], W [P, M, K].
+
+    One member multiplies 2-D matrices: their backward gives W's gradient in W's own
+    layout, while a batched product's gives the transposed use's gradient transposed,
+    slow to add to the others' (the plain run is P = 1; a test holds both forms equal)."""
+    if W.shape[0] == 1 and a.shape[0] == 1:
+        w = W.squeeze(0)
+        return (a.squeeze(0) @ (w.T if transpose else w)).unsqueeze(0)
+    return a @ (W.transpose(-1, -2) if transpose else W)
 
 
 def plain_update(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...], z: Tensor,
