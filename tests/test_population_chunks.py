@@ -11,6 +11,8 @@ from fondtrain.config.sweep import members_from_sweep
 from fondtrain.model import cycle
 from fondtrain.model.states import State
 from fondtrain.model.vae import IterativeVAE
+from tests.test_population_model import ATOL as POP_ATOL
+from tests.test_population_model import RTOL as POP_RTOL
 from tests.test_population_model import SWEEP, _base, _batches, _train_population
 
 PRESETS = ("ipvae", "igvae", "igrelu")
@@ -129,7 +131,10 @@ def test_chunked_population_trains_like_the_whole_one(preset, monkeypatch):
                         lambda *a, **k: calls.append(1) or chunked_forward(*a, **k))
     chunked = _train_population(members, batches)
     assert len(calls) == len(batches) * base.model.n_iters_outer * base.train.grad_accum
+    # A cycle's outputs agree to an ulp here (ipvae, measured: KL 4.8e-7, z 1.2e-7 with the
+    # hashed sampler draws); 4 Adamax steps grow that as in the population-vs-single test
+    # (measured: 2.4e-6 in W of size 1.6, losses 1.4e-5 relative), whose tolerance this takes.
     for name, value in whole["params"].items():
-        torch.testing.assert_close(chunked["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
-    torch.testing.assert_close(chunked["losses"], whole["losses"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(chunked["params"][name], value, rtol=POP_RTOL, atol=POP_ATOL, msg=name)
+    torch.testing.assert_close(chunked["losses"], whole["losses"], rtol=POP_RTOL, atol=POP_ATOL)
     assert torch.equal(chunked["n_exp"], whole["n_exp"])

@@ -1,6 +1,6 @@
 """Tables and figures of docs/science.md from the runs' eval/metrics.json files.
 
-    PYTHONPATH=. python docs/figures/science_figures.py /work/sci-runs
+    PYTHONPATH=. python docs/figures/science_figures.py RUNS
 
 Prints the Markdown table and writes docs/figures/rate_distortion.png.
 """

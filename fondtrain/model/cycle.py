@@ -110,6 +110,7 @@ def _member_range(model, start: int, stop: int, params: dict[str, Tensor]):
     part._parameters = dict(params)
     part._buffers = {name: buf[start:stop] for name, buf in model._buffers.items()}
     part.n_members = stop - start
+    part.two_d_products = False  # the whole population's batched products, the same numbers
     part.members = model.members[start:stop]
     part.generators = None
     part._n_exp_host = None  # re-read from the sliced n_exp rows

@@ -61,6 +61,9 @@ class IterativeVAE(NExpTable, nn.Module):
     """
 
     fast_path: bool = True
+    # one member multiplies 2-D matrices (`dictionary_product`); a member chunk of a
+    # population (`cycle`) keeps the population's batched products, and so its numbers
+    two_d_products: bool = True
 
     def __init__(self, config: ModelConfig, members: Sequence[ModelConfig] = ()):
         super().__init__()
@@ -117,7 +120,8 @@ class IterativeVAE(NExpTable, nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Reconstruction mean x_hat = W a(z): [P, B, K] -> [P, B, M]."""
-        return dictionary_product(self.activation(z), self.W, transpose=True)
+        return dictionary_product(self.activation(z), self.W, transpose=True,
+                                  two_d=self.two_d_products and self.n_members == 1)
 
     def dec_log_sigma_effective(self) -> Tensor:
         """Effective decoder log-std [P, M]."""
@@ -183,7 +187,7 @@ class IterativeVAE(NExpTable, nn.Module):
         inv_var = torch.exp(-2.0 * self.dec_log_sigma_effective()).unsqueeze(-2)
         # (W a(z) - x) carries the minus sign: bit for bit -(x - W a(z)), one pass less
         error = (self.decode(z) - x) * inv_var
-        grad = dictionary_product(error, self.W)
+        grad = dictionary_product(error, self.W, two_d=self.two_d_products and self.n_members == 1)
         deriv = self.activation_derivative(z)
         return grad if deriv is None else grad * deriv
 
@@ -340,13 +344,14 @@ class IterativeVAE(NExpTable, nn.Module):
         return {name: value[index].detach().clone() for name, value in self.state_dict().items()}
 
 
-def dictionary_product(a: Tensor, W: Tensor, transpose: bool = False) -> Tensor:
+def dictionary_product(a: Tensor, W: Tensor, transpose: bool = False, two_d: bool = False) -> Tensor:
     """a @ W (a @ W^T with `transpose`) per member: a [P, B, K or M], W [P, M, K].
 
-    One member multiplies 2-D matrices: their backward gives W's gradient in W's own
-    layout, while a batched product's gives the transposed use's gradient transposed,
-    slow to add to the others' (the plain run is P = 1; a test holds both forms equal)."""
-    if W.shape[0] == 1 and a.shape[0] == 1:
+    `two_d` (one member) multiplies 2-D matrices: their backward gives W's gradient in
+    W's own layout, while a batched product's gives the transposed use's gradient
+    transposed, slow to add to the others' (a plain run is P = 1; a test holds both forms
+    equal to float rounding)."""
+    if two_d:
         w = W.squeeze(0)
         return (a.squeeze(0) @ (w.T if transpose else w)).unsqueeze(0)
     return a @ (W.transpose(-1, -2) if transpose else W)
