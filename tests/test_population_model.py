@@ -193,3 +193,8 @@ def test_batched_masked_sampler_equals_member_by_member():
     grad_batched = 2.0 * batched * dz_du  # the sampler's backward of sum(z^2): grad_z dz/du
     torch.testing.assert_close(batched, by_member, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_batched, grad_member, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_needs_its_input_size():
+    with pytest.raises(ValueError, match="input_dim is None"):
+        IterativeVAE(ModelConfig(preset="ipvae"))

@@ -20,7 +20,6 @@ log-rate u; 2 Gaussian mean mu and log-std xi). Inputs are shared [B, M] or per 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from fondtrain.config import ModelConfig
 from fondtrain.model import clamps, cycle, gaussian, poisson
 from fondtrain.model.n_exp import NExpTable
+from fondtrain.model.parameters import check_members, initial_parameters
 from fondtrain.model.random_streams import (
     hashed_normal,
     member_exponential_noise,
@@ -37,9 +37,6 @@ from fondtrain.model.random_streams import (
 )
 from fondtrain.model.relaxed_poisson import relaxed_poisson
 from fondtrain.model.states import CycleOutput, State, StepOutput
-
-# ModelConfig fields members may differ in; every other field fixes a shape or the dynamics.
-MEMBER_FIELDS = frozenset({"seed", "beta_outer", "beta_inner", "init_scale", "poisson_kl"})
 
 
 class IterativeVAE(NExpTable, nn.Module):
@@ -369,37 +366,6 @@ def plain_update(model: IterativeVAE, x: Tensor, components: tuple[Tensor, ...],
         c_du, c_u = model.clamp_ceilings(i, eps)
         new.append(clamp(value + clamp(-torch.exp(model.log_lr_of(i)) * grad, c_du), c_u))
     return tuple(new)
-
-
-def initial_parameters(config: ModelConfig) -> dict[str, Tensor]:
-    """A single model's initial parameters from its seed, in registration order:
-    W [M, K] ~ N(0, init_scale^2), dec_log_sigma 0 [M], log_bias -3 [K], log_lr 0 [C],
-    u_init [C, K] (Poisson: U(u_init_low, u_init_high); Gaussian: 0), log_gain 0 [K]
-    (igrelu only)."""
-    m, k, c = config.input_dim, config.n_latents, config.n_components
-    gen = torch.Generator().manual_seed(config.seed)
-    params = {
-        "W": torch.randn(m, k, generator=gen) * config.init_scale,
-        "dec_log_sigma": torch.zeros(m),
-        "log_bias": torch.full((k,), -3.0),
-        "log_lr": torch.zeros(c),
-    }
-    if config.posterior == "poisson":
-        low, high = config.u_init_low, config.u_init_high
-        params["u_init"] = low + (high - low) * torch.rand(1, k, generator=gen)
-    else:
-        params["u_init"] = torch.zeros(2, k)
-    if config.preset == "igrelu":
-        params["log_gain"] = torch.zeros(k)
-    return params
-
-
-def check_members(config: ModelConfig, members: Sequence[ModelConfig]) -> None:
-    """Members may differ from `config` only in MEMBER_FIELDS (ValueError otherwise)."""
-    for i, member in enumerate(members):
-        for field in dataclasses.fields(ModelConfig):
-            if field.name not in MEMBER_FIELDS and getattr(member, field.name) != getattr(config, field.name):
-                raise ValueError(f"member {i} differs in the shared setting {field.name!r}")
 
 
 def _all_zero(temp) -> bool:
