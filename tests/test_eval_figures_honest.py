@@ -19,20 +19,6 @@ LONG_TITLE = ("runs/natural16-ipvae-k512-t16-b24-s0-1a2b3c/ckpt/step-00150000 (i
               "to flashed bars, 4 phases x 16 orientations; curve = max evoked response over phases")
 
 
-def _figures(monkeypatch):
-    """Capture every Figure the module draws (the real drawing, kept for inspection)."""
-    drawn = []
-    original = Fg.new_figure
-
-    def keep(width, height):
-        fig = original(width, height)
-        drawn.append(fig)
-        return fig
-
-    monkeypatch.setattr(Fg, "new_figure", keep)
-    return drawn
-
-
 def _inside(fig: Figure, artist) -> bool:
     renderer = fig.canvas.get_renderer()
     box = artist.get_window_extent(renderer)
@@ -58,9 +44,9 @@ def test_chance_spikes_are_not_responsive(silent_tuning):
     assert result.tuning.max() > 1e-3  # ... yet "responsive" under a bare 1e-3 rule
 
 
-def test_silent_tuning_figure_says_why_it_is_empty(silent_tuning, tmp_path, monkeypatch):
+def test_silent_tuning_figure_says_why_it_is_empty(silent_tuning, tmp_path, keep_figures):
     model, result = silent_tuning
-    drawn = _figures(monkeypatch)
+    drawn = keep_figures(Fg)
     Fg.plot_tuning(result, model.W[0].detach().numpy(), tmp_path / "tuning.png", LONG_TITLE)
     fig = drawn[-1]
     fig.canvas.draw()
@@ -69,12 +55,12 @@ def test_silent_tuning_figure_says_why_it_is_empty(silent_tuning, tmp_path, monk
     assert _inside(fig, fig._suptitle)
 
 
-def test_convergence_title_fits_and_off_scale_r2_is_labelled(tmp_path, monkeypatch):
+def test_convergence_title_fits_and_off_scale_r2_is_labelled(tmp_path, keep_figures):
     steps = np.array([1, 2, 5, 10, 20])
     table = {"step": steps, "mse": np.linspace(1, 0.5, 5), "r2_pooled": np.linspace(0.1, 0.5, 5),
              "r2_median": np.linspace(0.1, 0.4, 5), "r2_mean": np.full(5, -3.0),
              "loss": np.linspace(9, 8, 5)}
-    drawn = _figures(monkeypatch)
+    drawn = keep_figures(Fg)
     Fg.plot_convergence(table, tmp_path / "conv.png", LONG_TITLE + " " + LONG_TITLE, t_train=4)
     fig = drawn[-1]
     fig.canvas.draw()
@@ -86,8 +72,8 @@ def test_convergence_title_fits_and_off_scale_r2_is_labelled(tmp_path, monkeypat
         assert ax.get_title() == "" or _inside(fig, ax.title)
 
 
-def test_all_silent_latent_panel_says_so(tmp_path, monkeypatch):
-    drawn = _figures(monkeypatch)
+def test_all_silent_latent_panel_says_so(tmp_path, keep_figures):
+    drawn = keep_figures(Fg)
     Fg.plot_latent_activity(np.zeros((10, 4)), np.zeros(4), tmp_path / "lat.png", "t", discrete=True)
     texts = [t.get_text() for ax in drawn[-1].axes for t in ax.texts]
     assert any("all 4 units are silent" in t for t in texts)

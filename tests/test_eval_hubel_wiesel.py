@@ -195,15 +195,8 @@ def test_command_writes_every_output_and_the_movie_has_its_frames(tmp_path, caps
     assert len(clicks) == train.sum() == summary["n_clicks"] > 0
 
 
-def test_one_preferred_orientation_the_peak_named_in_text_titles_and_raster(tmp_path, capsys, monkeypatch):
-    drawn = []
-    original = HM.media_figure
-
-    def keep(width, height):
-        drawn.append(original(width, height))
-        return drawn[-1]
-
-    monkeypatch.setattr(HM, "media_figure", keep)
+def test_one_preferred_orientation_the_peak_named_in_text_titles_and_raster(tmp_path, capsys, keep_figures):
+    drawn = keep_figures(HM, "media_figure")
     run = save_run(tmp_path / "run", gabor_model(THETA0 + 7.0))  # between the 15-degree steps
     summary = H.hubel_wiesel(run, options=H.HubelWieselOptions(**FAST, movie=False))
     printed = capsys.readouterr().out

@@ -24,19 +24,6 @@ from fondtrain.stats import R2_LABELS
 FINAL = {"mse": 0.2, "r2_pooled": 0.8, "r2_median": 0.7071, "r2_mean": 0.1523, "frac_zeros": 0.75}
 
 
-def _figures(monkeypatch, module=Fg):
-    """Keep every figure `module` draws (the real drawing) for inspection."""
-    drawn = []
-    original = Fg.new_figure
-
-    def keep(width, height):
-        drawn.append(original(width, height))
-        return drawn[-1]
-
-    monkeypatch.setattr(module, "new_figure", keep)
-    return drawn
-
-
 def _texts(fig) -> list[str]:
     return [t.get_text() for t in [*fig.texts, *(t for ax in fig.axes for t in ax.texts)]]
 
@@ -59,11 +46,11 @@ def _metrics(preset: str, r2_mean: float, steps=(1, 10, 100)) -> dict:
             "convergence": table}
 
 
-def test_compare_puts_the_papers_r2_beside_pooled_and_median_and_says_which_is_which(tmp_path, monkeypatch):
+def test_compare_puts_the_papers_r2_beside_pooled_and_median_and_says_which_is_which(tmp_path, keep_figures):
     for name, r2 in (("a", 0.85), ("b", -3.0)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(_metrics("ipvae", r2)))
-    drawn = _figures(monkeypatch)
+    drawn = keep_figures(Fg)
     markdown = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "cmp.md", verbose=False)
     header = markdown.splitlines()[0].split(" | ")
     assert header.index("R2 paper") + 1 == header.index("R2 pooled") == header.index("R2 median") - 1
@@ -78,11 +65,11 @@ def test_compare_puts_the_papers_r2_beside_pooled_and_median_and_says_which_is_w
     assert "b\n(all below the axis, min -3)" in labels  # b's line lies below: the legend says so
 
 
-def test_convergence_figure_says_when_it_clips_part_of_a_curve(tmp_path, monkeypatch):
+def test_convergence_figure_says_when_it_clips_part_of_a_curve(tmp_path, keep_figures):
     steps = [1, 2, 3, 5, 10]
     table = {"step": steps, "mse": np.linspace(1, 0.5, 5), "r2_pooled": np.linspace(0.1, 0.8, 5),
              "r2_median": np.linspace(0.1, 0.7, 5), "r2_mean": np.array([-40.0, -6.0, -0.5, 0.3, 0.6])}
-    drawn = _figures(monkeypatch)
+    drawn = keep_figures(Fg)
     Fg.plot_convergence(table, tmp_path / "c.png", "t")
     fig = drawn[-1]
     r2_axes = next(ax for ax in fig.axes if ax.get_title() == "R^2")
@@ -94,10 +81,10 @@ def test_convergence_figure_says_when_it_clips_part_of_a_curve(tmp_path, monkeyp
     assert "R^2 paper  = 0.6" in text and "R^2 paper: mean over samples\n" in text
 
 
-def test_gabor_summary_says_no_good_fits_instead_of_empty_histograms(tmp_path, monkeypatch):
+def test_gabor_summary_says_no_good_fits_instead_of_empty_histograms(tmp_path, keep_figures):
     fits = GaborFits(units=np.arange(3), params=np.ones((3, 8)), r2=np.array([0.1, 0.3, 0.2]),
                      side=16, n_units=8)
-    drawn = _figures(monkeypatch, gabor_figure)
+    drawn = keep_figures(gabor_figure)
     gabor_figure.plot_gabor_summary(fits, tmp_path / "g.png", "no Gabors")
     fig = drawn[-1]
     assert sum("no good fits (variance explained >= 0.8)" in t for t in _texts(fig)) == 5
@@ -108,7 +95,7 @@ def test_gabor_summary_says_no_good_fits_instead_of_empty_histograms(tmp_path, m
     assert any("no used units: all 8 are silent" in t for t in _texts(drawn[-1]))
 
 
-def _sweep(preset: str, tmp_path, monkeypatch):
+def _sweep(preset: str, tmp_path, keep_figures):
     members = members_from_sweep(RunConfig(), "beta_outer=2,8 seed=0,1")
     rng = np.random.default_rng(0)
     metrics = {}
@@ -120,13 +107,13 @@ def _sweep(preset: str, tmp_path, monkeypatch):
         final.update({"kl": 40.0 / beta} if preset == "igvae" else {"kl_reference": 30.0 / beta,
                                                                      "kl_exact": 1.0})
         metrics[m.name] = {"final": final, "model": {"preset": preset, "poisson_kl": "reference"}}
-    drawn = _figures(monkeypatch)
+    drawn = keep_figures(Fg)
     table, figure = write_eval_summary(members, metrics, tmp_path, "sweep")
     return members, metrics, table.read_text().splitlines(), drawn[-1]
 
 
-def test_sweep_summary_columns_are_means_over_seeds_of_each_named_r2(tmp_path, monkeypatch):
-    members, metrics, lines, _ = _sweep("ipvae", tmp_path, monkeypatch)
+def test_sweep_summary_columns_are_means_over_seeds_of_each_named_r2(tmp_path, keep_figures):
+    members, metrics, lines, _ = _sweep("ipvae", tmp_path, keep_figures)
     header = lines[0].split("\t")
     assert header == ["group", "beta_outer", "seeds", "r2_pooled_seed_mean", "r2_pooled_seed_sd",
                       "r2_paper_seed_mean", "r2_paper_seed_sd", "zeros_pct_seed_mean", "zeros_pct_seed_sd",
@@ -141,16 +128,16 @@ def test_sweep_summary_columns_are_means_over_seeds_of_each_named_r2(tmp_path, m
     assert R2_LABELS["r2_pooled"] in text and R2_LABELS["r2_mean"] in text
 
 
-def test_rate_distortion_puts_zeros_on_x_for_sparse_codes(tmp_path, monkeypatch):
-    *_, fig = _sweep("ipvae", tmp_path, monkeypatch)
+def test_rate_distortion_puts_zeros_on_x_for_sparse_codes(tmp_path, keep_figures):
+    *_, fig = _sweep("ipvae", tmp_path, keep_figures)
     (ax,) = fig.axes
     assert ax.get_xlabel() == "zero latents (%)"
     assert ax.get_xlim()[1] - ax.get_xlim()[0] > 1  # the members' 52-58 %
     assert ax.get_legend_handles_labels()[1] == ["R^2 pooled", "R^2 paper (per-sample mean)"]
 
 
-def test_rate_distortion_puts_the_kl_on_x_for_gaussian_latents(tmp_path, monkeypatch):
-    *_, fig = _sweep("igvae", tmp_path, monkeypatch)
+def test_rate_distortion_puts_the_kl_on_x_for_gaussian_latents(tmp_path, keep_figures):
+    *_, fig = _sweep("igvae", tmp_path, keep_figures)
     (ax,) = fig.axes
     assert ax.get_xlabel() == "rate: KL per sample (nats, sum over latents)"
     low, high = ax.get_xlim()

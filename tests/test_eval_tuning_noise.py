@@ -20,12 +20,7 @@ SIDE, K = 16, 16
 FAST = dict(n_steps=100, window=50, n_orientations=8, n_repeats=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gabors(side: int = SIDE, k: int = K) -> torch.Tensor:
