@@ -26,6 +26,7 @@ PURPOSES = {
     "validation": 5,    # keys: rank
     "eval_sampler": 6,  # keys: rank
     "probe": 7,         # keys: rank
+    "frontier": 8,      # keys: 0 (training patches), 1 (dictionary init and batch order)
 }
 
 

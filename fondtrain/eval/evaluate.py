@@ -15,7 +15,9 @@ of `eval` when evaluating on another data set than the run's own), with the same
 and images in TensorBoard under `runs/<name>/tb/eval` (a member's: `<out>/tb`; tags
 `eval/<dataset>/...`; the per-step curves are logged with the inference step as x, the
 summaries at the checkpoint's training step). A sweep also gets its summary,
-`runs/<name>/eval/sweep_summary.tsv` and `rate_distortion.png` (SPEC 9.4).
+`runs/<name>/eval/sweep_summary.tsv` and `rate_distortion.png` (SPEC 9.4), and (unless
+--nofrontier) the sparse-coding frontier of the same validation samples drawn beside the
+members (`runs/<name>/eval/sparse_coding_frontier.tsv`; `fondtrain.eval.frontier`).
 
 The stages that run the model (`infer`: the convergence table on the validation rows,
 the probes' features, the tuning responses) run every member in one batched inference
@@ -43,8 +45,22 @@ from fondtrain.errors import UserError
 from fondtrain.eval.convergence import eval_temperature, run_convergence
 from fondtrain.eval.data import EvalData, fit_to_model, limit_rows, load_eval_data
 from fondtrain.eval.dist import Ranks
+from fondtrain.eval.frontier import (
+    DEFAULT_ALPHAS,
+    DEFAULT_SAMPLES,
+    FRONTIER_TSV,
+    Frontier,
+    sparse_coding_frontier,
+    write_frontier_tsv,
+)
 from fondtrain.eval.report import ModelResults, ReportTarget, training_step, write_report
-from fondtrain.eval.sweep_summary import eval_rows, format_sweep_table, group_members, write_eval_summary
+from fondtrain.eval.sweep_summary import (
+    eval_rows,
+    format_sweep_table,
+    frontier_left_out,
+    group_members,
+    write_eval_summary,
+)
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.runs.files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
 
@@ -68,7 +84,10 @@ class EvalOptions:
     gabor: fit a 2-D Gabor to every used dictionary element (fondtrain.eval.gabor);
     out: output folder; figures: draw the PNG figures; tensorboard: also log to
     TensorBoard; device: e.g. cpu, cuda:1
-    (default: Accelerate's choice); seed: sampling seed.
+    (default: Accelerate's choice); seed: sampling seed (and the frontier's);
+    frontier: a sweep's summary also draws the sparse-coding frontier (zero-code
+    families only), one dictionary per alpha of frontier_alphas learnt from
+    frontier_samples training patches.
     """
 
     n_steps: int = 1000
@@ -92,9 +111,13 @@ class EvalOptions:
     tensorboard: bool = True
     device: str | None = None
     seed: int = 0
+    frontier: bool = True
+    frontier_samples: int = DEFAULT_SAMPLES
+    frontier_alphas: tuple[float, ...] = DEFAULT_ALPHAS
 
     def __post_init__(self) -> None:
-        for name in ("n_steps", "batch_size", "window", "n_orientations", "probe_max_samples"):
+        for name in ("n_steps", "batch_size", "window", "n_orientations", "probe_max_samples",
+                     "frontier_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"--{name} must be a whole number of at least 1, got {value!r}.")
@@ -104,6 +127,9 @@ class EvalOptions:
                 raise UserError(f"--{name} must be a whole number of at least 1, got {value!r}.")
         if self.temp is not None and float(self.temp) < 0:
             raise UserError(f"--temp must be zero or positive, got {self.temp!r}.")
+        alphas = tuple(self.frontier_alphas)
+        if not alphas or not all(isinstance(a, int | float) and 0 < a < float("inf") for a in alphas):
+            raise UserError(f"--frontier_alphas must be positive numbers (e.g. 0.5,1,2), got {alphas!r}.")
 
 
 # ----------------------------------------------------------------------------- context
@@ -294,7 +320,36 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
         report = ReportTarget(tag, model.members[i], weights[i], float(eps[i]), out_dir, tb_dir)
         metrics[m.name] = write_report(results[i], report, ctx.about(), opts, temp, started, say)
     if member is None and any(m.name for m in members):
-        table, figure = write_eval_summary(members, metrics, ctx.out, ctx.name())
+        frontier, note = sweep_frontier(ctx, mc.preset, mc.n_latents, opts, say)
+        table, figure = write_eval_summary(members, metrics, ctx.out, ctx.name(), frontier, note)
         say(format_sweep_table(group_members(eval_rows(members, metrics))))
         say(f"sweep summary: {table} and {figure}")
     return metrics
+
+
+def sweep_frontier(ctx: EvalContext, preset: str, n_latents: int, opts: EvalOptions,
+                   say) -> tuple[Frontier | None, str]:
+    """(the sparse-coding frontier of ctx's validation rows, written to
+    OUT/sparse_coding_frontier.tsv, or None; the line saying why it is left out, or '')
+    for a sweep of `preset` with K n_latents, when opts.frontier asks for it."""
+    if not opts.frontier:
+        return None, ""
+    note = frontier_left_out(preset)
+    x_train = ctx.data.x_train
+    if not note and not len(x_train):  # shards are read without their training split
+        data = load_eval_data(ctx.dataset, ctx.path, ctx.shards_root, ctx.data_seed, need_train=True)
+        x_train = fit_to_model(data, ctx.x_val.shape[1]).x_train
+        if not len(x_train):
+            note = f"sparse-coding frontier left out: {ctx.dataset} has no training split to learn from"
+    if note:
+        say(note)
+        return None, note
+    n_train = min(opts.frontier_samples, len(x_train))
+    alphas = ", ".join(f"{a:g}" for a in sorted(opts.frontier_alphas))
+    say(f"sparse-coding frontier: K {n_latents}, alpha {alphas}, each learnt from {n_train} training "
+        f"patches of {ctx.dataset} and coding the {len(ctx.x_val)} validation samples")
+    frontier = sparse_coding_frontier(x_train, ctx.x_val, n_latents, opts.frontier_alphas,
+                                      opts.frontier_samples, opts.seed, ctx.dataset, say)
+    path = write_frontier_tsv(frontier, ctx.out / FRONTIER_TSV)
+    say(f"sparse-coding frontier: {path} ({frontier.seconds:.0f} s)")
+    return frontier, ""

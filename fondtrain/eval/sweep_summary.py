@@ -22,11 +22,17 @@ per-sample R^2). Writes
                           latents (zeros_pct_seed_*) and of the KL (kl_seed_*, evaluations
                           only)
     rate_distortion.png   the figure
+
+With a sparse-coding frontier (`fondtrain.eval.frontier`, computed by `fondtrain eval`),
+the figure of a family with exact zeros also draws it: dashed, one point per sparsity
+weight, for each R^2 the members show. A Gaussian family's figure leaves it out and says
+why in a line under the axes (`frontier_left_out`).
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +42,7 @@ import numpy as np
 
 from fondtrain.config.sweep import Member, MemberRow, format_value, member_name, read_members_tsv
 from fondtrain.eval import figures as Fg
+from fondtrain.eval.frontier import Frontier
 from fondtrain.stats import R2_LABELS
 
 SUMMARY_TSV = "sweep_summary.tsv"
@@ -130,9 +137,19 @@ def format_sweep_table(groups: Sequence[SweepGroup]) -> str:
     return "\n".join(table)
 
 
+def frontier_left_out(preset: str) -> str:
+    """Why the sparse-coding frontier has no place on `preset`'s figure ('' when it has)."""
+    if preset in ZERO_CODE_PRESETS:
+        return ""
+    return (f"sparse-coding frontier left out: {preset} latents are Gaussian, never exactly zero, "
+            "so a sparse code's % zeros has no place on this figure's rate axis")
+
+
 def write_sweep_summary(rows: Sequence[MemberRow | SummaryRow], out_dir: str | Path, title: str = "",
-                        preset: str = "ipvae") -> tuple[Path, Path]:
-    """Write sweep_summary.tsv and rate_distortion.png (drawn for `preset`'s family) for
+                        preset: str = "ipvae", frontier: Frontier | None = None,
+                        note: str = "") -> tuple[Path, Path]:
+    """Write sweep_summary.tsv and rate_distortion.png (drawn for `preset`'s family, with
+    the sparse-coding `frontier` where its axes allow, and `note` under the axes) for
     `rows` into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +164,9 @@ def write_sweep_summary(rows: Sequence[MemberRow | SummaryRow], out_dir: str | P
                                 *(repr(d[s]) for s in stats for d in (g.mean, g.sd))]))
     table = out_dir / SUMMARY_TSV
     table.write_text("\n".join(lines) + "\n")
-    return table, _rate_distortion_figure(rows, groups, out_dir / FIGURE_PNG, title, preset)
+    if frontier is not None and frontier_left_out(preset):
+        frontier, note = None, note or frontier_left_out(preset)
+    return table, _rate_distortion_figure(rows, groups, out_dir / FIGURE_PNG, title, preset, frontier, note)
 
 
 def eval_rows(members: Sequence[Member], metrics: dict[str, dict]) -> list[SummaryRow]:
@@ -164,11 +183,12 @@ def eval_rows(members: Sequence[Member], metrics: dict[str, dict]) -> list[Summa
 
 
 def write_eval_summary(members: Sequence[Member], metrics: dict[str, dict], out_dir: str | Path,
-                       title: str = "") -> tuple[Path, Path]:
+                       title: str = "", frontier: Frontier | None = None, note: str = "") -> tuple[Path, Path]:
     """The summary of an evaluation of a sweep's members (`eval_rows`) at the last
-    inference step (metrics[name]: a member's metrics.json)."""
+    inference step (metrics[name]: a member's metrics.json), with the sparse-coding
+    frontier of the same validation samples where given."""
     preset = next(iter(metrics.values()))["model"]["preset"] if metrics else "ipvae"
-    return write_sweep_summary(eval_rows(members, metrics), out_dir, title, preset)
+    return write_sweep_summary(eval_rows(members, metrics), out_dir, title, preset, frontier, note)
 
 
 def _final(final: dict, key: str) -> float:
@@ -212,9 +232,9 @@ def _varying(groups: Sequence[SweepGroup]) -> list[str]:
 
 
 def _rate_distortion_figure(rows: Sequence[SummaryRow], groups: Sequence[SweepGroup], path: Path,
-                            title: str, preset: str) -> Path:
+                            title: str, preset: str, frontier: Frontier | None = None, note: str = "") -> Path:
     fig = Fg.new_figure(6.4, 4.8)
-    ax = fig.add_axes((0.12, 0.12, 0.84, 0.74))
+    ax = fig.add_axes((0.12, 0.17, 0.84, 0.69) if note else (0.12, 0.12, 0.84, 0.74))
     x_row, x_group, x_label, ticks = _rate_axis(rows, groups, preset)
     shown = [g for g in groups if g.n]
     varying = _varying(groups)
@@ -235,13 +255,30 @@ def _rate_distortion_figure(rows: Sequence[SummaryRow], groups: Sequence[SweepGr
                         zorder=3, label=label if i == 0 else None)
             if stat == "r2_pooled":
                 ax.annotate(g.label, (x, g.mean[stat]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if frontier is not None:
+            _draw_frontier(ax, frontier, stat, color, label)
     if ticks is not None:
         ax.set_xticks(range(len(ticks)), ticks, fontsize=8)
     ax.set_xlabel(x_label)
     ax.set_ylabel("R$^2$ (validation)")
     ax.legend(fontsize=8, loc="best")
     family = "exact zeros" if preset in ZERO_CODE_PRESETS else "Gaussian latents, no exact zeros"
+    dashed = f"; dashed: sparse coding, K {frontier.n_atoms}" if frontier is not None else ""
     ax.set_title(f"{title + ': ' if title else ''}rate-distortion ({preset}, {family}),\n"
-                 "mean +- sd over seeds", fontsize=10)
+                 f"mean +- sd over seeds{dashed}", fontsize=10)
     ax.grid(alpha=0.3)
+    if note:
+        fig.text(0.01, 0.01, textwrap.fill(note, 110), fontsize=7, color="0.3")
     return Fg.save_figure(fig, path)
+
+
+def _draw_frontier(ax, frontier: Frontier, stat: str, color: str, label: str) -> None:
+    """The frontier's points for R^2 `stat` (the members' r2_pooled or r2_paper), dashed
+    in the members' colour; the pooled curve names each point's alpha."""
+    points = [p for p in frontier.points if math.isfinite(getattr(p, stat))]
+    ax.plot([p.zeros_pct for p in points], [getattr(p, stat) for p in points], ls="--", marker="^",
+            ms=5, lw=1, color=color, alpha=0.8, zorder=2, label=f"sparse coding, {label}")
+    if stat == "r2_pooled":
+        for p in points:
+            ax.annotate(f"alpha {p.alpha:g}", (p.zeros_pct, p.r2_pooled), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color="0.35")
