@@ -62,9 +62,14 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(digits_shards, tmp_pa
     _wait_for(runs / "twice" / "config.yaml", proc)
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)  # time for the first one's handler to run, not for the batch to end
+    seen = []  # the second Ctrl-C once the first one's handler has run (it says so), not before:
+    for line in proc.stderr:  # two signals before the handler runs would be one to Python
+        seen.append(line)
+        if "received SIGINT" in line:
+            break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
     assert "stopping now, without a checkpoint" in err and "Traceback" not in err, err[-2000:]
     assert run_files.latest_checkpoint(runs / "twice" / "ckpt") is None
