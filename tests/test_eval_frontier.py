@@ -100,13 +100,6 @@ def test_the_table_names_each_r2_and_reads_back(frontier, tmp_path):
     assert [r["r2_pooled"] for r in rows] == [p.r2_pooled for p in frontier.points]
 
 
-def _drawn(monkeypatch) -> list:
-    """Every figure drawn from here on (the real drawing), kept for inspection."""
-    drawn, original = [], Fg.new_figure
-    monkeypatch.setattr(Fg, "new_figure", lambda w, h: drawn.append(original(w, h)) or drawn[-1])
-    return drawn
-
-
 def _members_metrics(preset: str):
     members = members_from_sweep(RunConfig(), "beta_outer=2,8")
     metrics = {m.name: {"final": {"r2_pooled": 0.9 - m.settings["beta_outer"] / 100, "r2_mean": 0.7,
@@ -117,8 +110,8 @@ def _members_metrics(preset: str):
 
 @pytest.mark.parametrize("preset", ["ipvae", "igvae"])
 def test_the_figure_draws_the_frontier_for_zero_codes_and_says_why_not_for_gaussian(preset, frontier, tmp_path,
-                                                                                    monkeypatch):
-    drawn = _drawn(monkeypatch)
+                                                                                    keep_figures):
+    drawn = keep_figures(Fg)
     _, figure = write_eval_summary(*_members_metrics(preset), tmp_path, "sweep", frontier)
     assert figure.stat().st_size > 0
     (ax,) = drawn[-1].axes
@@ -135,12 +128,12 @@ def test_the_figure_draws_the_frontier_for_zero_codes_and_says_why_not_for_gauss
 
 
 @pytest.mark.parametrize("preset", ["ipvae", "igvae"])
-def test_eval_of_a_sweep_writes_and_draws_the_frontier_for_poisson_only(preset, digits_shards, tmp_path,
-                                                                        monkeypatch, capsys):
+def test_eval_of_a_sweep_writes_and_draws_the_frontier_for_poisson_only(preset, digits_shards, tmp_path, capsys,
+                                                                        keep_figures):
     config = tiny_config(digits_shards, tmp_path / "runs", "pop", sweep="beta_outer=2,16", epochs=1)
     config = dataclasses.replace(config, model=ModelConfig(preset=preset, input_dim=64, n_latents=16, t_train=3))
     run = train(config).run_dir
-    drawn = _drawn(monkeypatch)
+    drawn = keep_figures(Fg)
     opts = EvalOptions(n_steps=8, n_val=64, batch_size=64, probe=False, tuning=False, gabor=False,
                        tensorboard=False, frontier_samples=300, frontier_alphas=(0.3, 3.0))
     evaluate(run, options=opts)

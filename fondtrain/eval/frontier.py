@@ -24,6 +24,7 @@ docs/science.md gives the measured seconds.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -167,7 +168,9 @@ def write_frontier_tsv(frontier: Frontier, path: str | Path) -> Path:
              *(f"# {column}: {label}" for column, label in names.items()),
              "\t".join(COLUMNS)]
     lines += ["\t".join(repr(float(getattr(p, c))) for c in COLUMNS) for p in frontier.points]
-    path.write_text("\n".join(lines) + "\n")
+    partial = path.with_name(f".{path.name}.partial")  # never a half-written table
+    partial.write_text("\n".join(lines) + "\n")
+    os.replace(partial, path)
     return path
 
 

@@ -14,9 +14,6 @@ draws, tested):
   use), else (no C compiler, or float64) by `_sum_arrivals`. Given explicit noise, by
   `_sum_arrivals`. Both compute only the arrivals of entries not yet finished (most
   entries of a sparse posterior finish after an arrival or two) and never hold [n, B, K].
-  (Before the kernel the eager sampler drew from a numpy word stream: the same
-  distribution, other numbers; a run replays either way, its generators being re-seeded
-  every step.)
 - eager on accelerators: a few whole-tensor kernels over [n_max, P, B, K], the arrivals
   beyond a member's n_exp masked;
 - inside torch.compile: a plain loop over n_max arrivals with [P, B, K] running sums

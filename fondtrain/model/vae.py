@@ -117,8 +117,11 @@ class IterativeVAE(NExpTable, nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Reconstruction mean x_hat = W a(z): [P, B, K] -> [P, B, M]."""
-        return dictionary_product(self.activation(z), self.W, transpose=True,
-                                  two_d=self.two_d_products and self.n_members == 1)
+        return self._times_dictionary(self.activation(z), transpose=True)
+
+    def _times_dictionary(self, a: Tensor, transpose: bool = False) -> Tensor:
+        """a @ W (a @ W^T), as 2-D products for one member (`dictionary_product`)."""
+        return dictionary_product(a, self.W, transpose, two_d=self.two_d_products and self.n_members == 1)
 
     def dec_log_sigma_effective(self) -> Tensor:
         """Effective decoder log-std [P, M]."""
@@ -184,7 +187,7 @@ class IterativeVAE(NExpTable, nn.Module):
         inv_var = torch.exp(-2.0 * self.dec_log_sigma_effective()).unsqueeze(-2)
         # (W a(z) - x) carries the minus sign: bit for bit -(x - W a(z)), one pass less
         error = (self.decode(z) - x) * inv_var
-        grad = dictionary_product(error, self.W, two_d=self.two_d_products and self.n_members == 1)
+        grad = self._times_dictionary(error)
         deriv = self.activation_derivative(z)
         return grad if deriv is None else grad * deriv
 

@@ -208,12 +208,9 @@ def prepare_data(config: RunConfig, accelerator, placement: Placement, members: 
                   seed=d.seed, num_workers=d.num_workers, in_memory=d.in_memory,
                   pin_memory=accelerator.device.type == "cuda")  # so non_blocking copies overlap
     own_orders = t.member_data_order == "own"  # gathered per member from one in-memory copy
-    try:  # every rank finds a split too small for its batches: they leave together
+    try:  # every rank finds a split too small for its batches (ShardLoader): they leave together
         train_loader = ShardLoader(shard_dir, "train", batch_size=t.batch_size * t.grad_accum,
                                    **(common | {"in_memory": d.in_memory or own_orders}))
-        if train_loader.batches_per_epoch < 1:
-            raise UserError(f"the {d.dataset} training split has fewer samples than one batch "
-                            f"per process: lower --batch_size (now {t.batch_size}).")
         if own_orders:
             seeds = [stream_seed(d.seed, "data_order", m.config.train.seed) for m in members]
             train_loader = MemberOrderLoader(train_loader, seeds)
