@@ -1,7 +1,7 @@
 """One-way layers: every import of every fondtrain module, function-local ones included.
 
     base: config/ (the dataclasses, a sweep's members, the schedules), errors, seeding,
-          stats, images, runtime
+          stats, images, runtime, atomic_write
     data/          model/            (unaware of each other)
     runs/          (a run folder: reading runs and checkpoints, export; above data/ and model/,
                    below train/ and eval/)
@@ -21,7 +21,7 @@ import pytest
 from tests.train_helpers import REPO
 
 PACKAGE = REPO / "fondtrain"
-BASE = {"config", "errors", "seeding", "stats", "images", "runtime"}
+BASE = {"config", "errors", "seeding", "stats", "images", "runtime", "atomic_write"}
 TOP = ("cli", "bench")  # fondtrain.cli.* and fondtrain.bench.*
 
 

@@ -40,7 +40,7 @@ def test_members_tsv_round_trip(tmp_path):
     members = members_from_sweep(RunConfig(), "beta_outer=8,16 seed=0,1,2 lr=1e-3")
     path = write_members_tsv(tmp_path, members)
     assert path == tmp_path / MEMBERS_TSV and path.read_text().splitlines()[0] == \
-        "name\tbeta_outer\tseed\tlr\tval_r2\tzeros_pct"
+        "name\tbeta_outer\tseed\tlr\tval_r2_pooled\tzeros_pct"
     assert all(math.isnan(r.r2) for r in read_members_tsv(tmp_path))  # written at the start
     results = sweep_results(members)
     write_members_tsv(tmp_path, members, results)
@@ -54,6 +54,15 @@ def test_members_tsv_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [MEMBERS_TSV]  # no partial file left
     with pytest.raises(UserError, match="not a population run"):
         read_members_tsv(tmp_path / "elsewhere")
+
+
+def test_members_tsv_written_before_the_column_named_its_r2_still_reads(tmp_path):
+    (tmp_path / MEMBERS_TSV).write_text("name\tbeta_outer\tval_r2\tzeros_pct\nbeta_outer=8\t8\t0.91\t55.0\n")
+    (row,) = read_members_tsv(tmp_path)
+    assert (row.name, row.settings, row.r2, row.zeros_pct) == ("beta_outer=8", {"beta_outer": 8.0}, 0.91, 55.0)
+    (tmp_path / MEMBERS_TSV).write_text("name\tbeta_outer\tr2\tzeros_pct\nbeta_outer=8\t8\t0.91\t55.0\n")
+    with pytest.raises(UserError, match="not a member table"):
+        read_members_tsv(tmp_path)
 
 
 def _run_log(run_dir, members, start_step=0, is_main=True) -> RunLog:

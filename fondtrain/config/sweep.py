@@ -28,13 +28,13 @@ import dataclasses
 import hashlib
 import itertools
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fondtrain.atomic_write import write_text_atomic
 from fondtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from fondtrain.errors import UserError
 
@@ -259,7 +259,9 @@ def _member_config(base: RunConfig, settings: dict[str, Any], name: str) -> RunC
 # ----------------------------------------------------------------------------- member table
 MEMBERS_TSV = "members.tsv"
 MEMBERS_DIR = "members"
-R2_COLUMN = "val_r2"
+R2_COLUMN = "val_r2_pooled"
+# the same column in tables written before it was named for which R^2 it holds
+LEGACY_R2_COLUMN = "val_r2"
 ZEROS_COLUMN = "zeros_pct"
 
 
@@ -295,10 +297,7 @@ def write_members_tsv(run_dir: str | Path, members: Sequence[Member],
                                 repr(r2), repr(zeros)]))
     path = Path(run_dir) / MEMBERS_TSV
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tsv.partial")
-    partial.write_text("\n".join(lines) + "\n")
-    os.replace(partial, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def read_members_tsv(run_dir: str | Path) -> list[MemberRow]:
@@ -307,7 +306,7 @@ def read_members_tsv(run_dir: str | Path) -> list[MemberRow]:
     if not path.is_file():
         raise UserError(f"{run_dir} has no {MEMBERS_TSV}: it is not a population run (train one with --sweep).")
     header, *lines = [line.split("\t") for line in path.read_text().splitlines() if line]
-    if header[:1] != ["name"] or header[-2:] != [R2_COLUMN, ZEROS_COLUMN]:
+    if header[:1] != ["name"] or header[-2] not in (R2_COLUMN, LEGACY_R2_COLUMN) or header[-1] != ZEROS_COLUMN:
         raise UserError(f"{path} is not a member table (columns name, settings, {R2_COLUMN}, {ZEROS_COLUMN}).")
     names = header[1:-2]
     rows = []

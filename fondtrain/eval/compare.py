@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fondtrain.atomic_write import write_text_atomic
 from fondtrain.errors import UserError
 from fondtrain.eval import figures as Fg
 from fondtrain.eval.report import METRICS_FILE
@@ -95,13 +96,15 @@ def compare(runs: list[str | Path], out: str | Path = "compare.md", verbose: boo
                           *[f"{column}: {R2_LABELS[k]}  " for column, k in key.items()]])
     if out.suffix == ".csv":
         import csv
+        import io
 
-        with open(out, "w", newline="") as fh:
-            csv.writer(fh).writerows([header, *rows])
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([header, *rows])
+        write_text_atomic(out, text.getvalue())
     elif out.suffix == ".json":
-        out.write_text(json.dumps([dict(zip(header, row, strict=True)) for row in rows], indent=1))
+        write_text_atomic(out, json.dumps([dict(zip(header, row, strict=True)) for row in rows], indent=1))
     else:
-        out.write_text(markdown + "\n")
+        write_text_atomic(out, markdown + "\n")
     plot = out.with_suffix(".png")
     Fg.plot_compare({label: m["convergence"] for label, m in loaded.items()}, plot,
                     "convergence over inference steps")

@@ -24,7 +24,6 @@ docs/science.md gives the measured seconds.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from fondtrain import stats as Mx
+from fondtrain.atomic_write import write_text_atomic
 from fondtrain.seeding import stream_seed
 
 FRONTIER_TSV = "sparse_coding_frontier.tsv"
@@ -168,10 +168,7 @@ def write_frontier_tsv(frontier: Frontier, path: str | Path) -> Path:
              *(f"# {column}: {label}" for column, label in names.items()),
              "\t".join(COLUMNS)]
     lines += ["\t".join(repr(float(getattr(p, c))) for c in COLUMNS) for p in frontier.points]
-    partial = path.with_name(f".{path.name}.partial")  # never a half-written table
-    partial.write_text("\n".join(lines) + "\n")
-    os.replace(partial, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def read_frontier_tsv(path: str | Path) -> list[dict[str, float]]:

@@ -12,7 +12,6 @@ the tuning responses and TensorBoard, from the results of its inference
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fondtrain.atomic_write import write_text_atomic
 from fondtrain.config import ModelConfig
 from fondtrain.eval import figures as Fg
 from fondtrain.eval.convergence import ConvergenceResult
@@ -171,9 +171,7 @@ def training_step(checkpoint: Path) -> int:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False))
 
 
 def _clean(obj: Any) -> Any:

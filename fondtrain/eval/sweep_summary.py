@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from fondtrain.atomic_write import write_text_atomic
 from fondtrain.config.sweep import Member, MemberRow, format_value, member_name, read_members_tsv
 from fondtrain.eval import figures as Fg
 from fondtrain.eval.frontier import Frontier
@@ -162,8 +163,7 @@ def write_sweep_summary(rows: Sequence[MemberRow | SummaryRow], out_dir: str | P
     for g in groups:
         lines.append("\t".join([g.label, *(format_value(g.settings[s]) for s in names), str(g.n),
                                 *(repr(d[s]) for s in stats for d in (g.mean, g.sd))]))
-    table = out_dir / SUMMARY_TSV
-    table.write_text("\n".join(lines) + "\n")
+    table = write_text_atomic(out_dir / SUMMARY_TSV, "\n".join(lines) + "\n")
     if frontier is not None and frontier_left_out(preset):
         frontier, note = None, note or frontier_left_out(preset)
     return table, _rate_distortion_figure(rows, groups, out_dir / FIGURE_PNG, title, preset, frontier, note)
