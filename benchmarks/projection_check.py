@@ -10,7 +10,9 @@ the time its own cycles project, on this machine.
 The projection is the one `fondtrain bench` makes, from the run's own models: one
 training cycle (the trainer's `train_batch`) of a fresh model (step 0) and of every
 complete checkpoint's model, each with the schedule's values at its step (temperature,
-KL weight, clamp opening; the run's --mixed_precision), timed in interleaved rounds; the
+KL weight, clamp opening; the run's --mixed_precision) and its optimiser step at
+learning rate 0 (every round times that very model, `candidates.fondtrain_cycle`'s
+keep_model), timed in interleaved rounds; the
 cost of the steps between two of them is interpolated linearly (after the last:
 constant). The measurement is the run's own clock: the wall times of its
 `perf/samples_per_s` TensorBoard scalars (every log_every steps), from the first logged
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(ckpt)[0].train().to(device)
         model.generators = [torch.Generator(device=device).manual_seed(s.seed)]
         models[int(read_trainer_state(ckpt)["global_step"])] = model
-    cases = {step: C.fondtrain_cycle(model, x, s, precision=precision, values=schedules.at(step))
+    cases = {step: C.fondtrain_cycle(model, x, s, precision=precision, values=schedules.at(step), keep_model=True)
              for step, model in sorted(models.items())}
     print(f"{args.run}: timing the cycles of steps {', '.join(map(str, cases))} ({precision}, "
           f"{torch.get_num_threads()} thread(s), {args.repeats} rounds)", flush=True)

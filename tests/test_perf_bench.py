@@ -125,6 +125,27 @@ def test_the_goal_is_the_paper_runs_at_vh16_sizes():
     assert projection.goal_for("ipvae", bench.BenchSettings(), {"steps": 5000, "total_steps": 150_000}, row, 2) is None
 
 
+def test_a_timed_checkpoint_stays_the_model_it_was():
+    """A trained model's cycles run their optimiser step at learning rate 0 (the same work),
+    so that every round times that model; a fresh model's cycles train it, as before."""
+    device = harness.device()
+
+    def parameters_after_two_cycles(s, **kw):
+        model = candidates.fondtrain_model("ipvae", s, None, device)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        run = candidates.fondtrain_cycle(model, candidates.inputs(s, device), s, **kw)
+        results = [run(), run()]
+        assert all(torch.isfinite(r.grad_norm).all() and (r.grad_norm > 0).all() for r in results)  # backward ran
+        return before, model.state_dict()
+
+    fresh = bench.BenchSettings(**TINY)
+    for settings, kw, kept in ((fresh, {}, False), (fresh, {"keep_model": True}, True),
+                               (bench.BenchSettings(**TINY, checkpoint="runs/some-run"), {}, True)):
+        before, after = parameters_after_two_cycles(settings, **kw)
+        same = all(torch.equal(before[k], after[k]) for k in ("W", "log_bias", "log_lr"))
+        assert same == kept, (settings.checkpoint, kw)
+
+
 def test_bf16_limit_and_cycle_run_in_bf16():
     s = bench.BenchSettings(**TINY)
     device = harness.device()
