@@ -99,6 +99,23 @@ def test_kernel_early_exit_changes_no_bit(temp: float):
 
 
 @needs_kernel
+@pytest.mark.parametrize("temp", [1.0, 0.5])
+def test_kernel_tail_exit_on_a_dense_posterior_changes_no_bit(temp: float):
+    """A trained model's posterior at high temperature: rates 0.2-4, where no term is
+    exactly 0 before n_exp and the entries stop once their terms no longer change their
+    float32 sums (a_j < -1): the same bits as every arrival of every entry."""
+    u = _log_rates((2, 64, 96), 0.2, seed=12)
+    keys = draw_keys([torch.Generator().manual_seed(s) for s in (4, 5)], 2)
+    for lengths in ([64, 64], [32, 9]):
+        z, dz = kernel.relaxed_poisson_kernel(u, [temp] * 2, lengths, keys, ZERO_BELOW, True)
+        z_all, dz_all = kernel.relaxed_poisson_kernel(u, [temp] * 2, lengths, keys, -math.inf, True)
+        assert torch.equal(z, z_all) and torch.equal(dz, dz_all)
+    # the case is one where the tail exit acts: half the entries' last 32 terms change nothing
+    sums = [plain_float64_sums(u[:1], temp, [32, 64], keys[:1])[n][0] for n in (32, 64)]
+    assert float(((sums[1] - sums[0]).abs() < 1e-8).float().mean()) > 0.5
+
+
+@needs_kernel
 def test_kernel_gives_the_same_numbers_on_any_thread_count():
     """Threads take disjoint ranges of entries, each entry's numbers are its own."""
     u = _log_rates((1, 200, 512), 0.01, seed=4)  # enough entries for 2 threads
