@@ -95,9 +95,9 @@ def _poisson_clamp_fresh(floored: Tensor, c) -> Tensor:
 
 
 def _upper_slope(v: Tensor, c) -> Tensor:
-    """Derivative of clampU(v, c) = c - softplus(c - max(v, -8)) with respect to v."""
-    slope = torch.sigmoid(c - torch.clamp(v, min=POISSON_FLOOR))
-    return slope.masked_fill_(v < POISSON_FLOOR, 0.0)
+    """Derivative of clampU(v, c) = c - softplus(c - max(v, -8)) with respect to v:
+    sigmoid(c - v) where v >= -8 (there max(v, -8) is v), 0 below."""
+    return torch.sigmoid_(c - v).masked_fill_(v < POISSON_FLOOR, 0.0)
 
 
 class _SymStateStep(torch.autograd.Function):
