@@ -53,7 +53,7 @@ from fondtrain.eval.frontier import (
     sparse_coding_frontier,
     write_frontier_tsv,
 )
-from fondtrain.eval.report import ModelResults, ReportTarget, training_step, write_report
+from fondtrain.eval.report import ModelResults, ReportTarget, write_report
 from fondtrain.eval.sweep_summary import (
     eval_rows,
     format_sweep_table,
@@ -62,7 +62,15 @@ from fondtrain.eval.sweep_summary import (
     write_eval_summary,
 )
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.runs.files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
+from fondtrain.runs.files import (
+    checkpoint_eps,
+    load_run,
+    member_index,
+    one_member,
+    output_run_dir,
+    resolve_checkpoint,
+    training_step,
+)
 
 # Default data set for checkpoints that carry no run config (reference .pt), by input size.
 DEFAULT_DATASET_BY_DIM = {256: "natural16", 64: "digits"}
@@ -139,7 +147,8 @@ class EvalContext:
     checkpoint, its run (None for a bare checkpoint) and config (None for reference
     checkpoints), the data set evaluated on (`own`: the run's) and its validation rows
     x_val [N, M], and `out`: RUN/eval (RUN/eval-DATASET, or --out; one member evaluated
-    alone: RUN/eval/members/MEMBER, or --out)."""
+    alone: RUN/eval/members/MEMBER, or --out). RUN is `runs.files.output_run_dir`'s: for a
+    pretrained model runs/pretrained-NAME, never the package."""
 
     target: Path
     run_dir: Path | None
@@ -171,7 +180,7 @@ def eval_context(run: str | Path | None, target: Path, config: RunConfig | None,
                  opts: EvalOptions, ranks: Ranks, member: str | None) -> EvalContext:
     """Resolve the data set and the output folder of the evaluation of `target` (of its
     member `member` alone, when given)."""
-    run_dir = Path(run) if run is not None else _run_dir_of(target)
+    run_dir = output_run_dir(run, target)
     own = config.data.dataset if config is not None else DEFAULT_DATASET_BY_DIM.get(input_dim)
     dataset = opts.dataset or own
     if dataset is None:
@@ -194,14 +203,6 @@ def eval_context(run: str | Path | None, target: Path, config: RunConfig | None,
         out = member_dir(base / ("eval" if dataset == own else f"eval-{dataset}"), member or "")
     return EvalContext(target, run_dir, config, dataset, own, path, shards_root, seed, data,
                        x_val, out, ranks)
-
-
-def _run_dir_of(checkpoint: Path) -> Path | None:
-    """The run directory holding checkpoint `ckpt/step-N` (or its model file), if any."""
-    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    if folder.parent.name == "ckpt":
-        return folder.parent.parent
-    return None
 
 
 # ----------------------------------------------------------------------------- inference
