@@ -77,6 +77,12 @@ def test_a_name_resolves_to_its_folder_in_the_package():
     assert target == REPO / "fondtrain" / "pretrained" / SHIPPED
     assert pretrained.name_of(target) == SHIPPED and pretrained.name_of(target / run_files.MODEL_FILE) == SHIPPED
     assert pretrained.name_of(REPO) is None
+    # bench --checkpoint takes it as any checkpoint: the sizes of its model
+    from fondtrain.bench.settings import BenchSettings, use_checkpoint
+
+    model, _ = run_files.load_model(f"pretrained:{SHIPPED}")
+    s = use_checkpoint(BenchSettings(checkpoint=f"pretrained:{SHIPPED}"))
+    assert (s.presets, s.n_latents, s.input_dim) == (("ipvae",), model.config.n_latents, 256)
 
 
 @pytest.mark.parametrize("command", ["eval", "hubel-wiesel", "export", "compare"])

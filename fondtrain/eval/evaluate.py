@@ -11,7 +11,8 @@ member) and writes, for each member,
 
 (`fondtrain.eval.report` writes them) where <out> is `runs/<name>/eval` for a plain run
 and `runs/<name>/eval/members/<member>` for a sweep's members (`eval-<dataset>` instead
-of `eval` when evaluating on another data set than the run's own), with the same scalars
+of `eval` when evaluating on another data set than the run's own; `runs/pretrained-NAME`
+stands for the run of a model shipped in the package, `pretrained:NAME`), with the same scalars
 and images in TensorBoard under `runs/<name>/tb/eval` (a member's: `<out>/tb`; tags
 `eval/<dataset>/...`; the per-step curves are logged with the inference step as x, the
 summaries at the checkpoint's training step). A sweep also gets its summary,

@@ -218,7 +218,8 @@ def model_card(name: str, made: str, checkpoint: Path, config: RunConfig, traine
         "- wall time: (to fill in)",
         "- machine: (to fill in)",
         f"- command: `fondtrain train --config config.yaml --max_steps {step}` (this folder's config.yaml, "
-        "with its data and runs paths reset to the defaults; --max_steps stops the same schedule at this step)",
+        "with its data and runs paths reset to the defaults; --max_steps stops the same schedule at this step)"
+        if step else "- command: unknown (step 0: not trained by fondtrain, e.g. imported)",
         f"- made from the checkpoint {checkpoint} with `{made}`", "",
     ]
     lines += ["## Numbers", ""]
