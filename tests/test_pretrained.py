@@ -29,10 +29,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SHIPPED = "natural16-ipvae"
 EVAL_FAST = ["--n_steps=20", "--n_val=64", "--probe=false", "--tuning=false", "--gabor=false"]
 HW_FAST = ["--n_blank=2", "--n_sweep=6", "--orientations=0,90", "--lead=1", "--movie=false", "--unit=0"]
-# the recorded check on another machine or thread count: float rounding that flips a Poisson
-# count moves R^2 by ~1e-4; wrongly read weights move it by far more
+# the recorded check on another machine or thread count: float rounding flips a Poisson count
+# now and then and the rest of the trajectory draws other noise, which moves R^2 as another
+# sampling seed would (one standard deviation ~0.001 at 512 patches,
+# fondtrain.runs.pretrained_export.N_CHECK); weights read wrongly move it by ~0.7
 # (test_the_check_tells_wrong_weights_apart); a changed weights file fails its checksum first
-TOLERANCE = 2e-3
+TOLERANCE = 0.01
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:
@@ -244,4 +246,4 @@ def test_the_check_tells_wrong_weights_apart():
         order = torch.randperm(model.W.shape[1], generator=torch.Generator().manual_seed(0))
         model.W.copy_(model.W[:, order])
         wrong = PE.compute_check(model, spec)["r2_pooled"]
-    assert good - wrong > 100 * TOLERANCE, (good, wrong)
+    assert good - wrong > 30 * TOLERANCE, (good, wrong)
