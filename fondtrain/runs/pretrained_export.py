@@ -113,7 +113,7 @@ def export_pretrained(source: str, out: str, member: str | None = None,
     if target.is_file():
         raise UserError(f"{source} is a single file: give the run folder or a checkpoint folder, which hold "
                         "the trainer state (step, clamp eps) a pretrained model records.")
-    whole, config, members = run_files.load_run(target)
+    whole, _, members = run_files.load_run(target)
     index = run_files.member_index(members, member, source)
     model = run_files.one_member(whole, index)
     single = run_files.single_run_config(members[index])
@@ -126,7 +126,7 @@ def export_pretrained(source: str, out: str, member: str | None = None,
     step = run_files.training_step(target)
     state = run_files.read_trainer_state(target) if (target / run_files.TRAINER_STATE).is_file() else {}
     trainer_state = {"global_step": step, "total_steps": state.get("total_steps"), "eps": [eps]}
-    spec = check_spec(config, eps, inference.eval_temperature(model))
+    spec = check_spec(single, eps, inference.eval_temperature(model))
     say(f"recorded check: {N_CHECK} {spec['dataset']} validation patches x {CHECK_STEPS} inference steps")
     check = {"what": f"R^2 of {N_CHECK} validation patches of {spec['dataset']} (rows spread evenly over the split) "
                      f"after {CHECK_STEPS} inference steps from u_init at temperature {spec['temp']:g}, sampling "
