@@ -130,6 +130,13 @@ def test_export_to_pretrained_round_trip_is_bit_exact(tiny_run, own_root, capsys
     assert again == check["numbers"]  # same machine, same threads: the same draws
 
 
+def test_export_of_a_checkpoint_takes_its_runs_evaluation(tiny_run, own_root, capsys):
+    """The lead's way: `fondtrain eval --checkpoint RUN/ckpt/step-N`, then export that checkpoint."""
+    code, _, err = _cli(capsys, "export", tiny_run / "ckpt" / "step-00000006", own_root / "t", "--format", "pretrained")
+    assert code == 0, err
+    assert (own_root / "t" / "metrics.json").is_file() and (own_root / "t" / "dictionary.png").is_file()
+
+
 def test_export_to_pretrained_is_whole_or_not_at_all(tiny_run, own_root, tmp_path, capsys):
     """A corrupt source stops before anything is written; an existing folder is not overwritten."""
     run = tmp_path / "r"

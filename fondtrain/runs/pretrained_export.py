@@ -164,11 +164,12 @@ def export_pretrained(source: str, out: str, member: str | None = None,
 
 def _eval_files(source: str, target: Path, member: str, step: int, say) -> dict[Path, str]:
     """{file of the source's evaluation: its name in the pretrained folder}: what `fondtrain
-    eval SOURCE` wrote, if it evaluated this checkpoint (its metrics.json says the step)."""
+    eval RUN` (or `--checkpoint RUN/ckpt/step-N`) wrote to RUN/eval, if it evaluated this
+    checkpoint (its metrics.json says the step)."""
     if pretrained.name_of(target) is not None:  # re-exporting a shipped model: its own copies
         folder, files = target, {name: name for name in EVAL_FILES.values()}
     else:
-        run_dir = run_files.output_run_dir(source, target)
+        run_dir = run_files.output_run_dir(None, target)  # a checkpoint given as the source: its run's
         if run_dir is None:
             return {}
         folder, files = member_dir(run_dir / "eval", member), EVAL_FILES
