@@ -98,7 +98,7 @@ class FondtrainCLI:
             compile: also time cycles with the state update under torch.compile.
             train_temp: Poisson training temperature of the cycles (the schedule anneals it
                 from 1 to 0.01); fondtrain's CPU sampler is cheaper where entries finish early.
-            checkpoint: a fondtrain run or checkpoint: time its trained parameters and n_exp
+            checkpoint: a fondtrain run, checkpoint or pretrained:NAME: time its trained parameters and n_exp
                 (both implementations) at its sizes instead of a fresh initialisation
                 (skips the scaling, process and memory figures); the projection is then a
                 trained model's.
@@ -157,13 +157,18 @@ class FondtrainCLI:
         return str(run_dir)
 
     def export(self, run: str, out: str, format: str = "safetensors", *, member: str | None = None) -> str:
-        """Export a run's (or checkpoint's) model: safetensors + config.yaml, or upstream .pt.
+        """Export a run's (or checkpoint's) model: safetensors + config.yaml, upstream .pt, or a
+        pretrained folder (`fondtrain export RUN fondtrain/pretrained/NAME --format pretrained`
+        makes the model `pretrained:NAME`).
 
         Args:
-            run: a run folder or one of its checkpoints.
+            run: a run folder, one of its checkpoints, or pretrained:NAME.
             out: the folder to write.
-            format: safetensors (model.safetensors + config.yaml) or upstream (the reference's .pt).
-            member: a population run's member to export (default: every member, to OUT/MEMBER).
+            format: safetensors (model.safetensors + config.yaml), upstream (the reference's .pt) or
+                pretrained (the inference-only checkpoint, checksums, a recorded check, the run's eval
+                metrics.json and dictionary figure when it has them, and a model card README.md).
+            member: a population run's member to export (default: every member, to OUT/MEMBER;
+                pretrained: required for a population).
         """
         from fondtrain.runs.export import export_model
 
@@ -198,11 +203,12 @@ class FondtrainCLI:
         with the sparse-coding frontier of the same data (RUN/eval/sparse_coding_frontier.tsv).
 
         Writes RUN/eval/metrics.json, RUN/eval/figures/*.png and TensorBoard RUN/tb/eval
-        (RUN/eval-DATASET with --dataset another data set). Data-parallel under
+        (RUN/eval-DATASET with --dataset another data set); RUN may be pretrained:NAME, a
+        model shipped with fondtrain, whose outputs go to runs/pretrained-NAME. Data-parallel under
         `accelerate launch -m fondtrain.cli eval RUN`.
 
         Args:
-            run: run directory (its newest complete checkpoint is evaluated).
+            run: run directory (its newest complete checkpoint is evaluated), or pretrained:NAME.
             checkpoint: a checkpoint directory, model.safetensors or reference .pt instead.
             dataset: evaluate on this data set (default: the run's own), e.g. digits.
             path: file or folder of a data set read from disk (vh16, mnist, npy, images).
@@ -220,7 +226,8 @@ class FondtrainCLI:
             n_orientations: orientations of bars and gratings in [0, 180).
             gabor: fit a 2-D Gabor to every used dictionary element (--nogabor: skip).
             shards_root: where built shards are looked for (default: the run's).
-            out: output folder (default RUN/eval or RUN/eval-DATASET).
+            out: output folder (default RUN/eval or RUN/eval-DATASET; for pretrained:NAME
+                runs/pretrained-NAME/eval under the current directory, never the package).
             figures: draw the PNG figures.
             tensorboard: also log scalars and figures to TensorBoard.
             device: e.g. cpu or cuda:1 (default: Accelerate's choice).
@@ -260,7 +267,7 @@ class FondtrainCLI:
         (MP4 with sound, or GIF) to RUN/hubel-wiesel and prints a summary naming them.
 
         Args:
-            run: run directory (its newest complete checkpoint is used).
+            run: run directory (its newest complete checkpoint is used), or pretrained:NAME.
             checkpoint: a checkpoint directory, model.safetensors or reference .pt instead.
             unit: the model neuron (default: the most orientation-selective responsive unit).
             orientations: bar orientations in degrees, e.g. 0,45,90 (default: 0 to 359 in
@@ -276,7 +283,8 @@ class FondtrainCLI:
             slow_down: the audio and movie play this many times slower than FRAME_MS per frame.
             lead: blank frames before each sweep in the audio and movie.
             movie: write the movie (MP4 through imageio-ffmpeg, else GIF).
-            out: output folder (default RUN/hubel-wiesel; a member's RUN/members/MEMBER/hubel-wiesel).
+            out: output folder (default RUN/hubel-wiesel; a member's RUN/members/MEMBER/hubel-wiesel;
+                for pretrained:NAME runs/pretrained-NAME/hubel-wiesel under the current directory).
             device: e.g. cpu or cuda (default: cuda if available).
             seed: seed of the sampling noise.
             member: the member of a population run to record.
@@ -294,7 +302,7 @@ class FondtrainCLI:
         """Put several runs' eval metrics side by side: a table and their convergence curves.
 
         Args:
-            runs: run folders or metrics.json files.
+            runs: run folders, metrics.json files, or pretrained:NAME (the evaluation it ships with).
             out: the table (.md, .csv or .json; printed too); the curves go to OUT with .png.
         """
         from fondtrain.eval.compare import compare

@@ -63,5 +63,8 @@ def overview(commands: dict[str, Callable[..., Any]], version: str) -> str:
     for name, fn in commands.items():
         summary = described(fn)[0].split("\n\n")[0]
         lines += _wrap(f"{name.replace('_', '-'):<18}{summary}", 2, width, 18)
-    return "\n".join([*lines, "", *_wrap("`fondtrain COMMAND --help` lists a command's flags; "
-                                         "`fondtrain --version` prints the version.", 0, width)])
+    return "\n".join([*lines, "", *_wrap("Wherever a run folder is taken, pretrained:NAME names a model that "
+                                         "ships with fondtrain (e.g. `fondtrain eval pretrained:natural16-ipvae`; "
+                                         "its outputs go to runs/pretrained-NAME).", 0, width),
+                      *_wrap("`fondtrain COMMAND --help` lists a command's flags; "
+                             "`fondtrain --version` prints the version.", 0, width)])

@@ -13,6 +13,7 @@ from fondtrain.atomic_write import write_text_atomic
 from fondtrain.errors import UserError
 from fondtrain.eval import figures as Fg
 from fondtrain.eval.report import METRICS_FILE
+from fondtrain.runs import pretrained
 from fondtrain.stats import R2_LABELS
 
 COMPARE_COLUMNS = (
@@ -38,7 +39,14 @@ COMPARE_COLUMNS = (
 
 
 def find_metrics(entry: str | Path) -> Path:
-    """metrics.json of a run directory, an eval folder, or the file itself."""
+    """metrics.json of a run directory, an eval folder, the file itself, or the one a
+    pretrained model ships with (`pretrained:NAME`: its recorded evaluation)."""
+    if pretrained.is_name(entry):
+        path = pretrained.folder(entry) / METRICS_FILE
+        if not path.is_file():
+            raise UserError(f"{entry} ships no {METRICS_FILE}: evaluate it (fondtrain eval {entry}) and compare "
+                            f"{pretrained.output_run_dir(pretrained.name_of(entry))} instead.")
+        return path
     path = Path(entry)
     for candidate in (path, path / METRICS_FILE, path / "eval" / METRICS_FILE):
         if candidate.is_file():
@@ -73,7 +81,7 @@ def compare(runs: list[str | Path], out: str | Path = "compare.md", verbose: boo
     loaded: dict[str, dict] = {}
     for entry in runs:
         path = find_metrics(entry)
-        label = _label(path)
+        label = str(entry) if pretrained.is_name(entry) else _label(path)
         while label in loaded:
             label += "'"
         try:

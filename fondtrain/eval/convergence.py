@@ -28,13 +28,9 @@ from fondtrain import stats as Mx
 from fondtrain.eval.dist import Ranks
 from fondtrain.eval.progress import Progress
 from fondtrain.model import inference
+from fondtrain.model.inference import eval_temperature
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.seeding import stream_seed
-
-
-def eval_temperature(model: IterativeVAE) -> float:
-    """SPEC 7: Poisson 0 (exact samples), Gaussian 1."""
-    return 0.0 if model.is_poisson else 1.0
 
 
 def sampling_generators(model: IterativeVAE, seed: int, device: torch.device | str) -> list[torch.Generator]:

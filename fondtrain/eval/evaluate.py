@@ -11,7 +11,8 @@ member) and writes, for each member,
 
 (`fondtrain.eval.report` writes them) where <out> is `runs/<name>/eval` for a plain run
 and `runs/<name>/eval/members/<member>` for a sweep's members (`eval-<dataset>` instead
-of `eval` when evaluating on another data set than the run's own), with the same scalars
+of `eval` when evaluating on another data set than the run's own; `runs/pretrained-NAME`
+stands for the run of a model shipped in the package, `pretrained:NAME`), with the same scalars
 and images in TensorBoard under `runs/<name>/tb/eval` (a member's: `<out>/tb`; tags
 `eval/<dataset>/...`; the per-step curves are logged with the inference step as x, the
 summaries at the checkpoint's training step). A sweep also gets its summary,
@@ -53,7 +54,7 @@ from fondtrain.eval.frontier import (
     sparse_coding_frontier,
     write_frontier_tsv,
 )
-from fondtrain.eval.report import ModelResults, ReportTarget, training_step, write_report
+from fondtrain.eval.report import ModelResults, ReportTarget, write_report
 from fondtrain.eval.sweep_summary import (
     eval_rows,
     format_sweep_table,
@@ -62,7 +63,15 @@ from fondtrain.eval.sweep_summary import (
     write_eval_summary,
 )
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.runs.files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
+from fondtrain.runs.files import (
+    checkpoint_eps,
+    load_run,
+    member_index,
+    one_member,
+    output_run_dir,
+    resolve_checkpoint,
+    training_step,
+)
 
 # Default data set for checkpoints that carry no run config (reference .pt), by input size.
 DEFAULT_DATASET_BY_DIM = {256: "natural16", 64: "digits"}
@@ -139,7 +148,8 @@ class EvalContext:
     checkpoint, its run (None for a bare checkpoint) and config (None for reference
     checkpoints), the data set evaluated on (`own`: the run's) and its validation rows
     x_val [N, M], and `out`: RUN/eval (RUN/eval-DATASET, or --out; one member evaluated
-    alone: RUN/eval/members/MEMBER, or --out)."""
+    alone: RUN/eval/members/MEMBER, or --out). RUN is `runs.files.output_run_dir`'s: for a
+    pretrained model runs/pretrained-NAME, never the package."""
 
     target: Path
     run_dir: Path | None
@@ -171,7 +181,7 @@ def eval_context(run: str | Path | None, target: Path, config: RunConfig | None,
                  opts: EvalOptions, ranks: Ranks, member: str | None) -> EvalContext:
     """Resolve the data set and the output folder of the evaluation of `target` (of its
     member `member` alone, when given)."""
-    run_dir = Path(run) if run is not None else _run_dir_of(target)
+    run_dir = output_run_dir(run, target)
     own = config.data.dataset if config is not None else DEFAULT_DATASET_BY_DIM.get(input_dim)
     dataset = opts.dataset or own
     if dataset is None:
@@ -194,14 +204,6 @@ def eval_context(run: str | Path | None, target: Path, config: RunConfig | None,
         out = member_dir(base / ("eval" if dataset == own else f"eval-{dataset}"), member or "")
     return EvalContext(target, run_dir, config, dataset, own, path, shards_root, seed, data,
                        x_val, out, ranks)
-
-
-def _run_dir_of(checkpoint: Path) -> Path | None:
-    """The run directory holding checkpoint `ckpt/step-N` (or its model file), if any."""
-    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    if folder.parent.name == "ckpt":
-        return folder.parent.parent
-    return None
 
 
 # ----------------------------------------------------------------------------- inference

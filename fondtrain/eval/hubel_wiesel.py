@@ -271,7 +271,14 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
     summary as a dict."""
     from fondtrain.eval.convergence import eval_temperature
     from fondtrain.eval.hubel_wiesel_media import write_media
-    from fondtrain.runs.files import checkpoint_eps, load_run, member_index, one_member, resolve_checkpoint
+    from fondtrain.runs.files import (
+        checkpoint_eps,
+        load_run,
+        member_index,
+        one_member,
+        output_run_dir,
+        resolve_checkpoint,
+    )
 
     opts = options or HubelWieselOptions()
     if run is None and checkpoint is None:
@@ -285,11 +292,8 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
     if opts.unit is not None and (isinstance(opts.unit, bool) or not isinstance(opts.unit, int)
                                   or not 0 <= opts.unit < k):
         raise UserError(f"--unit {opts.unit!r} does not exist: the model has units 0 to {k - 1}.")
-    if run is not None:
-        base = Path(run)
-    else:
-        folder = target if target.is_dir() else target.parent
-        base = folder.parent.parent if folder.parent.name == "ckpt" else folder
+    # a checkpoint outside any run: beside it; a pretrained model: runs/pretrained-NAME
+    base = output_run_dir(run, target) or (target if target.is_dir() else target.parent)
     out_dir = Path(opts.out) if opts.out is not None else member_dir(base, member or "") / "hubel-wiesel"
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device)

@@ -157,19 +157,6 @@ def write_report(results: ModelResults, target: ReportTarget, about: dict[str, A
     return metrics
 
 
-def training_step(checkpoint: Path) -> int:
-    """The training step a checkpoint was written at (0 when it does not say)."""
-    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    state = folder / "trainer_state.json"
-    if state.is_file():
-        try:
-            return int(json.loads(state.read_text()).get("global_step", 0))
-        except (ValueError, json.JSONDecodeError):
-            pass
-    name = folder.name
-    return int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else 0
-
-
 def _write_json(path: Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False))
 

@@ -34,6 +34,12 @@ from fondtrain.model.vae import IterativeVAE, StepOutput
 TRACE_KEYS = ("z", "x_hat", "recon", "kl", "loss")
 
 
+def eval_temperature(model: IterativeVAE) -> float:
+    """The evaluation temperature (SPEC 7): Poisson 0 (exact samples), Gaussian 1. Here,
+    below eval/, because a pretrained model's recorded check (fondtrain.runs) uses it too."""
+    return 0.0 if model.is_poisson else 1.0
+
+
 @torch.no_grad()
 def steps(model: IterativeVAE, x: Tensor, n_steps: int, temp: float, eps: float | Tensor = 1.0,
           beta: float = 0.0, record: Iterable[int] | None = None,

@@ -17,7 +17,7 @@ from fondtrain.model.vae import IterativeVAE
 from fondtrain.runs.permissions import apply_umask
 from fondtrain.config.sweep import Member
 
-FORMATS = ("safetensors", "upstream")
+FORMATS = ("safetensors", "upstream", "pretrained")
 
 
 def export_model(source: str, out: str, format: str = "safetensors", member: str | None = None) -> Path:
@@ -28,10 +28,15 @@ def export_model(source: str, out: str, format: str = "safetensors", member: str
     config of the single run it equals); upstream: `out/model.pt` holding {'model': state
     dict} under the reference implementation's names and shapes, loadable by its
     `load_state_dict`. A sweep: every member to `out/<member>/`, or member `member` alone
-    to `out`.
+    to `out`. pretrained: one model as a pretrained folder
+    (`fondtrain.runs.pretrained_export`; a sweep's member must be named).
     """
     if format not in FORMATS:
-        raise UserError(f"unknown export format {format!r}: choose safetensors or upstream.")
+        raise UserError(f"unknown export format {format!r}: choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}.")
+    if format == "pretrained":
+        from fondtrain.runs.pretrained_export import export_pretrained
+
+        return export_pretrained(source, out, member)
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty: choose a new --out folder.")

@@ -5,6 +5,10 @@
                                       states, trainer_state.json, config.yaml, COMPLETE
     runs/<name>/tb/                   TensorBoard
 
+A run argument may also be `pretrained:NAME`, a model shipped in the package
+(`fondtrain.runs.pretrained`): `resolve_checkpoint` turns it into its folder, and
+`output_run_dir` keeps the outputs of commands on it out of the package.
+
 A checkpoint counts only once its COMPLETE marker exists (it is written last, see
 `fondtrain.train.checkpoint`). Reading never imports the trainer.
 
@@ -33,6 +37,7 @@ from fondtrain.data.shard_reader import sha256_of
 from fondtrain.errors import UserError
 from fondtrain.model.upstream import load_upstream_checkpoint
 from fondtrain.model.vae import IterativeVAE
+from fondtrain.runs import pretrained
 
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
@@ -64,6 +69,19 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def training_step(checkpoint: Path) -> int:
+    """The training step a checkpoint (or a file in it) was written at (0 when it does not say)."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    state = folder / TRAINER_STATE
+    if state.is_file():
+        try:
+            return int(json.loads(state.read_text()).get("global_step", 0))
+        except (ValueError, json.JSONDecodeError):
+            pass
+    name = folder.name
+    return int(name[len(PREFIX):]) if name.startswith(PREFIX) and name[len(PREFIX):].isdigit() else 0
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -133,8 +151,8 @@ def resolve_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) ->
     """A run directory (its newest complete checkpoint that verifies: the ones after it are
     reported, one line each, through `warn`), a checkpoint directory, or a file; the last
     two are verified against their checksums.json and stop with one sentence if they
-    differ."""
-    path = Path(path)
+    differ. `pretrained:NAME` is the shipped model's folder (a checkpoint directory)."""
+    path = pretrained.folder(path) if pretrained.is_name(path) else Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist: give a run directory, a checkpoint or a model file.")
     if path.is_file():
@@ -166,11 +184,26 @@ def resolve_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) ->
     )
 
 
+def output_run_dir(run: str | Path | None, target: Path) -> Path | None:
+    """The run folder under which a command writes its outputs by default (RUN/eval,
+    RUN/hubel-wiesel): `run` as given, else the run holding checkpoint `target`
+    (RUN/ckpt/step-N, or a file in it); None for a checkpoint outside a run. For a shipped
+    pretrained model (by name or by its folder) runs/pretrained-NAME under the current
+    directory: the package may be installed read-only, and must not collect outputs."""
+    name = pretrained.name_of(run if run is not None else target)
+    if name is not None:
+        return pretrained.output_run_dir(name)
+    if run is not None:
+        return Path(run)
+    folder = target if target.is_dir() else target.parent
+    return folder.parent.parent if folder.parent.name == "ckpt" else None
+
+
 def load_run(path: str | Path) -> tuple[IterativeVAE, RunConfig | None, list[Member]]:
     """Every member of a trained run, for evaluation and export.
 
     path: a run directory (its newest complete checkpoint), a checkpoint directory
-    `ckpt/step-N`, a `model.safetensors` (with `config.yaml` beside it or in the run
+    `ckpt/step-N`, `pretrained:NAME`, a `model.safetensors` (with `config.yaml` beside it or in the run
     directory), or a reference `.pt` file.
     Returns (the model in eval mode, member i at index i of its member axis; the run's
     RunConfig, None for a reference checkpoint; its members, `fondtrain.config.sweep.run_members`:
