@@ -148,9 +148,10 @@ def export_pretrained(source: str, out: str, member: str | None = None,
         # the card is prose that may be edited after the export (wall time, machine); the
         # numbers it quotes are in the checksummed files
         sums = {k: v for k, v in run_files.checksums(staging).items() if k != CARD}
-        made = f"fondtrain export {source} {out} --format pretrained" + (f" --member {member}" if member else "")
-        (staging / CARD).write_text(model_card(out_dir.name, made, target, single, trainer_state, check,
-                                               _metrics(staging)))
+        made = (f"fondtrain export {portable_name(target)} fondtrain/pretrained/{out_dir.name} --format pretrained"
+                + (f" --member {member}" if member else ""))
+        (staging / CARD).write_text(model_card(out_dir.name, made, portable_name(target), single, trainer_state,
+                                               check, _metrics(staging)))
         (staging / run_files.CHECKSUMS).write_text(json.dumps(sums, indent=1))
         (staging / run_files.COMPLETE).write_text(f"{step}\n")
         apply_umask(staging)
@@ -198,7 +199,17 @@ PRECISIONS = {"no": "float32", "fp16": "float16 autocast", "bf16": "bfloat16 aut
               "the optimiser in float32)"}
 
 
-def model_card(name: str, made: str, checkpoint: Path, config: RunConfig, trainer_state: dict,
+def portable_name(checkpoint: Path) -> str:
+    """How the card names the checkpoint it was made from: runs/RUN/ckpt/step-N (the run's
+    name, not where this machine keeps its runs: the card ships to other machines), or the
+    folder's or file's own name for a checkpoint outside a run."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    if folder.parent.name == "ckpt":
+        return f"runs/{folder.parent.parent.name}/ckpt/{folder.name}"
+    return checkpoint.name
+
+
+def model_card(name: str, made: str, checkpoint: str, config: RunConfig, trainer_state: dict,
                check: dict, metrics: dict | None) -> str:
     """README.md of a pretrained folder: what the model is, how it was trained and made,
     its numbers (each R^2 named), and the two lines no file records (wall time, machine)."""
