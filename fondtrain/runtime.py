@@ -79,8 +79,9 @@ def close_process_group(barrier: bool = False) -> None:
     may still hold finished work and the process aborts ("terminate called without an
     active exception", SIGABRT) after a successful run. Not after an error, unless every
     rank stopped on it together: a rank still inside a collective would wait for it.
-    `barrier`: first wait for every rank (an error that all ranks raised: the one that
-    prints it has printed before the others leave). Nothing happens in one process."""
+    `barrier`: first wait for every rank, so that all tear gloo down together (after an
+    error that all ranks raised: the one that prints it has printed before the others
+    leave). Nothing happens in one process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if barrier:
             torch.distributed.barrier()

@@ -153,7 +153,9 @@ class FondtrainCLI:
             raise UserError(f"cannot write {where}: {err.strerror} ({shutil.disk_usage(place).free / 2**20:.1f} MB "
                             "free there): free space or make the folder writable, and run the same command to "
                             "continue from the newest checkpoint.") from None
-        close_process_group()  # under a launcher: every rank has finished its collectives
+        # under a launcher: every rank has finished its collectives; all leave together (a rank that
+        # tore gloo down while rank 0 was still requeueing a SLURM job aborted at exit: SIGABRT, seen once)
+        close_process_group(barrier=True)
         return str(run_dir)
 
     def export(self, run: str, out: str, format: str = "safetensors", *, member: str | None = None) -> str:
@@ -253,7 +255,7 @@ class FondtrainCLI:
             evaluate(run, checkpoint, opts, member=member)  # prints a summary and where it wrote the results
         from fondtrain.runtime import close_process_group
 
-        close_process_group()  # under accelerate launch: every rank has finished its collectives
+        close_process_group(barrier=True)  # under accelerate launch: every rank has finished; all leave together
 
     def hubel_wiesel(self, run: str | None = None, checkpoint: str | None = None, unit: int | None = None,
                      orientations: tuple[float, ...] | None = None, orientation_step: float = 1.0, n_blank: int = 300,
