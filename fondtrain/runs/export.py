@@ -14,7 +14,7 @@ from fondtrain.config import DataConfig, RunConfig, save_yaml
 from fondtrain.errors import UserError
 from fondtrain.model.upstream import load_upstream_checkpoint, state_dict_to_upstream
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.runs.permissions import apply_umask
+from fondtrain.runs.permissions import publish_folder
 from fondtrain.config.sweep import Member
 
 FORMATS = ("safetensors", "upstream", "pretrained")
@@ -61,10 +61,7 @@ def _export_member(model: IterativeVAE, index: int, member: Member, out_dir: Pat
             save_yaml(run_files.single_run_config(member), staging / "config.yaml")
         else:
             torch.save({"model": state_dict_to_upstream(model, index)}, staging / "model.pt")
-        apply_umask(staging)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
+        publish_folder(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -102,6 +99,5 @@ def import_upstream(path: str, out: str, dataset: str | None = None) -> Path:
     save_yaml(config, step / "config.yaml")
     save_yaml(config, staging / "config.yaml")
     (step / run_files.COMPLETE).write_text("0\n")
-    apply_umask(staging)
-    staging.rename(run_dir)
+    publish_folder(staging, run_dir)
     return run_dir

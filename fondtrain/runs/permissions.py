@@ -29,3 +29,13 @@ def apply_umask(root: str | os.PathLike) -> None:
         if path.is_symlink():
             continue
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def publish_folder(staging: Path, out_dir: Path) -> None:
+    """Move a completely written staging folder to out_dir with the umask's modes: the
+    folder appears whole or not at all (out_dir, if it exists, must be empty: the callers
+    have refused a non-empty one)."""
+    apply_umask(staging)
+    if out_dir.exists():
+        out_dir.rmdir()
+    staging.rename(out_dir)

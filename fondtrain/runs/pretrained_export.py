@@ -44,7 +44,7 @@ from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.runs import files as run_files
 from fondtrain.runs import pretrained
-from fondtrain.runs.permissions import apply_umask
+from fondtrain.runs.permissions import publish_folder
 
 CHECK_FILE = "recorded_check.json"
 CARD = "README.md"
@@ -154,10 +154,7 @@ def export_pretrained(source: str, out: str, member: str | None = None,
                                                check, _metrics(staging)))
         (staging / run_files.CHECKSUMS).write_text(json.dumps(sums, indent=1))
         (staging / run_files.COMPLETE).write_text(f"{step}\n")
-        apply_umask(staging)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
+        publish_folder(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
