@@ -24,7 +24,6 @@ from fondtrain.bench import harness
 from fondtrain.bench.settings import BenchSettings
 from fondtrain.config import ModelConfig, RunConfig, TrainConfig
 from fondtrain.config.schedules import ScheduleValues
-from fondtrain.eval.convergence import eval_temperature
 from fondtrain.model import inference, upstream
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.stats import log_grid, r2_per_sample
@@ -289,7 +288,7 @@ def eval_every_step(model: IterativeVAE, x: torch.Tensor, n_steps: int) -> Calla
     """n_steps inference steps at evaluation temperature reporting R^2 and the squared
     error on every step (what the reference's `xtract_ftr` loop computes): device sums
     [n_steps, 2], read once at the end."""
-    temp = eval_temperature(model)
+    temp = inference.eval_temperature(model)
 
     @torch.no_grad()
     def run() -> torch.Tensor:
@@ -303,7 +302,7 @@ def eval_every_step(model: IterativeVAE, x: torch.Tensor, n_steps: int) -> Calla
 
 def eval_log_grid(model: IterativeVAE, x: torch.Tensor, n_steps: int) -> Callable[[], torch.Tensor]:
     """n_steps inference steps with outputs only on the log grid of SPEC 7."""
-    temp = eval_temperature(model)
+    temp = inference.eval_temperature(model)
     grid = log_grid(n_steps)
 
     def run() -> torch.Tensor:

@@ -28,7 +28,6 @@ from fondtrain import stats as Mx
 from fondtrain.eval.dist import Ranks
 from fondtrain.eval.progress import Progress
 from fondtrain.model import inference
-from fondtrain.model.inference import eval_temperature
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.seeding import stream_seed
 
@@ -209,7 +208,7 @@ def run_convergence(model: IterativeVAE, x: Tensor, n_steps: int = 1000, temp: f
     default: each member's beta_outer), one ConvergenceResult per member.
     """
     ranks = ranks or Ranks()
-    temp = eval_temperature(model) if temp is None else float(temp)
+    temp = inference.eval_temperature(model) if temp is None else float(temp)
     if beta is None:
         beta = torch.tensor([m.beta_outer for m in model.members], dtype=torch.float64)
     steps = steps or Mx.log_grid(n_steps, [model.config.t_total])
@@ -242,7 +241,7 @@ def latent_responses(model: IterativeVAE, x: Tensor, n_steps: int, window: int,
     end of inference (z are fresh samples of each step's new state, as `model.step`).
     Steps before the window draw no output sample (`same_stream=False`).
     """
-    temp = eval_temperature(model) if temp is None else float(temp)
+    temp = inference.eval_temperature(model) if temp is None else float(temp)
     window = max(1, min(window, n_steps))
     generators = sampling_generators(model, seed, device)
     p, k = model.n_members, model.config.n_latents

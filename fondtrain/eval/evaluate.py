@@ -43,7 +43,7 @@ import torch
 from fondtrain.config import RunConfig
 from fondtrain.config.sweep import member_dir
 from fondtrain.errors import UserError
-from fondtrain.eval.convergence import eval_temperature, run_convergence
+from fondtrain.eval.convergence import run_convergence
 from fondtrain.eval.data import EvalData, fit_to_model, limit_rows, load_eval_data
 from fondtrain.eval.dist import Ranks
 from fondtrain.eval.frontier import (
@@ -62,6 +62,7 @@ from fondtrain.eval.sweep_summary import (
     group_members,
     write_eval_summary,
 )
+from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.runs.files import (
     checkpoint_eps,
@@ -301,7 +302,7 @@ def evaluate(run: str | Path | None = None, checkpoint: str | Path | None = None
     mc = model.config
     ctx = eval_context(run, target, config, mc.input_dim, opts, ranks, member)
     model = model.to(ranks.device)
-    temp = eval_temperature(model) if opts.temp is None else float(opts.temp)
+    temp = inference.eval_temperature(model) if opts.temp is None else float(opts.temp)
     tags = [ctx.name() + (f"/{m.name}" if m.name else "") for m in members]
     say(f"evaluating {', '.join(tags)} ({mc.preset}, K={mc.n_latents}, M={mc.input_dim}) on {ctx.dataset}: "
         f"{len(ctx.x_val)} samples x {opts.n_steps} steps at temperature {temp:g}, clamp eps "

@@ -269,8 +269,8 @@ def hubel_wiesel(run: str | Path | None = None, checkpoint: str | Path | None = 
     """Run the experiment on a run's newest checkpoint (or `checkpoint`; a sweep's member
     `member`), write its figures, WAV and movie, print a summary naming them; returns the
     summary as a dict."""
-    from fondtrain.eval.convergence import eval_temperature
     from fondtrain.eval.hubel_wiesel_media import write_media
+    from fondtrain.model.inference import eval_temperature
     from fondtrain.runs.files import (
         checkpoint_eps,
         load_run,

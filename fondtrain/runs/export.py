@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from fondtrain.runs import files as run_files
 from fondtrain.config import DataConfig, RunConfig, save_yaml
+from fondtrain.config.sweep import Member
 from fondtrain.errors import UserError
 from fondtrain.model.upstream import load_upstream_checkpoint, state_dict_to_upstream
 from fondtrain.model.vae import IterativeVAE
-from fondtrain.runs.permissions import publish_folder
-from fondtrain.config.sweep import Member
+from fondtrain.runs import files as run_files
+from fondtrain.runs.permissions import staged_folder
 
 FORMATS = ("safetensors", "upstream", "pretrained")
 
@@ -33,13 +31,13 @@ def export_model(source: str, out: str, format: str = "safetensors", member: str
     """
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}: choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}.")
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} exists and is not empty: choose a new --out folder.")
     if format == "pretrained":
         from fondtrain.runs.pretrained_export import export_pretrained
 
         return export_pretrained(source, out, member)
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir} exists and is not empty: choose a new --out folder.")
     model, _, members = run_files.load_run(source)
     if member is not None:
         index = run_files.member_index(members, member, source)
@@ -51,19 +49,13 @@ def export_model(source: str, out: str, format: str = "safetensors", member: str
 
 
 def _export_member(model: IterativeVAE, index: int, member: Member, out_dir: Path, format: str) -> None:
-    staging = out_dir.parent / f".tmp-export-{out_dir.name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_folder(out_dir, "export") as staging:
         if format == "safetensors":
             weights = {k: v.contiguous() for k, v in model.member_state_dict(index).items()}
             save_file(weights, str(staging / run_files.MODEL_FILE))
             save_yaml(run_files.single_run_config(member), staging / "config.yaml")
         else:
             torch.save({"model": state_dict_to_upstream(model, index)}, staging / "model.pt")
-        publish_folder(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # The data set a reference model of each input size was trained on, unless --dataset says.
@@ -91,13 +83,11 @@ def import_upstream(path: str, out: str, dataset: str | None = None) -> Path:
                         f"was trained on with --dataset (one of {', '.join(SOURCES)}).")
     config = RunConfig(model=model.config, data=DataConfig(dataset=dataset))
     config.train.name = run_dir.name
-    staging = run_dir.parent / f".tmp-import-{run_dir.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    step = run_files.step_dir(staging / "ckpt", 0)
-    step.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(step / run_files.MODEL_FILE))
-    save_yaml(config, step / "config.yaml")
-    save_yaml(config, staging / "config.yaml")
-    (step / run_files.COMPLETE).write_text("0\n")
-    publish_folder(staging, run_dir)
+    with staged_folder(run_dir, "import") as staging:
+        step = run_files.step_dir(staging / "ckpt", 0)
+        step.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(step / run_files.MODEL_FILE))
+        save_yaml(config, step / "config.yaml")
+        save_yaml(config, staging / "config.yaml")
+        (step / run_files.COMPLETE).write_text("0\n")
     return run_dir

@@ -4,7 +4,10 @@ read. `apply_umask` gives a written tree the modes a plain open()/mkdir() would 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -31,11 +34,19 @@ def apply_umask(root: str | os.PathLike) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def publish_folder(staging: Path, out_dir: Path) -> None:
-    """Move a completely written staging folder to out_dir with the umask's modes: the
-    folder appears whole or not at all (out_dir, if it exists, must be empty: the callers
-    have refused a non-empty one)."""
-    apply_umask(staging)
-    if out_dir.exists():
-        out_dir.rmdir()
-    staging.rename(out_dir)
+@contextlib.contextmanager
+def staged_folder(out_dir: Path, kind: str) -> Iterator[Path]:
+    """A hidden folder beside out_dir to write into: when the block ends normally it
+    becomes out_dir, with the umask's modes; on any error it is removed. So out_dir appears
+    whole or not at all (if it exists, it must be empty: the callers refuse a non-empty one)."""
+    staging = out_dir.parent / f".tmp-{kind}-{out_dir.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        apply_umask(staging)
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from fondtrain.model import inference
 from fondtrain.model.vae import IterativeVAE
 from fondtrain.runs import files as run_files
 from fondtrain.runs import pretrained
-from fondtrain.runs.permissions import publish_folder
+from fondtrain.runs.permissions import staged_folder
 
 CHECK_FILE = "recorded_check.json"
 CARD = "README.md"
@@ -106,9 +105,7 @@ def export_pretrained(source: str, out: str, member: str | None = None,
                       say: Callable[[str], None] = _stderr) -> Path:
     """Write one model of `source` (a run, a checkpoint, or `pretrained:NAME`; a sweep's
     member `member`) as a pretrained folder `out` (see the module docstring)."""
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir} exists and is not empty: choose a new OUT folder (or remove the old one first).")
+    out_dir = Path(out)  # `export_model` has refused a non-empty one
     target = run_files.resolve_checkpoint(source)
     if target.is_file():
         raise UserError(f"{source} is a single file: give the run folder or a checkpoint folder, which hold "
@@ -134,10 +131,7 @@ def export_pretrained(source: str, out: str, member: str | None = None,
              "spec": spec, "numbers": compute_check(model, spec), "r2_definitions": stats.R2_LABELS}
     evaluated = _eval_files(source, target, members[index].name, step, say)
 
-    staging = out_dir.parent / f".tmp-pretrained-{out_dir.name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_folder(out_dir, "pretrained") as staging:
         weights = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(staging / run_files.MODEL_FILE))
         save_yaml(single, staging / "config.yaml")
@@ -148,15 +142,13 @@ def export_pretrained(source: str, out: str, member: str | None = None,
         # the card is prose that may be edited after the export (wall time, machine); the
         # numbers it quotes are in the checksummed files
         sums = {k: v for k, v in run_files.checksums(staging).items() if k != CARD}
-        made = (f"fondtrain export {portable_name(target)} fondtrain/pretrained/{out_dir.name} --format pretrained"
+        source_name = portable_name(target)
+        made = (f"fondtrain export {source_name} fondtrain/pretrained/{out_dir.name} --format pretrained"
                 + (f" --member {member}" if member else ""))
-        (staging / CARD).write_text(model_card(out_dir.name, made, portable_name(target), single, trainer_state,
+        (staging / CARD).write_text(model_card(out_dir.name, made, source_name, single, trainer_state,
                                                check, _metrics(staging)))
         (staging / run_files.CHECKSUMS).write_text(json.dumps(sums, indent=1))
         (staging / run_files.COMPLETE).write_text(f"{step}\n")
-        publish_folder(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
