@@ -154,12 +154,17 @@ def test_compare_tables_and_plot(tiny_run: Path, evaluated: dict, tmp_path: Path
     out = tmp_path / "cmp" / "compare.md"
     table = compare([tiny_run, tiny_run / "eval" / "metrics.json"], out, verbose=False)
     lines = out.read_text().strip().splitlines()
-    assert len(lines) == 8 and lines[0].startswith("| run | preset") and lines[4] == ""
+    assert len(lines) == 8 and lines[0].startswith("| run | step | preset") and lines[4] == ""
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    row = dict(zip(header, [cell.strip() for cell in lines[2].strip("|").split("|")], strict=True))
+    gabor = evaluated["gabor"]
+    assert row["step"] == str(evaluated["training_step"])
+    assert row["Gabor good/used"] == f"{gabor['n_good']}/{gabor['n_used']}"
     assert [line.split(":")[0] for line in lines[5:]] == ["R2 paper", "R2 pooled", "R2 median"]
     assert "tiny" in table and "ipvae" in lines[2]
     _check_png(out.with_suffix(".png"))
     compare([tiny_run], tmp_path / "cmp.csv", verbose=False)
-    assert (tmp_path / "cmp.csv").read_text().startswith("run,preset")
+    assert (tmp_path / "cmp.csv").read_text().startswith("run,step,preset")
     from fondtrain.cli import main
 
     main(["compare", str(tiny_run), str(tiny_run), "--out", str(tmp_path / "cli.md")])

@@ -1,7 +1,10 @@
 """`fondtrain compare`: several runs' evaluation metrics side by side (a table printed and
 written as Markdown, CSV or JSON) and their convergence curves in one figure. The table's
 R^2 columns are the paper's (per-sample mean), pooled and median; the Markdown names
-each below the table."""
+each below the table. `step` is the training step of the evaluated checkpoint, so that the
+evaluations of one run's checkpoints (`fondtrain eval --checkpoint ... --out ...`) compare
+as its trajectory; Gabor good/used counts the used units whose Gabor fit explains >= 80%
+of the element's variance, the median VE is over the used units."""
 
 from __future__ import annotations
 
@@ -16,7 +19,14 @@ from fondtrain.eval.report import METRICS_FILE
 from fondtrain.runs import pretrained
 from fondtrain.stats import R2_LABELS
 
+
+def _gabor_count(m: dict) -> str | None:
+    gabor = m.get("gabor") or {}
+    return f"{gabor['n_good']}/{gabor['n_used']}" if "n_good" in gabor else None
+
+
 COMPARE_COLUMNS = (
+    ("step", lambda m: m.get("training_step")),
     ("preset", lambda m: m["model"]["preset"]),
     ("K", lambda m: m["model"]["n_latents"]),
     ("dataset", lambda m: m["dataset"] + (" (OOD)" if m.get("out_of_distribution") else "")),
@@ -32,7 +42,8 @@ COMPARE_COLUMNS = (
     ("KL", lambda m: m["final"].get("kl", m["final"].get("kl_reference"))),
     ("probe digits", lambda m: ((m.get("probe") or {}).get("digits") or {}).get("latent_acc")),
     ("pixels digits", lambda m: ((m.get("probe") or {}).get("digits") or {}).get("pixel_acc")),
-    ("Gabor", lambda m: (m.get("gabor") or {}).get("frac_good")),
+    ("Gabor good/used", _gabor_count),
+    ("Gabor median VE", lambda m: (m.get("gabor") or {}).get("r2_median")),
     ("OSI median", lambda m: ((m.get("tuning") or {}).get("bar") or {}).get("osi_median")),
     ("selective", lambda m: ((m.get("tuning") or {}).get("bar") or {}).get("frac_selective")),
 )
