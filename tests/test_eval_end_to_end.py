@@ -160,6 +160,7 @@ def test_compare_tables_and_plot(tiny_run: Path, evaluated: dict, tmp_path: Path
     gabor = evaluated["gabor"]
     assert row["step"] == str(evaluated["training_step"])
     assert row["Gabor good/used"] == f"{gabor['n_good']}/{gabor['n_used']}"
+    assert row["Gabor median VE"] == f"{gabor['r2_median']:.4g}"
     assert [line.split(":")[0] for line in lines[5:]] == ["R2 paper", "R2 pooled", "R2 median"]
     assert "tiny" in table and "ipvae" in lines[2]
     _check_png(out.with_suffix(".png"))
