@@ -167,18 +167,17 @@ class NExpTracker:
         rows = collectives.gather(self.rate_sum[None]) if collectives.num_processes > 1 else self.rate_sum[None]
         return {"rate_sum": rows.tolist(), "rate_count": self.count}
 
-    def load_state_dict(self, saved: dict, rank: int, world_size: int, members: range | None = None) -> None:
+    def load_state_dict(self, saved: dict, rank: int, world_size: int, members: range) -> None:
         """This rank's own row when the checkpoint holds one per rank of this world size;
         else (written by another number of processes) the elementwise max of the saved
         rows on every rank, so that the table agreed next is the one saved. `members`:
-        the saved members this tracker follows (a rank's block; None: all). Also reads a
-        single model's rows [world][t_total], what fondtrain saved before every model had
-        a member axis."""
+        the saved members this tracker follows (the rank's block; range(P) when it trains
+        all). Also reads a single model's rows [world][t_total], what fondtrain saved
+        before every model had a member axis."""
         rows = torch.tensor(saved["rate_sum"], dtype=self.rate_sum.dtype)
         if rows.dim() == 2:
             rows = rows.unsqueeze(1)
-        if members is not None:
-            rows = rows[:, members.start:members.stop]
+        rows = rows[:, members.start:members.stop]
         row = rows[rank] if rows.shape[0] == world_size else rows.amax(0)
         self.rate_sum.copy_(row.to(self.rate_sum.device))
         self.count = int(saved["rate_count"])
