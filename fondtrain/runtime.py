@@ -3,6 +3,7 @@ start a back end (below train/ and eval/)."""
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import sys
@@ -75,14 +76,34 @@ def keep_freed_heap() -> bool:
 
 def close_process_group(barrier: bool = False) -> None:
     """End the default process group of a multi-process run that finished normally, while
-    the interpreter is still whole. Left to interpreter shutdown, gloo's worker threads
-    may still hold finished work and the process aborts ("terminate called without an
-    active exception", SIGABRT) after a successful run. Not after an error, unless every
-    rank stopped on it together: a rank still inside a collective would wait for it.
-    `barrier`: first wait for every rank, so that all tear gloo down together (after an
-    error that all ranks raised: the one that prints it has printed before the others
-    leave). Nothing happens in one process."""
+    the interpreter is still whole; the process then leaves with `exit_process_group_member`.
+    Not after an error, unless every rank stopped on it together: a rank still inside a
+    collective would wait for it. `barrier`: first wait for every rank, so that all tear
+    gloo down together (after an error that all ranks raised: the one that prints it has
+    printed before the others leave). Nothing happens in one process."""
+    global _closed_a_group
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if barrier:
             torch.distributed.barrier()
+        _closed_a_group = torch.distributed.get_world_size() > 1
         torch.distributed.destroy_process_group()
+
+
+_closed_a_group = False  # set by close_process_group in a process of a multi-process run
+
+
+def exit_process_group_member(code: int) -> None:
+    """Exit with `code` a process that closed its process group, without finalizing the
+    interpreter: a gloo worker thread may still be waiting for the GIL to release the
+    tensors of a finished collective, and a thread that gets the GIL during finalization
+    exits inside a C++ destructor, which aborts the process (SIGABRT, "terminate called
+    without an active exception", about 1 exit in 8 on a busy 2-core machine). The atexit
+    handlers (logging, TensorBoard writers) run first and the standard streams are
+    flushed. Returns in a process that was not one of several in a group that it closed
+    (one process, DeepSpeed's one-process group, tests in-process)."""
+    if not _closed_a_group:
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

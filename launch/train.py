@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fondtrain.cli import run_or_exit, train_command  # noqa: E402
+from fondtrain.runtime import exit_process_group_member  # noqa: E402
 
 
 def _drop_local_rank(argv: list[str]) -> list[str]:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     """Train with the given flags; a bad flag prints `error: ...` and exits 2."""
     run_or_exit(train_command, _drop_local_rank(sys.argv[1:] if argv is None else argv),
                 prog="launch/train.py")
+    exit_process_group_member(0)  # under a launcher: the run has closed its process group
     return 0
 
 

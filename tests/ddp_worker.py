@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from safetensors.torch import save_file  # noqa: E402
 
 from fondtrain.cli.flags import parse_args  # noqa: E402
-from fondtrain.runtime import close_process_group  # noqa: E402
+from fondtrain.runtime import close_process_group, exit_process_group_member  # noqa: E402
 from fondtrain.train.trainer import train  # noqa: E402
 
 
@@ -31,6 +31,7 @@ def main() -> None:
         {"step": result.step, "world_size": PartialState().num_processes,
          "validation": result.validation}))
     close_process_group()
+    exit_process_group_member(0)
 
 
 if __name__ == "__main__":

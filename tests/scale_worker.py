@@ -33,9 +33,10 @@ def main(plan_path: str) -> int:
         rank = int(os.environ.get("RANK", "0"))
         params = {k: v.detach().to("cpu").clone() for k, v in result.model.state_dict().items()}
         torch.save({"params": params, "step": result.step}, out / f"{phase['label']}-rank{rank}.pt")
-    from fondtrain.runtime import close_process_group
+    from fondtrain.runtime import close_process_group, exit_process_group_member
 
     close_process_group()
+    exit_process_group_member(0)  # several ranks: leave without finalization
     return 0
 
 

@@ -39,10 +39,15 @@ def test_kept_heap_is_not_faulted_in_again_every_cycle():
     # Each round churns 200 MB (~49,000 pages). Kept, at most one tensor's pages come back
     # as faults (0 or ~980 measured). By default glibc usually hands the freed top of the
     # heap back and ~10^4 pages fault in again each round; how much it trims varies from
-    # process to process (about 1 in 8 trims little), so the contrast takes the largest of
-    # three fresh processes.
+    # process to process (1 in 5 to 1 in 8 trims little, more often on a busy machine), so
+    # the contrast takes the largest of up to six fresh processes, stopping at the first
+    # that trims (three were not enough: about 1 suite in 10 failed under load).
     kept = _faults_per_round("keep")
-    default = max(_faults_per_round("default") for _ in range(3))
+    default = 0.0
+    for _ in range(6):
+        default = max(default, _faults_per_round("default"))
+        if default > 5000:
+            break
     assert kept < 2500
     assert default > 5000 and kept < default / 4
 
@@ -80,3 +85,38 @@ def test_threads_follow_the_cpus_the_process_may_use():
                                                                   if k != "OMP_NUM_THREADS"})
     assert one_cpu.returncode == 0, one_cpu.stderr
     assert one_cpu.stdout.strip() == "1"
+
+
+# A rank of a real two-process gloo group that closes the group and leaves with status 3.
+LEAVE = """
+import atexit, sys, torch, torch.distributed as dist
+from fondtrain.runtime import close_process_group, exit_process_group_member
+dist.init_process_group("gloo", rank=int(sys.argv[1]), world_size=2, init_method=sys.argv[2])
+for _ in range(20):
+    dist.all_reduce(torch.ones(1))
+atexit.register(lambda: print("atexit handler ran"))
+close_process_group(barrier=True)
+sys.stdout.write("buffered line; ")  # stdout is a pipe: block-buffered until flushed
+exit_process_group_member(3)
+print("after the exit")
+"""
+
+
+def test_a_rank_that_closed_its_group_exits_with_its_code_after_atexit_and_flushing():
+    """exit_process_group_member leaves without interpreter finalization (where a gloo worker
+    thread waiting for the GIL aborts the process), but after the atexit handlers, with the
+    standard streams flushed, and with the given status."""
+    import socket
+
+    from fondtrain.runtime import exit_process_group_member
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    ranks = [subprocess.Popen([sys.executable, "-c", LEAVE, str(rank), address], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for proc in ranks:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 3, err[-2000:]
+        assert out == "buffered line; atexit handler ran\n", out
+    exit_process_group_member(0)  # this process never closed a group of several: it returns

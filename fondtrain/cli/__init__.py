@@ -38,11 +38,12 @@ def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if exc.agreed:  # every rank is here: leave together, the sentence written first
             import signal
 
-            from fondtrain.runtime import close_process_group
+            from fondtrain.runtime import close_process_group, exit_process_group_member
 
             # the launcher stops the ranks still running when one has exited: let them exit 2
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             close_process_group(barrier=True)
+            exit_process_group_member(2)
         raise SystemExit(2) from None
 
 
@@ -83,5 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         if result is not None:
             print(result)
         sys.stdout.flush()
+        runtime = sys.modules.get("fondtrain.runtime")  # loaded by every command that joins a group
+        if runtime is not None:  # (importing it here would load torch for `fondtrain --help`)
+            runtime.exit_process_group_member(0)  # under a launcher, once the command has closed its group
     except BrokenPipeError:  # `fondtrain train --help | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
