@@ -111,3 +111,29 @@ def test_run_or_exit_helper(capsys):
     assert info.value.code == 2
     assert capsys.readouterr().err == "error: something is wrong; fix it.\n"
     assert run_or_exit(lambda a, b=0: a + b, 1, b=2) == 3
+
+
+def test_shard_with_another_whitening_cutoff(tmp_path):
+    """--f0_fraction reaches the photo source: the manifest records it, the patches differ
+    from the default cut-off's; a data set without whitening or a cut-off outside (0, 1]
+    is one sentence, and nothing is written."""
+    import json
+
+    from fondtrain.data.shard_reader import read_split
+
+    def shard(out: str, *extra: str) -> subprocess.CompletedProcess:
+        return fondtrain("shard", "--dataset", "natural16", "--n_train", "200", "--n_val", "20",
+                         "--out", out, *extra, cwd=tmp_path)
+
+    assert shard("f078", "--f0_fraction", "0.78").returncode == 0
+    assert shard("f040").returncode == 0
+    manifest = json.loads((tmp_path / "f078" / "natural16" / "manifest.json").read_text())
+    assert manifest["source_kwargs"]["f0_fraction"] == 0.78
+    assert manifest["meta"]["whitening"].endswith("f0 = 0.78 * Nyquist")
+    sharp, default = (read_split(tmp_path / out / "natural16", "train")[0] for out in ("f078", "f040"))
+    assert sharp.shape == default.shape == (200, 256) and not np.allclose(sharp, default)
+    assert "(0, 1]" in _one_error_line(shard("bad", "--f0_fraction", "1.5"))
+    line = _one_error_line(fondtrain("shard", "--dataset", "digits", "--f0_fraction", "0.5", "--out", "bad",
+                                     cwd=tmp_path))
+    assert "no option f0_fraction" in line
+    assert not (tmp_path / "bad").exists()

@@ -110,6 +110,9 @@ def _photo_patch_source(
 ) -> SourceData:
     if n_train < 1 or n_val < 0:
         raise UserError(f"n_train must be >= 1 and n_val >= 0, got {n_train} and {n_val}.")
+    if not 0 < f0_fraction <= 1:
+        raise UserError(f"f0_fraction is the whitening filter's cut-off as a fraction of Nyquist and must be in "
+                        f"(0, 1], got {f0_fraction} (the default is 0.4).")
     seq_train, seq_val = np.random.SeedSequence(seed).spawn(2)
     x_tr, st_tr = _patches_from_images(
         train_images, n_train, patch_size, seq_train, f0_fraction, flat_fraction
