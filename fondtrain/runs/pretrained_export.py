@@ -7,7 +7,8 @@ reset to the defaults), and of trainer_state.json only the step and the soft cla
 opening eps (evaluation uses it). The optimiser and RNG states, the data position and the
 n_exp statistics (the sampler lengths are in the weights file) are left out. The run's
 `fondtrain eval` results (metrics.json, the dictionary figure) are copied when they are
-of this very checkpoint. The folder is written whole or not at all (a hidden partial
+of this very checkpoint, the machine's runs and shards folders in metrics.json named as
+the defaults (runs/, shards/). The folder is written whole or not at all (a hidden partial
 folder, renamed).
 
 The recorded check (recorded_check.json): the R^2 of a fixed set of validation patches of
@@ -115,6 +116,7 @@ def export_pretrained(source: str, out: str, member: str | None = None,
     model = run_files.one_member(whole, index)
     single = run_files.single_run_config(members[index])
     # machine paths mean nothing elsewhere: a reader would look for shards that are not there
+    machine_paths = {single.data.shards_root: DataConfig.shards_root, single.train.runs_root: TrainConfig.runs_root}
     single = dataclasses.replace(
         single, data=dataclasses.replace(single.data, shards_root=DataConfig.shards_root),
         train=dataclasses.replace(single.train, runs_root=TrainConfig.runs_root,
@@ -138,7 +140,11 @@ def export_pretrained(source: str, out: str, member: str | None = None,
         (staging / run_files.TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
         (staging / CHECK_FILE).write_text(json.dumps(check, indent=1))
         for src, name in evaluated.items():
-            shutil.copyfile(src, staging / name)
+            if name == "metrics.json":  # it names the run, checkpoint and shards where they were evaluated
+                metrics = portable_paths(json.loads(src.read_text()), machine_paths)
+                (staging / name).write_text(json.dumps(metrics, indent=1))
+            else:
+                shutil.copyfile(src, staging / name)
         # the card is prose that may be edited after the export (wall time, machine); the
         # numbers it quotes are in the checksummed files
         sums = {k: v for k, v in run_files.checksums(staging).items() if k != CARD}
@@ -176,6 +182,22 @@ def _eval_files(source: str, target: Path, member: str, step: int, say) -> dict[
             f"{source}` again to ship the evaluation of this checkpoint)")
         return {}
     return {folder / rel: name for rel, name in files.items() if (folder / rel).is_file()}
+
+
+def portable_paths(value: Any, folders: dict[str, str]) -> Any:
+    """`value` (JSON data) with each string that is, or lies under, one of the keys of `folders`
+    (this machine's shards and runs folders, as configured or resolved) rewritten under its
+    value (the default folder name)."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v, folders) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v, folders) for v in value]
+    if isinstance(value, str):
+        for folder, default in folders.items():
+            for prefix in {str(folder), str(Path(folder).resolve())}:
+                if value == prefix or value.startswith(prefix.rstrip("/") + "/"):
+                    return default + value[len(prefix.rstrip("/")):]
+    return value
 
 
 def _metrics(folder: Path) -> dict[str, Any] | None:
