@@ -116,7 +116,10 @@ def export_pretrained(source: str, out: str, member: str | None = None,
     model = run_files.one_member(whole, index)
     single = run_files.single_run_config(members[index])
     # machine paths mean nothing elsewhere: a reader would look for shards that are not there
-    machine_paths = {single.data.shards_root: DataConfig.shards_root, single.train.runs_root: TrainConfig.runs_root}
+    machine_paths = {prefix.rstrip("/"): default
+                     for folder, default in ((single.data.shards_root, DataConfig.shards_root),
+                                             (single.train.runs_root, TrainConfig.runs_root))
+                     for prefix in (str(folder), str(Path(folder).resolve()))}
     single = dataclasses.replace(
         single, data=dataclasses.replace(single.data, shards_root=DataConfig.shards_root),
         train=dataclasses.replace(single.train, runs_root=TrainConfig.runs_root,
@@ -186,17 +189,16 @@ def _eval_files(source: str, target: Path, member: str, step: int, say) -> dict[
 
 def portable_paths(value: Any, folders: dict[str, str]) -> Any:
     """`value` (JSON data) with each string that is, or lies under, one of the keys of `folders`
-    (this machine's shards and runs folders, as configured or resolved) rewritten under its
-    value (the default folder name)."""
+    (this machine's shards and runs folders, as configured and resolved, without a trailing
+    slash) rewritten under its value (the default folder name)."""
     if isinstance(value, dict):
         return {k: portable_paths(v, folders) for k, v in value.items()}
     if isinstance(value, list):
         return [portable_paths(v, folders) for v in value]
     if isinstance(value, str):
         for folder, default in folders.items():
-            for prefix in {str(folder), str(Path(folder).resolve())}:
-                if value == prefix or value.startswith(prefix.rstrip("/") + "/"):
-                    return default + value[len(prefix.rstrip("/")):]
+            if value == folder or value.startswith(folder + "/"):
+                return default + value[len(folder):]
     return value
 
 
