@@ -7,7 +7,7 @@ Both start from the same parameters, see the same batches (fondtrain's loader) a
 their sampler noise from the same torch RNG stream in the same order (with the reference's
 sampler; fondtrain's own draws from each member's generator instead). fondtrain runs its
 real trainer (`fondtrain.train.trainer.train`); the reference runs its own model and Adamax
-under a replica of its Trainer.iteration (warm-up, clip, step, detach, n_exp refresh)
+under a replica of its Trainer.iteration (`fondtrain.bench.reference.train_reference`)
 fed with fondtrain's schedule values (tests/test_schedules.py shows they equal the
 reference's). `--sampler reference` (the default) swaps in the reference's sampler
 expression, which draws its Exp(1) noise as one [n_exp, B, K] tensor: then both consume
@@ -27,12 +27,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fondtrain.bench.reference import load_reference, reference_model  # noqa: E402
+from fondtrain.bench.reference import load_reference, reference_model, train_reference  # noqa: E402
 from fondtrain.errors import UserError  # noqa: E402
 
 
@@ -93,31 +92,8 @@ def main() -> None:
     schedule = schedules_for([config], loader.batches_per_epoch)
 
     torch.manual_seed(stream_seed(config.train.seed, "sampler", 0))
-    rate_sum, reference_losses = np.zeros(args.t_train), []
-    for step, batch in enumerate(loader.epoch(0)):
-        if step >= steps:
-            break
-        values = schedule.at(step).member(0)
-        values = type(values)(*(v.item() for v in values.__dict__.values()))  # one member's floats
-        for group in optimizer.param_groups:
-            group["lr"] = values.lr
-        reference.update_temp(values.temp)
-        reference.update_eps(values.eps)
-        optimizer.zero_grad()
-        losses, rates = [], []
-        for t in range(args.t_train):
-            reference.update_time(t)
-            out = reference(batch["x"])
-            losses.append(torch.mean(out["loss_recon"] + out["loss_kl"].sum(-1) * values.beta))
-            rates.append(float(out["posterior"].rate.max()))
-        (torch.stack(losses).mean() * 256.0 / loader.input_dim).backward()
-        torch.nn.utils.clip_grad_norm_(reference.parameters(), values.max_norm)
-        optimizer.step()
-        reference.detach_inference_state()
-        rate_sum += np.array(rates)
-        if step % config.train.n_exp_refresh_every == 0 and not values.warming_up:
-            reference.layer.update_n_exp(list(rate_sum / (step + 1)))
-        reference_losses.append(float(torch.stack(losses).mean()))
+    reference_losses = train_reference(reference, optimizer, loader, schedule, steps, args.t_train,
+                                       config.train.n_exp_refresh_every)
 
     torch.manual_seed(stream_seed(config.train.seed, "sampler", 0))  # the reference sampler's draws
     ours = {k: v[0] for k, v in train(config).model.state_dict().items()}

@@ -1,10 +1,13 @@
 """`fondtrain bench --quick` style runs write their tables (tiny sizes, a real memory
 worker process), and the reference loader answers a wrong `--reference_dir` with one
-sentence before any work starts."""
+sentence before any work starts (so does benchmarks/reference_train.py)."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +134,23 @@ def test_population_cycles_are_timed_against_single_cycles(tmp_path):
         assert any(line.strip().startswith(f"{preset} P=3:") for line in lines)
         rows = [row for row in table.splitlines() if row.startswith(f"| {preset} | 3 |")]
         assert len(rows) == 1 and float(rows[0].split("|")[5]) > 0
+
+
+@pytest.mark.parametrize("case", ["no checkout", "out exists"])
+def test_reference_train_script_refuses_bad_input_in_one_sentence(tmp_path, case):
+    """benchmarks/reference_train.py (the reference trained on fondtrain's shards) says what
+    is wrong in one sentence, writes nothing and trains nothing."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "reference_train.py"
+    out = tmp_path / "model.pt"
+    if case == "out exists":
+        out.write_bytes(b"kept")
+    reference = tmp_path / ("nowhere" if case == "no checkout" else "")
+    proc = subprocess.run([sys.executable, str(script), "--reference_dir", str(reference),
+                           "--out", str(out), "--steps", "10", "--shards_root", str(tmp_path / "shards")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    message = proc.stderr.strip().removeprefix("error: ")
+    assert _one_sentence(message), message
+    assert ("exists" in message) == (case == "out exists")
+    assert not (tmp_path / "shards").exists()
+    assert (out.read_bytes() == b"kept") if case == "out exists" else not out.exists()

@@ -1,6 +1,7 @@
 """The one loader of the reference implementation: its model classes from a local checkout.
 
-Used by `fondtrain bench --reference_dir` and `benchmarks/reference_parity.py`.
+Used by `fondtrain bench --reference_dir`, `benchmarks/reference_parity.py` and
+`benchmarks/reference_train.py`.
 
 The reference (hadivafaii/IterativeVAE) imports its whole toolbox at every level
 (`from utils.plotting import *` pulls matplotlib, seaborn, pandas, h5py, rich, IPython,
@@ -154,3 +155,49 @@ def reference_model(reference_dir: str, preset: str, **config: Any):
     cfg = reference_config(preset, **config)
     cls = ref.IPVAE if cfg.type == "poisson" else ref.IGVAE
     return cls(cfg), ref
+
+
+def train_reference(reference, optimizer, loader, schedule, steps: int, t_train: int,
+                    refresh_every: int, on_step=None) -> list[float]:
+    """Train the reference iP-VAE `steps` optimiser steps on `loader`'s training batches,
+    driven as its `Trainer.iteration` drives it: per step the schedule's learning rate,
+    temperature, eps, beta and clip (`schedule`: fondtrain's, which equals the reference's,
+    tests/test_schedules.py), one TBPTT cycle of t_train inference steps on the batch,
+    clip, Adamax step, detach; every `refresh_every` steps after warm-up the n_exp table is
+    set from the epoch's average largest rate at each t. `on_step(step, loss)` is called
+    after each step. Returns every step's loss."""
+    losses: list[float] = []
+    step, epoch = 0, 0
+    while step < steps:
+        rate_sum = np.zeros(t_train)  # the reference's meters restart every epoch
+        for count, batch in enumerate(loader.epoch(epoch), start=1):
+            if step >= steps:
+                break
+            values = schedule.at(step).member(0)
+            values = type(values)(*(v.item() for v in values.__dict__.values()))  # one member's floats
+            for group in optimizer.param_groups:
+                group["lr"] = values.lr
+            reference.update_temp(values.temp)
+            reference.update_eps(values.eps)
+            optimizer.zero_grad()
+            cycle, rates = [], []
+            for t in range(t_train):
+                reference.update_time(t)
+                out = reference(batch["x"])
+                cycle.append(torch.mean(out["loss_recon"] + out["loss_kl"].sum(-1) * values.beta))
+                rates.append(float(out["posterior"].rate.detach().max()))
+            # fondtrain's loss is per 256 pixels (1 on 16x16 patches, where the reference trains)
+            loss = torch.stack(cycle).mean()
+            (loss * 256.0 / batch["x"][0].numel()).backward()
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), values.max_norm)
+            optimizer.step()
+            reference.detach_inference_state()
+            rate_sum += np.array(rates)
+            if step % refresh_every == 0 and not values.warming_up:
+                reference.layer.update_n_exp(list(rate_sum / count))
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step(step, losses[-1])
+            step += 1
+        epoch += 1
+    return losses
