@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fondtrain.bench.reference import load_reference, reference_model, train_reference  # noqa: E402
+from fondtrain.cli import run_or_exit  # noqa: E402
 from fondtrain.errors import UserError  # noqa: E402
 
 
@@ -96,7 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    run_or_exit(main)  # a bad input: one sentence, exit 2

@@ -148,7 +148,7 @@ def test_reference_train_script_refuses_bad_input_in_one_sentence(tmp_path, case
     proc = subprocess.run([sys.executable, str(script), "--reference_dir", str(reference),
                            "--out", str(out), "--steps", "10", "--shards_root", str(tmp_path / "shards")],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     message = proc.stderr.strip().removeprefix("error: ")
     assert _one_sentence(message), message
     assert ("exists" in message) == (case == "out exists")
