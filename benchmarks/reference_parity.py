@@ -87,13 +87,10 @@ def main() -> None:
     weights = reference.state_dict()
     weights.update(state_dict_to_upstream(IterativeVAE(config.model)))  # fondtrain's init
     reference.load_state_dict(weights)
-    optimizer = ref.Adamax(reference.parameters(), lr=config.train.lr, betas=(0.9, 0.999),
-                          weight_decay=config.train.weight_decay)
     schedule = schedules_for([config], loader.batches_per_epoch)
 
     torch.manual_seed(stream_seed(config.train.seed, "sampler", 0))
-    reference_losses = train_reference(reference, optimizer, loader, schedule, steps, args.t_train,
-                                       config.train.n_exp_refresh_every)
+    reference_losses = train_reference(reference, ref, loader, schedule, config.train, steps, args.t_train)
 
     torch.manual_seed(stream_seed(config.train.seed, "sampler", 0))  # the reference sampler's draws
     ours = {k: v[0] for k, v in train(config).model.state_dict().items()}

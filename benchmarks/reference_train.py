@@ -19,6 +19,7 @@ fondtrain's checkpoints. The reference checkout is the user's; nothing of it is 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -73,22 +74,20 @@ def main() -> None:
     reference, ref = reference_model(
         args.reference_dir, "ipvae", n_latents=args.n_latents, t_train=args.t_train,
         input_side=int(round(loader.input_dim ** 0.5)), beta_outer=config.model.beta_outer, seed=args.seed)
-    optimizer = ref.Adamax(reference.parameters(), lr=config.train.lr, betas=(0.9, 0.999),
-                           weight_decay=config.train.weight_decay)
     schedule = schedules_for([config], total_steps)
     print(f"reference iP-VAE K={args.n_latents}, t_train={args.t_train}, batch {args.batch_size}, "
           f"{args.dataset}: {args.steps:,} of {total_steps:,} steps ({args.epochs} epochs)", flush=True)
     start = time.monotonic()
 
     def progress(step: int, loss: float) -> None:
-        if not torch.isfinite(torch.tensor(loss)):
+        if not math.isfinite(loss):
             raise UserError(f"the reference's loss is {loss} at step {step + 1}: nothing was saved.")
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             print(f"step {step + 1:,}/{args.steps:,} loss={loss:.2f} "
                   f"elapsed {time.monotonic() - start:.0f} s", flush=True)
 
-    train_reference(reference, optimizer, loader, schedule, args.steps, args.t_train,
-                    config.train.n_exp_refresh_every, on_step=progress)
+    train_reference(reference, ref, loader, schedule, config.train, args.steps, args.t_train,
+                    on_step=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     torch.save({"model": reference.state_dict()}, partial)

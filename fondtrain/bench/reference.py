@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fondtrain.config import ModelConfig
+from fondtrain.config import ModelConfig, TrainConfig
 from fondtrain.errors import UserError
 
 # (file, names to run; None = every statement that is not an import)
@@ -157,15 +157,18 @@ def reference_model(reference_dir: str, preset: str, **config: Any):
     return cls(cfg), ref
 
 
-def train_reference(reference, optimizer, loader, schedule, steps: int, t_train: int,
-                    refresh_every: int, on_step=None) -> list[float]:
-    """Train the reference iP-VAE `steps` optimiser steps on `loader`'s training batches,
-    driven as its `Trainer.iteration` drives it: per step the schedule's learning rate,
-    temperature, eps, beta and clip (`schedule`: fondtrain's, which equals the reference's,
-    tests/test_schedules.py), one TBPTT cycle of t_train inference steps on the batch,
-    clip, Adamax step, detach; every `refresh_every` steps after warm-up the n_exp table is
-    set from the epoch's average largest rate at each t. `on_step(step, loss)` is called
-    after each step. Returns every step's loss."""
+def train_reference(reference, ref, loader, schedule, train: TrainConfig, steps: int, t_train: int,
+                    on_step=None) -> list[float]:
+    """Train the reference iP-VAE `reference` `steps` optimiser steps on `loader`'s training
+    batches, driven as its `Trainer.iteration` drives it: the reference's NVAE Adamax
+    (`ref.Adamax`, with `train`'s betas and weight decay), per step the schedule's learning
+    rate, temperature, eps, beta and clip (`schedule`: fondtrain's, which equals the
+    reference's, tests/test_schedules.py), one TBPTT cycle of t_train inference steps on the
+    batch, clip, Adamax step, detach; every `train.n_exp_refresh_every` steps after warm-up
+    the n_exp table is set from the epoch's average largest rate at each t.
+    `on_step(step, loss)` is called after each step. Returns every step's loss."""
+    optimizer = ref.Adamax(reference.parameters(), lr=train.lr, betas=tuple(train.betas),
+                           weight_decay=train.weight_decay)
     losses: list[float] = []
     step, epoch = 0, 0
     while step < steps:
@@ -193,7 +196,7 @@ def train_reference(reference, optimizer, loader, schedule, steps: int, t_train:
             optimizer.step()
             reference.detach_inference_state()
             rate_sum += np.array(rates)
-            if step % refresh_every == 0 and not values.warming_up:
+            if step % train.n_exp_refresh_every == 0 and not values.warming_up:
                 reference.layer.update_n_exp(list(rate_sum / count))
             losses.append(loss.item())
             if on_step is not None:
